@@ -1,0 +1,71 @@
+// Turns a bearer token into an identity: API keys (hashed, looked up, briefly cached) or JWTs.
+import type pg from 'pg';
+import { findApiKeyByHash } from '../db/api-keys.ts';
+import { AppError } from '../errors.ts';
+import type { Identity } from '../http/types.ts';
+import { hashApiKey, keysEqual, looksLikeApiKey } from './api-key.ts';
+import { looksLikeJwt, type JwtVerifier } from './jwt.ts';
+
+export interface AuthenticatorOptions {
+  pool: pg.Pool;
+  jwt: JwtVerifier | undefined;
+  /** How long a validated key is trusted without asking the database; revocation lag is at most this. */
+  cacheTtlMs?: number;
+  maxCacheEntries?: number;
+  now?: () => number;
+}
+
+interface CacheEntry {
+  identity: Identity;
+  expiresAtMs: number;
+}
+
+const DEFAULT_CACHE_TTL_MS = 2_000;
+
+/** Rejects with AppError INVALID_TOKEN; never says which part of a credential was wrong beyond its kind. */
+export function createAuthenticator(options: AuthenticatorOptions): (token: string) => Promise<Identity> {
+  const ttl = options.cacheTtlMs ?? DEFAULT_CACHE_TTL_MS;
+  const maxEntries = options.maxCacheEntries ?? 10_000;
+  const now = options.now ?? Date.now;
+  // Keyed by the hash, never the key. Only hits are cached: a miss (unknown or revoked key) always asks again.
+  const cache = new Map<string, CacheEntry>();
+  const pending = new Map<string, Promise<Identity>>();
+
+  async function lookUp(hash: Buffer, cacheKey: string): Promise<Identity> {
+    const row = await findApiKeyByHash(options.pool, hash);
+    // The index found the row by hash; compare again in constant time as a second line.
+    if (row === undefined || row.revoked || !keysEqual(row.hash, hash)) {
+      throw new AppError('INVALID_TOKEN', { detail: 'Unknown or revoked API key' });
+    }
+    const identity: Identity = Object.freeze({ id: `key:${row.id}`, kind: 'key' });
+    if (cache.size >= maxEntries) cache.delete(cache.keys().next().value as string);
+    cache.set(cacheKey, { identity, expiresAtMs: now() + ttl });
+    return identity;
+  }
+
+  function apiKey(token: string): Promise<Identity> {
+    const hash = hashApiKey(token);
+    const cacheKey = hash.toString('base64');
+    const hit = cache.get(cacheKey);
+    if (hit !== undefined) {
+      if (hit.expiresAtMs > now()) return Promise.resolve(hit.identity);
+      cache.delete(cacheKey);
+    }
+    // Concurrent requests with one key share one database round trip.
+    let inFlight = pending.get(cacheKey);
+    if (inFlight === undefined) {
+      inFlight = lookUp(hash, cacheKey).finally(() => pending.delete(cacheKey));
+      pending.set(cacheKey, inFlight);
+    }
+    return inFlight;
+  }
+
+  return async function authenticate(token: string): Promise<Identity> {
+    if (looksLikeApiKey(token)) return apiKey(token);
+    if (options.jwt !== undefined && looksLikeJwt(token)) {
+      const claims = await options.jwt.verify(token);
+      return { id: `jwt:${claims.sub}`, kind: 'jwt' };
+    }
+    throw new AppError('INVALID_TOKEN', { detail: 'Unrecognised credential' });
+  };
+}

@@ -1,0 +1,117 @@
+// Agents: server-side system prompts, models and sampling caps, loaded once at start.
+//
+// Clients only name an agent; they can never send a system prompt, model or upstream URL
+// (the gateway lesson: LiteLLM PR #5418, LibreChat enforceModelSpec). The file is validated
+// strictly so a typo in a field name fails the start instead of being silently ignored, and
+// error messages name the file and the problems but never echo a prompt.
+import { readFile } from 'node:fs/promises';
+import * as z from 'zod';
+import type { Config } from '../config.ts';
+
+/** One agent as the chat service uses it. */
+export interface Agent {
+  readonly id: string;
+  readonly description: string;
+  readonly model: string;
+  readonly systemPrompt: string;
+  readonly temperature?: number;
+  readonly maxOutputTokens?: number;
+}
+
+/** The public view of an agent: never its prompt. */
+export interface AgentSummary {
+  readonly id: string;
+  readonly description: string;
+}
+
+/** The loaded agents, looked up by id. */
+export interface AgentRegistry {
+  get(id: string): Agent | undefined;
+  /** Ids and descriptions, computed once. */
+  list(): readonly AgentSummary[];
+  readonly defaultId: string;
+}
+
+const DEFAULT_ID = 'default';
+const DEFAULT_PROMPT =
+  'You are a helpful assistant. Answer clearly and concisely. If you do not know something, say so.';
+const MAX_AGENTS = 1000;
+
+const AgentSchema = z.strictObject({
+  id: z.string().regex(/^[a-z0-9][a-z0-9._-]{0,63}$/, 'must be 1-64 characters of a-z, 0-9, ".", "_" or "-", starting with a letter or digit'),
+  description: z.string().max(500),
+  // Optional so one OPENAI_MODEL switch (e.g. to a local server) moves every agent along.
+  model: z.string().min(1).max(200).optional(),
+  systemPrompt: z.string().min(1).max(20_000),
+  temperature: z.number().min(0).max(2).optional(),
+  maxOutputTokens: z.number().int().min(1).max(200_000).optional(),
+});
+const AgentsFileSchema = z.array(AgentSchema).max(MAX_AGENTS);
+
+/** Loads AGENTS_FILE (when set) plus the built-in `default` agent; throws a clear Error on an invalid file. */
+export async function loadAgents(config: Config): Promise<AgentRegistry> {
+  const file = config.upstream.agentsFile;
+  const fromFile = file === undefined ? [] : parseAgentsFile(file, await readAgentsFile(file));
+  const agents = fromFile.map((a): Agent => Object.freeze({ ...a, model: a.model ?? config.upstream.model }));
+  if (!agents.some((a) => a.id === DEFAULT_ID)) {
+    agents.unshift(Object.freeze({ id: DEFAULT_ID, description: 'A general helpful assistant', model: config.upstream.model, systemPrompt: DEFAULT_PROMPT }));
+  }
+  return createRegistry(agents);
+}
+
+/** Builds a registry from already-validated agents (tests and alternative sources). */
+export function createRegistry(agents: readonly Agent[]): AgentRegistry {
+  const byId = new Map(agents.map((a) => [a.id, a] as const));
+  const summaries = Object.freeze(agents.map((a) => Object.freeze({ id: a.id, description: a.description })));
+  return Object.freeze({
+    get: (id: string) => byId.get(id),
+    list: () => summaries,
+    defaultId: DEFAULT_ID,
+  });
+}
+
+async function readAgentsFile(file: string): Promise<string> {
+  try {
+    return await readFile(file, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? 'unknown error';
+    throw new Error(`Cannot read agents file ${file}: ${code}`, { cause: err });
+  }
+}
+
+type FileAgent = z.output<typeof AgentSchema>;
+
+/** Parses and validates the file's text; the error lists every problem by path, never a value. */
+export function parseAgentsFile(file: string, text: string): FileAgent[] {
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (err) {
+    // JSON.parse quotes the text around the error, which may be prompt content: keep only the position.
+    const position = /position (\d+)/.exec(String((err as Error).message))?.[1];
+    throw new Error(`Invalid agents file ${file}: not valid JSON${position === undefined ? '' : ` (at position ${position})`}`);
+  }
+  const parsed = AgentsFileSchema.safeParse(json);
+  const problems = parsed.success
+    ? duplicateProblems(parsed.data)
+    : parsed.error.issues.map((i) => `${formatPath(i.path)}: ${i.message}`);
+  if (problems.length > 0 || !parsed.success) {
+    throw new Error(`Invalid agents file ${file}:\n${problems.map((p) => `  - ${p}`).join('\n')}`);
+  }
+  return parsed.data;
+}
+
+function duplicateProblems(agents: readonly FileAgent[]): string[] {
+  const seen = new Set<string>();
+  const problems: string[] = [];
+  agents.forEach((a, i) => {
+    if (seen.has(a.id)) problems.push(`[${i}].id: duplicate id "${a.id}"`);
+    seen.add(a.id);
+  });
+  return problems;
+}
+
+function formatPath(path: readonly PropertyKey[]): string {
+  if (path.length === 0) return '(root)';
+  return path.map((p) => (typeof p === 'number' ? `[${p}]` : `.${String(p)}`)).join('').replace(/^\./, '');
+}

@@ -1,0 +1,372 @@
+// The upstream client: the openai SDK over our own undici Agent, with deadlines that cancel.
+//
+// The SDK's `timeout` covers only the wait for response headers, and an aborted stream ends its
+// for-await silently (dependencies.md §4.2, §4.4). So each call owns ONE AbortController fed
+// by the caller's signal, a first-token deadline and an inter-chunk idle timer; when the loop
+// ends without a finish we look at why and throw a classified UpstreamError instead of
+// pretending the answer was complete. Upstream error text goes to the log, never to clients.
+import OpenAI, { APIConnectionError, APIConnectionTimeoutError, APIError, APIUserAbortError } from 'openai';
+import type { ChatCompletionChunk } from 'openai/resources/chat/completions';
+import { Agent as UndiciAgent, fetch as undiciFetch } from 'undici';
+import { AppError } from '../errors.ts';
+import type { Config } from '../config.ts';
+import type { Logger } from '../log.ts';
+
+/** One chat call as the service asks for it; the agent has already fixed model and prompt. */
+export interface UpstreamRequest {
+  model: string;
+  messages: Array<{ role: 'system' | 'user' | 'assistant'; content: string }>;
+  temperature?: number;
+  maxOutputTokens?: number;
+  /** Our request id, so upstream failures in the log can be matched to the client's request. */
+  requestId?: string;
+}
+
+export interface UpstreamUsage {
+  promptTokens: number;
+  completionTokens: number;
+}
+
+/** What a stream yields: text deltas, then exactly one `done` (or a thrown UpstreamError). */
+export type UpstreamEvent =
+  | { type: 'delta'; text: string }
+  | { type: 'done'; finishReason: string | null; usage?: UpstreamUsage };
+
+/** A started stream: the upstream has answered with a 2xx status and headers. Iterate once. */
+export interface UpstreamStream extends AsyncIterable<UpstreamEvent> {
+  readonly upstreamRequestId: string | undefined;
+}
+
+export interface UpstreamCompletion {
+  text: string;
+  finishReason: string | null;
+  usage?: UpstreamUsage;
+  upstreamRequestId?: string;
+}
+
+/** The chat upstream: streaming and buffered completions, pool stats and shutdown. */
+export interface Upstream {
+  stream(req: UpstreamRequest, signal: AbortSignal): Promise<UpstreamStream>;
+  complete(req: UpstreamRequest, signal: AbortSignal): Promise<UpstreamCompletion>;
+  stats(): { connected: number; pending: number; running: number };
+  close(): Promise<void>;
+}
+
+/** How an upstream call failed; each kind maps to one client-facing code. */
+export type UpstreamErrorKind = 'aborted' | 'timeout' | 'unavailable' | 'status' | 'connection' | 'broken';
+/** Why our own controller aborted a call: the caller, the first-token deadline or the idle timer. */
+export type AbortReason = 'client' | 'deadline' | 'idle';
+
+const RETRY_AFTER_CAP_SECONDS = 3600;
+const CLOSE_GRACE_MS = 1000;
+
+/** A classified upstream failure; its message is ours, never the upstream's text. */
+export class UpstreamError extends Error {
+  readonly kind: UpstreamErrorKind;
+  readonly upstreamStatus: number | undefined;
+  readonly upstreamRequestId: string | undefined;
+  readonly retryAfterSeconds: number | undefined;
+  /** The caller signal's reason when kind is 'aborted' (e.g. an AppError for a drain). */
+  readonly abortReason: unknown;
+
+  constructor(
+    kind: UpstreamErrorKind,
+    message: string,
+    options: { upstreamStatus?: number; upstreamRequestId?: string; retryAfterSeconds?: number; abortReason?: unknown; cause?: unknown } = {},
+  ) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'UpstreamError';
+    this.kind = kind;
+    this.upstreamStatus = options.upstreamStatus;
+    this.upstreamRequestId = options.upstreamRequestId;
+    this.retryAfterSeconds = options.retryAfterSeconds;
+    this.abortReason = options.abortReason;
+  }
+
+  /** The error a client may see: a code and a generic detail, plus Retry-After when the upstream gave one. */
+  toAppError(): AppError {
+    switch (this.kind) {
+      case 'timeout':
+        return new AppError('UPSTREAM_TIMEOUT', { detail: 'The model did not answer in time', cause: this });
+      case 'unavailable': {
+        const headers = this.retryAfterSeconds === undefined ? undefined : { 'Retry-After': String(this.retryAfterSeconds) };
+        return new AppError('UPSTREAM_UNAVAILABLE', { detail: 'The model is overloaded; try again later', headers, cause: this });
+      }
+      case 'aborted':
+        // A drain or deadline aborts with an AppError that says what happened; a client that left sees nothing.
+        if (this.abortReason instanceof AppError) return this.abortReason;
+        return new AppError('REQUEST_TIMEOUT', { detail: 'The request was cancelled', cause: this });
+      default:
+        return new AppError('UPSTREAM_ERROR', { detail: 'The model provider returned an error', cause: this });
+    }
+  }
+}
+
+/** Maps anything an SDK call or stream throws to an UpstreamError; our own abort reason wins. */
+export function classifyUpstreamError(err: unknown, reason?: AbortReason, callerReason?: unknown): UpstreamError {
+  if (err instanceof UpstreamError) return err;
+  const opts = { cause: err, upstreamRequestId: requestIdOf(err) };
+  if (reason === 'client') return new UpstreamError('aborted', 'Upstream call cancelled by the caller', { ...opts, abortReason: callerReason });
+  if (reason === 'deadline') return new UpstreamError('timeout', 'Upstream sent no token before the deadline', opts);
+  if (reason === 'idle') return new UpstreamError('timeout', 'Upstream went silent mid-stream', opts);
+  if (err instanceof APIUserAbortError) return new UpstreamError('aborted', 'Upstream call cancelled', opts);
+  if (err instanceof APIConnectionTimeoutError) return new UpstreamError('timeout', 'Upstream did not answer in time', opts);
+  if (err instanceof APIConnectionError) return new UpstreamError('connection', 'Cannot connect to the upstream', opts);
+  if (err instanceof APIError && err.status !== undefined) {
+    const withStatus = { ...opts, upstreamStatus: err.status };
+    if (err.status === 429 || err.status === 503 || err.status === 529) {
+      const retryAfterSeconds = parseRetryAfter(err.headers?.get('retry-after'));
+      return new UpstreamError('unavailable', `Upstream is unavailable (status ${err.status})`, { ...withStatus, retryAfterSeconds });
+    }
+    return new UpstreamError('status', `Upstream answered with status ${err.status}`, withStatus);
+  }
+  // An `error` event inside a 200 stream: the SDK raises an APIError without a status.
+  if (err instanceof APIError) return new UpstreamError('status', 'Upstream reported an error mid-stream', opts);
+  const code = transportCode(err);
+  if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') {
+    return new UpstreamError('timeout', 'Upstream went silent', opts);
+  }
+  // Mid-stream socket failures are TypeError('terminated'); bad SSE JSON is a SyntaxError.
+  return new UpstreamError('broken', 'Upstream stream broke off', opts);
+}
+
+/** Parses Retry-After (delay-seconds or HTTP-date, RFC 9110 §10.2.3) into whole seconds, capped at an hour. */
+export function parseRetryAfter(value: string | null | undefined, nowMs = Date.now()): number | undefined {
+  if (value === null || value === undefined) return undefined;
+  const text = value.trim();
+  let seconds: number;
+  if (/^\d+(\.\d+)?$/.test(text)) {
+    seconds = Math.ceil(Number(text));
+  } else {
+    const at = Date.parse(text);
+    if (Number.isNaN(at)) return undefined;
+    seconds = Math.ceil((at - nowMs) / 1000);
+  }
+  return Math.min(Math.max(seconds, 0), RETRY_AFTER_CAP_SECONDS);
+}
+
+function requestIdOf(err: unknown): string | undefined {
+  return err instanceof APIError ? (err.requestID ?? undefined) : undefined;
+}
+
+/** The undici error code anywhere in the first few links of the cause chain. */
+function transportCode(err: unknown): string | undefined {
+  let current: unknown = err;
+  for (let depth = 0; depth < 4 && current instanceof Error; depth++) {
+    const code = (current as { code?: unknown }).code;
+    if (typeof code === 'string' && code.startsWith('UND_ERR')) return code;
+    current = current.cause;
+  }
+  return undefined;
+}
+
+/** The upstream's own words about a failure, for the log only. */
+function describeCause(err: unknown): string {
+  const parts: string[] = [];
+  let current: unknown = err;
+  for (let depth = 0; depth < 4 && current instanceof Error; depth++) {
+    const code = (current as { code?: unknown }).code;
+    parts.push(typeof code === 'string' ? `${current.message} [${code}]` : current.message);
+    current = current.cause;
+  }
+  return parts.join(' <- ').slice(0, 1000);
+}
+
+interface Call {
+  readonly signal: AbortSignal;
+  reason(): AbortReason | undefined;
+  callerReason(): unknown;
+  firstToken(): void;
+  armIdle(): void;
+  disarmIdle(): void;
+  abort(reason: AbortReason): void;
+  dispose(): void;
+}
+
+/** One controller for one call: the caller's signal, the first-token deadline and the idle timer all abort it. */
+function startCall(callerSignal: AbortSignal, deadlineMs: number, idleMs: number): Call {
+  const controller = new AbortController();
+  let reason: AbortReason | undefined;
+  let sawToken = false;
+  let idle: NodeJS.Timeout | undefined;
+  const onCallerAbort = (): void => call.abort('client');
+  let deadline: NodeJS.Timeout | undefined = setTimeout(() => call.abort('deadline'), deadlineMs);
+  const call: Call = {
+    signal: controller.signal,
+    reason: () => reason,
+    callerReason: () => callerSignal.reason,
+    firstToken() {
+      sawToken = true;
+      clearTimeout(deadline);
+      deadline = undefined;
+    },
+    // Idle counts only while we wait on the upstream after its first token: a slow reader is not a stalled upstream.
+    armIdle() {
+      if (sawToken && reason === undefined) idle = setTimeout(() => call.abort('idle'), idleMs);
+    },
+    disarmIdle() {
+      clearTimeout(idle);
+    },
+    abort(why) {
+      reason ??= why;
+      call.dispose();
+      controller.abort();
+    },
+    dispose() {
+      clearTimeout(deadline);
+      clearTimeout(idle);
+      callerSignal.removeEventListener('abort', onCallerAbort);
+    },
+  };
+  if (callerSignal.aborted) call.abort('client');
+  else callerSignal.addEventListener('abort', onCallerAbort, { once: true });
+  return call;
+}
+
+/** Builds the upstream client from configuration; `close()` it on shutdown. */
+export function createUpstream(config: Config, log: Logger): Upstream {
+  const { timeoutMs, idleTimeoutMs } = config.upstream;
+  const agent = new UndiciAgent({
+    connect: { timeout: Math.min(10_000, timeoutMs) },
+    headersTimeout: timeoutMs + 5_000, // >= the SDK timeout, so the SDK's clearer timeout fires first
+    bodyTimeout: idleTimeoutMs + 5_000, // a backstop behind our idle timer
+    keepAliveTimeout: 10_000,
+    keepAliveMaxTimeout: 600_000,
+    connections: config.upstream.maxConnections,
+    allowH2: false, // undici 8 defaults to h2 via ALPN; pin HTTP/1.1 so pool stats mean sockets
+  });
+  const client = new OpenAI({
+    // Local servers (Ollama, vLLM) need no key, but the SDK refuses to start without one.
+    apiKey: config.secrets.openaiApiKey ?? 'unset',
+    baseURL: config.upstream.baseUrl ?? 'https://api.openai.com/v1',
+    organization: null,
+    project: null,
+    timeout: timeoutMs,
+    maxRetries: config.upstream.maxRetries,
+    logLevel: 'off',
+    fetch: undiciFetch as unknown as typeof fetch, // undici 8's Request type differs from @types/node's
+    fetchOptions: { dispatcher: agent } as RequestInit,
+  });
+  const upLog = log.child({ component: 'upstream' });
+  const reported = new WeakSet<UpstreamError>();
+
+  function report(err: UpstreamError, req: UpstreamRequest): UpstreamError {
+    if (reported.has(err)) return err;
+    reported.add(err);
+    const fields = {
+      requestId: req.requestId,
+      kind: err.kind,
+      upstreamStatus: err.upstreamStatus,
+      upstreamRequestId: err.upstreamRequestId,
+      upstreamMessage: describeCause(err.cause),
+    };
+    if (err.kind === 'aborted') upLog.debug('upstream call aborted', fields);
+    else upLog.warn('upstream error', fields);
+    return err;
+  }
+
+  function body(req: UpstreamRequest) {
+    return {
+      model: req.model,
+      messages: req.messages,
+      ...(req.temperature === undefined ? {} : { temperature: req.temperature }),
+      ...(req.maxOutputTokens === undefined ? {} : { max_completion_tokens: req.maxOutputTokens }),
+    };
+  }
+
+  async function* iterate(sdk: AsyncIterable<ChatCompletionChunk>, call: Call, req: UpstreamRequest): AsyncGenerator<UpstreamEvent> {
+    const it = sdk[Symbol.asyncIterator]();
+    let finishReason: string | null = null;
+    let sawFinish = false;
+    let usage: UpstreamUsage | undefined;
+    let completed = false;
+    try {
+      for (;;) {
+        call.armIdle();
+        const step = await it.next().finally(() => call.disarmIdle());
+        if (step.done === true) break;
+        const chunk = step.value;
+        if (chunk.usage) usage = { promptTokens: chunk.usage.prompt_tokens, completionTokens: chunk.usage.completion_tokens };
+        const choice = chunk.choices[0];
+        if (choice?.finish_reason) {
+          finishReason = choice.finish_reason;
+          sawFinish = true;
+        }
+        const text = choice?.delta?.content;
+        if (text) {
+          call.firstToken();
+          yield { type: 'delta', text };
+        }
+      }
+      // The SDK ends the loop quietly when aborted; an answer without a finish is not complete.
+      const why = call.reason();
+      if (why !== undefined) throw classifyUpstreamError(undefined, why, call.callerReason());
+      if (!sawFinish) throw new UpstreamError('broken', 'Upstream stream ended without a finish reason');
+      completed = true;
+      yield usage === undefined ? { type: 'done', finishReason } : { type: 'done', finishReason, usage };
+    } catch (err) {
+      throw report(classifyUpstreamError(err, call.reason(), call.callerReason()), req);
+    } finally {
+      call.dispose();
+      if (!completed) {
+        call.abort(call.reason() ?? 'client'); // closes the upstream socket if the consumer stopped early
+        await it.return?.();
+      }
+    }
+  }
+
+  async function stream(req: UpstreamRequest, signal: AbortSignal): Promise<UpstreamStream> {
+    const call = startCall(signal, timeoutMs, idleTimeoutMs);
+    try {
+      const { data, request_id } = await client.chat.completions
+        .create({ ...body(req), stream: true, stream_options: { include_usage: true } }, { signal: call.signal })
+        .withResponse();
+      const events = iterate(data, call, req);
+      return { upstreamRequestId: request_id ?? undefined, [Symbol.asyncIterator]: () => events };
+    } catch (err) {
+      call.dispose();
+      throw report(classifyUpstreamError(err, call.reason(), call.callerReason()), req);
+    }
+  }
+
+  async function complete(req: UpstreamRequest, signal: AbortSignal): Promise<UpstreamCompletion> {
+    // A buffered answer has no first token to wait for: the deadline bounds the whole call.
+    const call = startCall(signal, timeoutMs, idleTimeoutMs);
+    try {
+      const { data, request_id } = await client.chat.completions.create({ ...body(req), stream: false }, { signal: call.signal }).withResponse();
+      const choice = data.choices[0];
+      const usage = data.usage ? { promptTokens: data.usage.prompt_tokens, completionTokens: data.usage.completion_tokens } : undefined;
+      return {
+        text: choice?.message.content ?? '',
+        finishReason: choice?.finish_reason ?? null,
+        ...(usage === undefined ? {} : { usage }),
+        ...(request_id ? { upstreamRequestId: request_id } : {}),
+      };
+    } catch (err) {
+      throw report(classifyUpstreamError(err, call.reason(), call.callerReason()), req);
+    } finally {
+      call.dispose();
+    }
+  }
+
+  function stats(): { connected: number; pending: number; running: number } {
+    const total = { connected: 0, pending: 0, running: 0 };
+    for (const s of Object.values(agent.stats)) {
+      total.connected += Number(s.connected); // a Client reports a boolean, a Pool a count
+      total.pending += s.pending;
+      total.running += s.running;
+    }
+    return total;
+  }
+
+  async function close(): Promise<void> {
+    const grace = setTimeout(() => void agent.destroy().catch(() => {}), CLOSE_GRACE_MS);
+    try {
+      await agent.close();
+    } finally {
+      clearTimeout(grace);
+    }
+  }
+
+  return { stream, complete, stats, close };
+}

@@ -1,0 +1,285 @@
+// The one reader of process.env: a zod schema for every variable, validated once at start.
+//
+// Invalid configuration lists every problem by variable name and never echoes a value (a value
+// may be a secret). The returned object is frozen; secrets live on a non-enumerable property,
+// so logging or serialising the config cannot leak them.
+import { isIP } from 'node:net';
+import * as z from 'zod';
+import { LOG_LEVELS } from './log.ts';
+
+// Empty strings count as unset, so `FOO=` in an env file falls back to the default.
+function optional<T extends z.ZodType>(schema: T) {
+  return z.preprocess((v) => (v === '' ? undefined : v), schema.optional());
+}
+function withDefault<T extends z.ZodType>(schema: T, fallback: z.input<T>) {
+  return z.preprocess((v) => (v === '' || v === undefined ? fallback : v), schema);
+}
+const int = (min: number, max: number) => z.coerce.number().int().min(min).max(max);
+const bool = z.stringbool();
+const list = z.string().transform((s) =>
+  s
+    .split(',')
+    .map((x) => x.trim())
+    .filter((x) => x !== ''),
+);
+
+/** The environment variables, their types, defaults and one-line descriptions (the README table is checked against these). */
+export const ENV_SCHEMA = {
+  HOST: withDefault(z.string().refine((h) => isIP(h) !== 0 || /^[A-Za-z0-9.-]+$/.test(h), 'must be an IP address or host name'), '127.0.0.1'),
+  PORT: withDefault(int(0, 65535), '8000'),
+  LOG_LEVEL: withDefault(z.enum(LOG_LEVELS), 'info'),
+  DATABASE_URL: optional(z.url({ protocol: /^postgres(ql)?$/ })),
+  DATA_DIR: withDefault(z.string().min(1), './data'),
+  DATABASE_CA_FILE: optional(z.string().min(1)),
+  DATABASE_PASSWORD_FILE: optional(z.string().min(1)),
+  DB_POOL_MAX: withDefault(int(1, 200), '10'),
+  DB_STATEMENT_TIMEOUT_MS: withDefault(int(100, 600_000), '15000'),
+  DB_MAX_LIFETIME_SECONDS: withDefault(int(0, 86_400), '300'),
+  HEALTH_DB_TIMEOUT_MS: withDefault(int(100, 60_000), '5000'),
+  OPENAI_API_KEY: optional(z.string().min(1)),
+  // z.httpUrl() would refuse localhost and IP hosts (its hostname must be a domain); local model servers need them.
+  OPENAI_BASE_URL: optional(z.url({ protocol: /^https?$/ })),
+  OPENAI_MODEL: withDefault(z.string().min(1).max(200), 'gpt-4o-mini'),
+  AGENTS_FILE: optional(z.string().min(1)),
+  MAX_MESSAGE_CHARS: withDefault(int(1, 1_000_000), '8000'),
+  HISTORY_MAX_CHARS: withDefault(int(0, 10_000_000), '24000'),
+  UPSTREAM_TIMEOUT_MS: withDefault(int(100, 600_000), '30000'),
+  UPSTREAM_IDLE_TIMEOUT_MS: withDefault(int(100, 600_000), '20000'),
+  UPSTREAM_MAX_CONNECTIONS: withDefault(int(1, 10_000), '64'),
+  UPSTREAM_MAX_RETRIES: withDefault(int(0, 5), '2'),
+  CORS_ORIGINS: withDefault(list, ''),
+  MAX_BODY_BYTES: withDefault(int(64, 10_485_760), '10240'),
+  RATE_LIMIT_PER_MINUTE: withDefault(int(1, 1_000_000), '60'),
+  RATE_LIMIT_BURST: withDefault(int(1, 1_000_000), '20'),
+  RATE_LIMIT_STORE: withDefault(z.enum(['memory', 'postgres']), 'memory'),
+  AUTH_FAILURES_PER_MINUTE: withDefault(int(1, 100_000), '10'),
+  MAX_CONCURRENT_STREAMS_PER_KEY: withDefault(int(1, 1000), '4'),
+  TRUST_PROXY: withDefault(list, 'off'),
+  JWT_SECRET: optional(z.string().min(32, 'must be at least 32 bytes')),
+  JWT_PUBLIC_KEY_FILE: optional(z.string().min(1)),
+  JWT_ISSUER: optional(z.string().min(1)),
+  JWT_AUDIENCE: optional(z.string().min(1)),
+  METRICS_TOKEN: optional(z.string().min(16, 'must be at least 16 characters')),
+  HSTS: withDefault(bool, 'true'),
+  SHUTDOWN_GRACE_MS: withDefault(int(0, 600_000), '10000'),
+  HEADERS_TIMEOUT_MS: withDefault(int(1000, 15_000), '10000'),
+  REQUEST_TIMEOUT_MS: withDefault(int(1000, 60_000), '30000'),
+  KEEP_ALIVE_TIMEOUT_MS: withDefault(int(100, 120_000), '5000'),
+  MAX_REQUESTS_PER_SOCKET: withDefault(int(0, 1_000_000), '1000'),
+  MAX_CONNECTIONS: optional(int(1, 1_000_000)),
+} as const;
+
+/** Variable names whose values are secrets; they are never printed. */
+export const SECRET_VARIABLES = ['OPENAI_API_KEY', 'JWT_SECRET', 'METRICS_TOKEN', 'DATABASE_URL'] as const;
+
+const EnvSchema = z.object(ENV_SCHEMA);
+type Env = z.output<typeof EnvSchema>;
+
+/** Values that must never be logged; reachable only through `config.secrets`. */
+export interface Secrets {
+  openaiApiKey: string | undefined;
+  jwtSecret: string | undefined;
+  metricsToken: string | undefined;
+  databaseUrl: string | undefined;
+  /** Every secret value, for the logger's redaction list. */
+  values: readonly string[];
+}
+
+export interface Config {
+  host: string;
+  port: number;
+  logLevel: (typeof LOG_LEVELS)[number];
+  database: {
+    /** True when DATABASE_URL is set; false means embedded PGlite in dataDir. */
+    external: boolean;
+    caFile: string | undefined;
+    passwordFile: string | undefined;
+    poolMax: number;
+    statementTimeoutMs: number;
+    maxLifetimeSeconds: number;
+  };
+  dataDir: string;
+  healthDbTimeoutMs: number;
+  upstream: {
+    baseUrl: string | undefined;
+    model: string;
+    agentsFile: string | undefined;
+    timeoutMs: number;
+    idleTimeoutMs: number;
+    maxConnections: number;
+    maxRetries: number;
+  };
+  maxMessageChars: number;
+  historyMaxChars: number;
+  corsOrigins: readonly string[];
+  maxBodyBytes: number;
+  rateLimit: { perMinute: number; burst: number; store: 'memory' | 'postgres' };
+  authFailuresPerMinute: number;
+  maxConcurrentStreamsPerKey: number;
+  /** Proxy addresses or CIDRs whose X-Forwarded-For is believed; empty means off. */
+  trustProxy: readonly string[];
+  jwt: { publicKeyFile: string | undefined; issuer: string | undefined; audience: string | undefined; enabled: boolean };
+  metricsTokenSet: boolean;
+  hsts: boolean;
+  shutdownGraceMs: number;
+  http: {
+    headersTimeoutMs: number;
+    requestTimeoutMs: number;
+    keepAliveTimeoutMs: number;
+    maxRequestsPerSocket: number;
+    maxConnections: number | undefined;
+  };
+  /** Non-enumerable: JSON.stringify and util.inspect do not show it. */
+  readonly secrets: Secrets;
+}
+
+export type ConfigResult = { ok: true; config: Config } | { ok: false; problems: string[] };
+
+/** Validates an environment record; pure, so tests pass their own. */
+export function parseConfig(env: Record<string, string | undefined>): ConfigResult {
+  const parsed = EnvSchema.safeParse(env);
+  if (!parsed.success) {
+    // Issues name the variable and the rule, never the input (zod omits it unless asked).
+    const problems = parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`);
+    return { ok: false, problems };
+  }
+  const e = parsed.data;
+  const problems = crossFieldProblems(e);
+  if (problems.length > 0) return { ok: false, problems };
+  return { ok: true, config: buildConfig(e) };
+}
+
+function crossFieldProblems(e: Env): string[] {
+  const problems: string[] = [];
+  for (const origin of e.CORS_ORIGINS) {
+    if (origin === '*') {
+      problems.push('CORS_ORIGINS: "*" is refused; list exact origins');
+    } else if (!isExactOrigin(origin)) {
+      problems.push('CORS_ORIGINS: every entry must be an exact origin, scheme://host[:port], with no path');
+    }
+  }
+  if (e.REQUEST_TIMEOUT_MS < e.HEADERS_TIMEOUT_MS) {
+    problems.push('REQUEST_TIMEOUT_MS: must be greater than or equal to HEADERS_TIMEOUT_MS');
+  }
+  if (e.JWT_SECRET !== undefined && e.JWT_PUBLIC_KEY_FILE !== undefined) {
+    problems.push('JWT_SECRET: set either JWT_SECRET or JWT_PUBLIC_KEY_FILE, not both');
+  }
+  if (e.JWT_SECRET !== undefined && Buffer.byteLength(e.JWT_SECRET) < 32) {
+    problems.push('JWT_SECRET: must be at least 32 bytes');
+  }
+  const trust = e.TRUST_PROXY;
+  if (!(trust.length === 1 && trust[0] === 'off')) {
+    for (const entry of trust) {
+      if (!isAddressOrCidr(entry)) problems.push('TRUST_PROXY: entries must be "off" or IP addresses/CIDRs');
+    }
+  }
+  return [...new Set(problems)];
+}
+
+function isExactOrigin(origin: string): boolean {
+  let url: URL;
+  try {
+    url = new URL(origin);
+  } catch {
+    return false;
+  }
+  return (url.protocol === 'https:' || url.protocol === 'http:') && url.origin === origin;
+}
+
+function isAddressOrCidr(entry: string): boolean {
+  const [addr, bits, ...rest] = entry.split('/');
+  if (rest.length > 0 || addr === undefined) return false;
+  const family = isIP(addr);
+  if (family === 0) return false;
+  if (bits === undefined) return true;
+  if (!/^\d{1,3}$/.test(bits)) return false;
+  return Number(bits) <= (family === 4 ? 32 : 128);
+}
+
+function buildConfig(e: Env): Config {
+  const trustOff = e.TRUST_PROXY.length === 1 && e.TRUST_PROXY[0] === 'off';
+  const secretValues = [e.OPENAI_API_KEY, e.JWT_SECRET, e.METRICS_TOKEN, e.DATABASE_URL, databasePassword(e.DATABASE_URL)].filter(
+    (v): v is string => v !== undefined && v !== '',
+  );
+  const secrets: Secrets = Object.freeze({
+    openaiApiKey: e.OPENAI_API_KEY,
+    jwtSecret: e.JWT_SECRET,
+    metricsToken: e.METRICS_TOKEN,
+    databaseUrl: e.DATABASE_URL,
+    values: Object.freeze(secretValues),
+  });
+  const config = {
+    host: e.HOST,
+    port: e.PORT,
+    logLevel: e.LOG_LEVEL,
+    database: Object.freeze({
+      external: e.DATABASE_URL !== undefined,
+      caFile: e.DATABASE_CA_FILE,
+      passwordFile: e.DATABASE_PASSWORD_FILE,
+      poolMax: e.DB_POOL_MAX,
+      statementTimeoutMs: e.DB_STATEMENT_TIMEOUT_MS,
+      maxLifetimeSeconds: e.DB_MAX_LIFETIME_SECONDS,
+    }),
+    dataDir: e.DATA_DIR,
+    healthDbTimeoutMs: e.HEALTH_DB_TIMEOUT_MS,
+    upstream: Object.freeze({
+      baseUrl: e.OPENAI_BASE_URL,
+      model: e.OPENAI_MODEL,
+      agentsFile: e.AGENTS_FILE,
+      timeoutMs: e.UPSTREAM_TIMEOUT_MS,
+      idleTimeoutMs: e.UPSTREAM_IDLE_TIMEOUT_MS,
+      maxConnections: e.UPSTREAM_MAX_CONNECTIONS,
+      maxRetries: e.UPSTREAM_MAX_RETRIES,
+    }),
+    maxMessageChars: e.MAX_MESSAGE_CHARS,
+    historyMaxChars: e.HISTORY_MAX_CHARS,
+    corsOrigins: Object.freeze([...e.CORS_ORIGINS]),
+    maxBodyBytes: e.MAX_BODY_BYTES,
+    rateLimit: Object.freeze({ perMinute: e.RATE_LIMIT_PER_MINUTE, burst: e.RATE_LIMIT_BURST, store: e.RATE_LIMIT_STORE }),
+    authFailuresPerMinute: e.AUTH_FAILURES_PER_MINUTE,
+    maxConcurrentStreamsPerKey: e.MAX_CONCURRENT_STREAMS_PER_KEY,
+    trustProxy: Object.freeze(trustOff ? [] : [...e.TRUST_PROXY]),
+    jwt: Object.freeze({
+      publicKeyFile: e.JWT_PUBLIC_KEY_FILE,
+      issuer: e.JWT_ISSUER,
+      audience: e.JWT_AUDIENCE,
+      enabled: e.JWT_SECRET !== undefined || e.JWT_PUBLIC_KEY_FILE !== undefined,
+    }),
+    metricsTokenSet: e.METRICS_TOKEN !== undefined,
+    hsts: e.HSTS,
+    shutdownGraceMs: e.SHUTDOWN_GRACE_MS,
+    http: Object.freeze({
+      headersTimeoutMs: e.HEADERS_TIMEOUT_MS,
+      requestTimeoutMs: e.REQUEST_TIMEOUT_MS,
+      keepAliveTimeoutMs: e.KEEP_ALIVE_TIMEOUT_MS,
+      maxRequestsPerSocket: e.MAX_REQUESTS_PER_SOCKET,
+      maxConnections: e.MAX_CONNECTIONS,
+    }),
+  };
+  Object.defineProperty(config, 'secrets', { value: secrets, enumerable: false, writable: false });
+  return Object.freeze(config) as Config;
+}
+
+function databasePassword(url: string | undefined): string | undefined {
+  if (url === undefined) return undefined;
+  try {
+    const password = decodeURIComponent(new URL(url).password);
+    return password === '' ? undefined : password;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Reads process.env; on invalid configuration prints every problem (never a value) and exits 1. */
+export function loadConfig(): Config {
+  const result = parseConfig(process.env);
+  if (result.ok) return result.config;
+  process.stderr.write(`Invalid configuration:\n${result.problems.map((p) => `  - ${p}`).join('\n')}\n`);
+  process.exit(1);
+}
+
+/** Reads one variable that is not part of the server's configuration (test and bench helpers). */
+export function readEnv(name: string): string | undefined {
+  const value = process.env[name];
+  return value === '' ? undefined : value;
+}

@@ -1,0 +1,151 @@
+// One pg.Pool interface for both engines: PostgreSQL (DATABASE_URL) or embedded PGlite (DATA_DIR).
+import { closeSync, mkdirSync, openSync, readFileSync, unlinkSync, writeSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import pg from 'pg';
+import type { Config } from '../config.ts';
+import type { Logger } from '../log.ts';
+
+export interface Database {
+  pool: pg.Pool;
+  /** 'postgres' for a server, 'pglite' for the embedded development engine. */
+  kind: 'postgres' | 'pglite';
+  close(): Promise<void>;
+}
+
+/** Thrown when another process holds the embedded database. */
+export class DatabaseLockedError extends Error {
+  constructor(dir: string) {
+    super(`The embedded database in ${dir} is in use by another process (a running server?). Stop it, or set DATABASE_URL`);
+    this.name = 'DatabaseLockedError';
+  }
+}
+
+/** Opens the configured database. */
+export async function createDatabase(config: Config, log: Logger): Promise<Database> {
+  return config.database.external ? createPostgres(config, log) : createPglite(config, log);
+}
+
+/** The pg.Pool options for DATABASE_URL, with TLS and password-file handling (exported for tests). */
+export function postgresPoolConfig(config: Config): pg.PoolConfig {
+  const db = config.database;
+  const url = new URL(config.secrets.databaseUrl as string);
+  const options: pg.PoolConfig = {
+    max: db.poolMax,
+    connectionTimeoutMillis: 5_000,
+    idleTimeoutMillis: 10_000,
+    maxLifetimeSeconds: db.maxLifetimeSeconds,
+    statement_timeout: db.statementTimeoutMs,
+    // Client-side backstop slightly above the server's own limit (pg notes §6.2).
+    query_timeout: db.statementTimeoutMs + 1_000,
+    idle_in_transaction_session_timeout: Math.max(db.statementTimeoutMs * 2, 10_000),
+    lock_timeout: Math.min(db.statementTimeoutMs, 5_000),
+    application_name: 'chat-server',
+    keepAlive: true,
+    keepAliveInitialDelayMillis: 10_000,
+  };
+  if (db.caFile !== undefined) {
+    // sslmode/sslrootcert in the URL override the ssl object in pg (notes §6.2): strip them so
+    // the verified CA below always applies and nothing in the URL can weaken it.
+    for (const key of ['sslmode', 'sslrootcert', 'sslcert', 'sslkey', 'uselibpqcompat']) url.searchParams.delete(key);
+    options.ssl = { ca: readFileSync(db.caFile, 'utf8'), rejectUnauthorized: true };
+  }
+  if (db.passwordFile !== undefined) {
+    const file = db.passwordFile;
+    url.password = '';
+    // Read for every new connection, so rotating the password needs no restart.
+    options.password = async () => (await readFile(file, 'utf8')).trim();
+  }
+  options.connectionString = url.toString();
+  return options;
+}
+
+async function createPostgres(config: Config, log: Logger): Promise<Database> {
+  const pool = new pg.Pool(postgresPoolConfig(config));
+  // Mandatory: without it an idle client's error (a terminated backend) crashes the process.
+  pool.on('error', (err) => log.warn('idle database client failed', { err }));
+  return {
+    pool,
+    kind: 'postgres',
+    async close() {
+      await pool.end();
+    },
+  };
+}
+
+async function createPglite(config: Config, log: Logger): Promise<Database> {
+  const dir = resolve(config.dataDir);
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const releaseLock = acquireLock(join(dir, 'server.lock'));
+  try {
+    const { PGlite } = await import('@electric-sql/pglite');
+    const { createPgConfig } = await import('@electric-sql/pglite/node-postgres');
+    const engine = await PGlite.create(join(dir, 'pglite'));
+    // The adapter exposes one shared connection; do not raise max.
+    const pool = new pg.Pool(createPgConfig(engine) as pg.PoolConfig);
+    pool.on('error', (err) => log.warn('embedded database client failed', { err }));
+    log.info('using the embedded PGlite database: for development only; set DATABASE_URL in production', { dataDir: dir });
+    return {
+      pool,
+      kind: 'pglite',
+      async close() {
+        try {
+          await pool.end();
+          await engine.close();
+        } finally {
+          releaseLock();
+        }
+      },
+    };
+  } catch (err) {
+    releaseLock();
+    throw err;
+  }
+}
+
+/** An exclusive lock file with our PID; a stale lock of a dead process is taken over. */
+export function acquireLock(path: string): () => void {
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      const fd = openSync(path, 'wx', 0o600);
+      writeSync(fd, String(process.pid));
+      closeSync(fd);
+      let released = false;
+      return () => {
+        if (released) return;
+        released = true;
+        try {
+          unlinkSync(path);
+        } catch {
+          // already gone
+        }
+      };
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      if (!isStale(path)) break;
+      try {
+        unlinkSync(path);
+      } catch {
+        // another process took it over first
+      }
+    }
+  }
+  throw new DatabaseLockedError(resolve(path, '..'));
+}
+
+function isStale(path: string): boolean {
+  let pid: number;
+  try {
+    pid = Number(readFileSync(path, 'utf8').trim());
+  } catch {
+    return false;
+  }
+  if (!Number.isInteger(pid) || pid <= 0) return true;
+  if (pid === process.pid) return false;
+  try {
+    process.kill(pid, 0);
+    return false;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'ESRCH';
+  }
+}

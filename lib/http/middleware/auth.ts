@@ -1,0 +1,64 @@
+// Bearer authentication for protected paths, with a failed-attempt throttle per client address.
+import { AppError } from '../../errors.ts';
+import type { Context, Identity, Middleware, Next } from '../types.ts';
+
+export interface AuthOptions {
+  /** Paths under this prefix need an identity. */
+  prefix: string;
+  authenticate: (token: string) => Promise<Identity>;
+  throttle: {
+    blockedFor(address: string): number;
+    fail(address: string): void;
+  };
+  /** Maps the client address to the throttle's key (IPv6 /64 grouping). */
+  addressKey: (address: string) => string;
+  onFailure?: (ctx: Context, reason: string) => void;
+  onThrottled?: (ctx: Context) => void;
+}
+
+const MAX_TOKEN_LENGTH = 8192;
+// RFC 6750 §3: a request without credentials gets a bare challenge; a bad token says invalid_token.
+const CHALLENGE = { 'WWW-Authenticate': 'Bearer' };
+const INVALID_CHALLENGE = { 'WWW-Authenticate': 'Bearer error="invalid_token"' };
+
+/** Sets `ctx.identity` on protected paths or answers 401 (or 429 for an address that failed too often). */
+export function auth(options: AuthOptions): Middleware {
+  const { prefix, authenticate, throttle, addressKey } = options;
+  return async function authMiddleware(ctx: Context, next: Next): Promise<void> {
+    if (!ctx.path.startsWith(prefix)) {
+      await next();
+      return;
+    }
+    const address = addressKey(ctx.clientIp);
+    const wait = throttle.blockedFor(address);
+    if (wait > 0) {
+      // Refused before the credentials are even looked at: guessing costs the attacker, not us.
+      options.onThrottled?.(ctx);
+      throw new AppError('AUTH_THROTTLED', { detail: 'Too many failed authentication attempts', headers: { 'Retry-After': String(wait) } });
+    }
+    const header = ctx.req.headers.authorization;
+    if (header === undefined || header === '') {
+      throw new AppError('UNAUTHORIZED', { detail: 'Send Authorization: Bearer <API key or JWT>', headers: CHALLENGE });
+    }
+    try {
+      const token = bearerToken(header);
+      ctx.identity = await authenticate(token);
+    } catch (err) {
+      if (!(err instanceof AppError) || err.status !== 401) throw err; // a database failure is not the client's fault
+      throttle.fail(address);
+      options.onFailure?.(ctx, err.detail ?? err.code);
+      throw new AppError('INVALID_TOKEN', { detail: 'Invalid credentials', headers: INVALID_CHALLENGE });
+    }
+    await next();
+  };
+}
+
+function bearerToken(header: string): string {
+  // RFC 9110 §11.1: the scheme is case-insensitive.
+  if (header.length > MAX_TOKEN_LENGTH + 7 || !/^bearer /i.test(header)) {
+    throw new AppError('INVALID_TOKEN', { detail: 'Expected a Bearer token' });
+  }
+  const token = header.slice(7).trim();
+  if (token === '' || token.length > MAX_TOKEN_LENGTH) throw new AppError('INVALID_TOKEN', { detail: 'Expected a Bearer token' });
+  return token;
+}

@@ -1,0 +1,27 @@
+// Turns every error into RFC 9457 problem+json; unknown errors become a generic 500 and are logged in full.
+import { AppError, toAppError } from '../../errors.ts';
+import { sendProblem } from '../respond.ts';
+import type { Context, Middleware, Next } from '../types.ts';
+
+/** Catches what the rest of the chain throws and answers it (or cuts the connection if headers are gone). */
+export function errorHandler(): Middleware {
+  return async function errorMiddleware(ctx: Context, next: Next): Promise<void> {
+    try {
+      await next();
+    } catch (err) {
+      const appErr = toAppError(err);
+      if (!(err instanceof AppError)) {
+        // The cause chain goes to the log with the request id; the client gets a generic 500.
+        ctx.log.error('unhandled error', { err, requestId: ctx.requestId, route: ctx.route });
+      } else if (appErr.status >= 500 && appErr.cause !== undefined) {
+        ctx.log.error('request failed', { code: appErr.code, err: appErr.cause, requestId: ctx.requestId, route: ctx.route });
+      }
+      if (!ctx.res.headersSent) {
+        sendProblem(ctx, appErr);
+      } else if (!ctx.res.writableEnded) {
+        // A body is half-written; appending an error would corrupt it. Cut the connection.
+        ctx.res.destroy();
+      }
+    }
+  };
+}

@@ -1,0 +1,133 @@
+// The only writer of responses: JSON, problem+json, plain text, empty, and SSE with backpressure.
+import type { ServerResponse } from 'node:http';
+import { AppError, problemBody, toAppError } from '../errors.ts';
+import { formatSse } from './sse.ts';
+import type { Context, Reply, SseEvent } from './types.ts';
+
+const JSON_TYPE = 'application/json; charset=utf-8';
+const PROBLEM_TYPE = 'application/problem+json; charset=utf-8';
+const SSE_HEADERS = ['content-type', 'text/event-stream; charset=utf-8', 'x-accel-buffering', 'no'];
+const DEFAULT_HEARTBEAT_MS = 15_000;
+/** How long a stream may wait for a client that does not read before the socket is dropped. */
+export const DRAIN_TIMEOUT_MS = 30_000;
+
+function headerList(ctx: Context, extra: Record<string, string> | undefined, content: readonly string[]): string[] {
+  const out = ctx.baseHeaders.concat(ctx.headers, content);
+  if (extra !== undefined) for (const name of Object.keys(extra)) out.push(name, extra[name] as string);
+  return out;
+}
+
+function writeBody(ctx: Context, status: number, body: string, contentType: string, extra?: Record<string, string>): void {
+  const length = Buffer.byteLength(body);
+  ctx.status = status;
+  ctx.res.writeHead(status, headerList(ctx, extra, ['content-type', contentType, 'content-length', String(length)]));
+  // HEAD: node's ServerResponse drops the body but keeps the length, as RFC 9110 §9.3.2 wants.
+  ctx.res.end(body);
+  ctx.bytes = ctx.method === 'HEAD' ? 0 : length;
+}
+
+/** Writes a JSON body with the collected headers. */
+export function sendJson(ctx: Context, status: number, body: unknown, extra?: Record<string, string>): void {
+  writeBody(ctx, status, JSON.stringify(body), JSON_TYPE, extra);
+}
+
+/** Writes an error as RFC 9457 problem+json; 5xx bodies carry only title, code and request id. */
+export function sendProblem(ctx: Context, err: AppError): void {
+  writeBody(ctx, err.status, JSON.stringify(problemBody(err, ctx.requestId)), PROBLEM_TYPE, err.headers);
+}
+
+/** Writes a response without a body (204, or a preflight answer). */
+export function sendEmpty(ctx: Context, status: number, extra?: Record<string, string>): void {
+  ctx.status = status;
+  ctx.res.writeHead(status, headerList(ctx, extra, []));
+  ctx.res.end();
+}
+
+/** Writes a reply returned by a handler. SSE replies resolve when the stream has ended. */
+export async function sendReply(ctx: Context, reply: Reply): Promise<void> {
+  switch (reply.kind) {
+    case 'json':
+      sendJson(ctx, reply.status, reply.body, reply.headers);
+      return;
+    case 'text':
+      writeBody(ctx, reply.status, reply.body, reply.contentType, reply.headers);
+      return;
+    case 'empty':
+      sendEmpty(ctx, reply.status, reply.headers);
+      return;
+    case 'sse':
+      await streamSse(ctx, reply.events, reply.heartbeatMs ?? DEFAULT_HEARTBEAT_MS, reply.headers);
+      return;
+  }
+}
+
+/**
+ * Streams events with backpressure: waits for 'drain' when the socket buffer is full, stops
+ * pulling when the request signal fires (the producer sees `return()`), sends `: ping`
+ * comments while idle, and ends a failed stream with one `event: error` frame (code only).
+ */
+export async function streamSse(
+  ctx: Context,
+  events: AsyncIterable<SseEvent>,
+  heartbeatMs: number,
+  extra?: Record<string, string>,
+): Promise<void> {
+  const { res } = ctx;
+  ctx.status = 200;
+  ctx.clearDeadline(); // a stream is bounded by its producer's timeouts and the drain timeout, not the request deadline
+  res.writeHead(200, headerList(ctx, extra, SSE_HEADERS));
+  res.flushHeaders();
+  const write = (chunk: string): boolean => {
+    ctx.bytes += Buffer.byteLength(chunk);
+    return res.write(chunk);
+  };
+  const heartbeat = setInterval(() => {
+    if (res.writableLength === 0) write(': ping\n\n');
+  }, heartbeatMs);
+  heartbeat.unref();
+  const iterator = events[Symbol.asyncIterator]();
+  try {
+    for (;;) {
+      if (ctx.signal.aborted || res.destroyed) break;
+      const step = await iterator.next();
+      if (step.done === true) break;
+      if (ctx.signal.aborted || res.destroyed) break;
+      if (!write(formatSse(step.value)) && !(await drained(res, ctx.signal))) {
+        res.destroy(); // a client that stops reading must not make us buffer without bound
+        break;
+      }
+    }
+  } catch (err) {
+    const appErr = toAppError(err);
+    if (appErr.status >= 500 && !(err instanceof AppError)) ctx.log.error('stream failed', { err });
+    if (!res.destroyed && !ctx.signal.aborted) write(formatSse({ event: 'error', data: { code: appErr.code, requestId: ctx.requestId } }));
+  } finally {
+    clearInterval(heartbeat);
+    // Stop the producer (closes the upstream request) whatever ended the loop.
+    try {
+      await iterator.return?.();
+    } catch (err) {
+      ctx.log.warn('stream producer failed to close', { err });
+    }
+    if (!res.destroyed) res.end();
+  }
+}
+
+/** Resolves true on 'drain', false when the client is gone, the signal fires or the wait times out. */
+function drained(res: ServerResponse, signal: AbortSignal): Promise<boolean> {
+  return new Promise((resolve) => {
+    const done = (ok: boolean): void => {
+      clearTimeout(timer);
+      res.off('drain', onDrain);
+      res.off('close', onClose);
+      signal.removeEventListener('abort', onClose);
+      resolve(ok);
+    };
+    const onDrain = (): void => done(true);
+    const onClose = (): void => done(false);
+    const timer = setTimeout(onClose, DRAIN_TIMEOUT_MS);
+    res.once('drain', onDrain);
+    res.once('close', onClose);
+    signal.addEventListener('abort', onClose, { once: true });
+  });
+}

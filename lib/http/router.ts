@@ -1,0 +1,113 @@
+// A small router: static and `:param` segments, 404, 405 with Allow, HEAD served by GET.
+import type { Handler } from './types.ts';
+
+/** One route as data. */
+export interface Route {
+  method: string;
+  pattern: string;
+  handler: Handler;
+}
+
+export type Match =
+  | { kind: 'found'; pattern: string; handler: Handler; params: Record<string, string> }
+  | { kind: 'method-not-allowed'; pattern: string; allow: string }
+  | { kind: 'not-found' };
+
+interface Node {
+  statics: Map<string, Node>;
+  param: { name: string; node: Node } | undefined;
+  // method → handler, and the pattern for labels; set on the node where a route ends
+  methods: Map<string, Handler>;
+  pattern: string | undefined;
+  allow: string;
+}
+
+const NOT_FOUND: Match = { kind: 'not-found' };
+const MAX_SEGMENT_LENGTH = 1024;
+
+function newNode(): Node {
+  return { statics: new Map(), param: undefined, methods: new Map(), pattern: undefined, allow: '' };
+}
+
+/** Builds a router from route data; lookups are a walk down a segment tree. */
+export function createRouter(routes: readonly Route[]): (method: string, path: string) => Match {
+  const root = newNode();
+  for (const route of routes) addRoute(root, route);
+  return function match(method: string, path: string): Match {
+    const found = walk(root, path);
+    if (found === undefined) return NOT_FOUND;
+    const { node, params } = found;
+    const pattern = node.pattern as string;
+    // RFC 9110 §9.3.2: HEAD is GET without the body; serve it with the GET handler.
+    const handler = node.methods.get(method) ?? (method === 'HEAD' ? node.methods.get('GET') : undefined);
+    if (handler !== undefined) return { kind: 'found', pattern, handler, params };
+    // RFC 9110 §15.5.6: a 405 response carries Allow with the methods the resource supports.
+    return { kind: 'method-not-allowed', pattern, allow: node.allow };
+  };
+}
+
+function addRoute(root: Node, route: Route): void {
+  let node = root;
+  for (const segment of splitPath(route.pattern)) {
+    if (segment.startsWith(':')) {
+      const name = segment.slice(1);
+      if (node.param !== undefined && node.param.name !== name) {
+        throw new Error(`Conflicting parameter names at ${route.pattern}: ${node.param.name} and ${name}`);
+      }
+      node.param ??= { name, node: newNode() };
+      node = node.param.node;
+    } else {
+      let next = node.statics.get(segment);
+      if (next === undefined) {
+        next = newNode();
+        node.statics.set(segment, next);
+      }
+      node = next;
+    }
+  }
+  if (node.methods.has(route.method)) throw new Error(`Duplicate route: ${route.method} ${route.pattern}`);
+  node.methods.set(route.method, route.handler);
+  node.pattern = route.pattern;
+  const methods = new Set(node.methods.keys());
+  if (methods.has('GET')) methods.add('HEAD');
+  methods.add('OPTIONS'); // answered by CORS
+  node.allow = [...methods].sort().join(', ');
+}
+
+function splitPath(path: string): string[] {
+  return path.split('/').filter((s) => s !== '');
+}
+
+function walk(root: Node, path: string): { node: Node; params: Record<string, string> } | undefined {
+  let node = root;
+  let params: Record<string, string> | undefined;
+  let start = 1; // skip the leading '/'
+  const length = path.length;
+  while (start < length) {
+    let end = path.indexOf('/', start);
+    if (end === -1) end = length;
+    if (end === start) return undefined; // empty segment: '//' (a trailing slash is a different resource)
+    const segment = path.slice(start, end);
+    const next = node.statics.get(segment);
+    if (next !== undefined) {
+      node = next;
+    } else if (node.param !== undefined) {
+      if (segment.length > MAX_SEGMENT_LENGTH) return undefined;
+      let value: string;
+      try {
+        value = decodeURIComponent(segment);
+      } catch {
+        return undefined; // malformed percent-encoding cannot name any resource
+      }
+      params ??= {};
+      params[node.param.name] = value;
+      node = node.param.node;
+    } else {
+      return undefined;
+    }
+    start = end + 1;
+  }
+  if (start === length && length > 1) return undefined; // trailing slash
+  if (node.pattern === undefined) return undefined;
+  return { node, params: params ?? {} };
+}

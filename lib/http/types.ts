@@ -1,0 +1,69 @@
+// The types of the framework we do not import: context, handlers, middleware, replies.
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Logger } from '../log.ts';
+
+/** Who made the request, once authentication has run: `key:<id>` or `jwt:<sub>`. */
+export interface Identity {
+  id: string;
+  kind: 'key' | 'jwt';
+}
+
+/** One server-sent event; `data` is serialised as JSON unless it is a string. */
+export interface SseEvent {
+  event?: string;
+  id?: string;
+  data?: unknown;
+  /** A comment line (`: text`), used for heartbeats. */
+  comment?: string;
+}
+
+/** What a handler returns; `respond` is the only code that turns it into bytes. */
+export type Reply =
+  | { kind: 'json'; status: number; body: unknown; headers?: Record<string, string> }
+  | { kind: 'text'; status: number; body: string; contentType: string; headers?: Record<string, string> }
+  | { kind: 'empty'; status: number; headers?: Record<string, string> }
+  | {
+      kind: 'sse';
+      events: AsyncIterable<SseEvent>;
+      /** Heartbeat comment interval; 15 s by default. */
+      heartbeatMs?: number;
+      headers?: Record<string, string>;
+    };
+
+/** The per-request context every middleware and handler sees. */
+export interface Context {
+  readonly req: IncomingMessage;
+  readonly res: ServerResponse;
+  readonly method: string;
+  /** The path without its query string, as received (not decoded). */
+  readonly path: string;
+  /** The raw query string without `?`, or ''. */
+  readonly rawQuery: string;
+  /** The matched route pattern (e.g. `/v1/conversations/:id`), or a fixed label when none matched. */
+  route: string;
+  params: Record<string, string>;
+  requestId: string;
+  /** The client address: the socket peer, or the right-most untrusted X-Forwarded-For entry. */
+  clientIp: string;
+  identity: Identity | undefined;
+  log: Logger;
+  /** Aborts when the client goes away or the request deadline passes. */
+  readonly signal: AbortSignal;
+  /** Monotonic start time, from `performance.now()`. */
+  readonly startMs: number;
+  /** Precomputed headers every response carries (security headers), as a flat [name, value, …] list. */
+  baseHeaders: string[];
+  /** Response headers added by middleware for this request, as a flat [name, value, …] list for writeHead. */
+  readonly headers: string[];
+  /** Stops the request deadline (a started stream is bounded by its own timeouts instead). */
+  clearDeadline(): void;
+  /** Status and byte count written, for the access log and metrics. */
+  status: number;
+  bytes: number;
+  /** Free-form per-request state for middleware that must talk to each other. */
+  readonly state: Map<string, unknown>;
+}
+
+export type Next = () => Promise<void>;
+export type Middleware = (ctx: Context, next: Next) => Promise<void>;
+export type Handler = (ctx: Context) => Promise<Reply>;

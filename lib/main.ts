@@ -1,0 +1,190 @@
+// Builds and starts the whole server from a Config; server.ts and the tests both use this.
+import { readFileSync } from 'node:fs';
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { createAuthenticator } from './auth/authenticator.ts';
+import { createJwtVerifier, type JwtVerifierOptions } from './auth/jwt.ts';
+import { ensureDevKey } from './auth/keys-command.ts';
+import { loadAgents } from './chat/agents.ts';
+import { chatRoutes } from './chat/routes.ts';
+import { createChatService, type ChatService } from './chat/service.ts';
+import { createUpstream, type Upstream } from './chat/upstream.ts';
+import type { Config } from './config.ts';
+import { createDatabase, type Database } from './db/database.ts';
+import { migrate } from './db/migrate.ts';
+import { healthRoutes } from './health.ts';
+import { AppError } from './errors.ts';
+import { createApp } from './http/app.ts';
+import { addressGroup, createClientIp } from './http/client-ip.ts';
+import { auth } from './http/middleware/auth.ts';
+import { rateLimit } from './http/middleware/rate-limit.ts';
+import { accessLog } from './http/middleware/access-log.ts';
+import { bodyLimit } from './http/middleware/body-limit.ts';
+import { cors } from './http/middleware/cors.ts';
+import { errorHandler } from './http/middleware/errors.ts';
+import { requestId } from './http/middleware/request-id.ts';
+import { securityHeaderList, securityHeaders } from './http/middleware/security-headers.ts';
+import type { Route } from './http/router.ts';
+import type { Context } from './http/types.ts';
+import { createHttpServer } from './http/server.ts';
+import { createConcurrencyLimiter, type ConcurrencyLimiter } from './limits/concurrency.ts';
+import { createFailureThrottle } from './limits/failure-throttle.ts';
+import { createMemoryStore } from './limits/memory-store.ts';
+import { createPostgresStore } from './limits/postgres-store.ts';
+import { rateLimitHeaders } from './limits/ratelimit-headers.ts';
+import { bucketPolicy, type Decision } from './limits/token-bucket.ts';
+import type { Logger } from './log.ts';
+import { createSecurityEvents, type SecurityEventKind } from './security-events.ts';
+
+export interface RunningServer {
+  server: Server;
+  /** Base URL, e.g. http://127.0.0.1:8000 */
+  url: string;
+  db: Database;
+  slots: ConcurrencyLimiter;
+  upstream: Upstream;
+  chat: ChatService;
+  /** Stops accepting, lets requests finish within the grace period, then closes everything. */
+  shutdown(graceMs?: number): Promise<void>;
+}
+
+/** Opens the database, applies migrations, builds the app and listens. */
+export async function startServer(config: Config, log: Logger): Promise<RunningServer> {
+  const db = await createDatabase(config, log);
+  const cleanups: Array<() => Promise<void> | void> = [() => db.close()];
+  try {
+    await migrate(db.pool);
+    if (db.kind === 'pglite') await ensureDevKey(db.pool, config.dataDir, log);
+    const agents = await loadAgents(config);
+    const upstream = createUpstream(config, log);
+    cleanups.push(() => upstream.close());
+    const jwt = config.jwt.enabled ? await createJwtVerifier(jwtOptions(config)) : undefined;
+    const limits = createRateLimiter(config, db);
+    cleanups.push(() => limits.close());
+    const slots = createConcurrencyLimiter(config.maxConcurrentStreamsPerKey);
+    const security = createSecurityEvents(log);
+    const shutdown = new AbortController();
+    const chat = createChatService({
+      pool: db.pool,
+      upstream,
+      agents,
+      slots,
+      log,
+      maxMessageChars: config.maxMessageChars,
+      historyMaxChars: config.historyMaxChars,
+      shutdownSignal: shutdown.signal,
+    });
+    let draining = false;
+    const routes: Route[] = [
+      ...healthRoutes({ pool: db.pool, timeoutMs: config.healthDbTimeoutMs, isDraining: () => draining }),
+      ...chatRoutes({ pool: db.pool, chat, agents, maxBodyBytes: config.maxBodyBytes }),
+    ];
+    const event = (kind: SecurityEventKind) => (ctx: Context, reason?: string) =>
+      security.emit(kind, { requestId: ctx.requestId, ip: ctx.clientIp, identity: ctx.identity?.id, reason });
+    const listener = createApp({
+      routes,
+      middleware: [
+        requestId(),
+        securityHeaders({ hsts: config.hsts }),
+        accessLog({ log }),
+        errorHandler(),
+        bodyLimit(config.maxBodyBytes),
+        cors({ origins: config.corsOrigins, onReject: event('cors_rejected') }),
+        auth({
+          prefix: '/v1/',
+          authenticate: createAuthenticator({ pool: db.pool, jwt }),
+          throttle: createFailureThrottle(config.authFailuresPerMinute),
+          addressKey: addressGroup,
+          onFailure: event('auth_failure'),
+          onThrottled: event('auth_throttled'),
+        }),
+        rateLimit({
+          prefix: '/v1/',
+          take: limits.take,
+          headers: limits.headers,
+          onRejected: event('rate_limited'),
+          onStoreError: (ctx, err) => log.error('rate-limit store failed; refusing requests', { err, requestId: ctx.requestId }),
+        }),
+      ],
+      log,
+      deadlineMs: config.http.requestTimeoutMs,
+      clientIp: createClientIp(config.trustProxy),
+    });
+    const server = createHttpServer({ ...config.http, securityHeaders: securityHeaderList({ hsts: config.hsts }), log }, listener);
+    await listen(server, config.port, config.host);
+    const { port } = server.address() as AddressInfo;
+    const host = config.host.includes(':') ? `[${config.host}]` : config.host;
+    log.info('listening', { url: `http://${host}:${port}`, database: db.kind });
+    return {
+      server,
+      url: `http://${host}:${port}`,
+      db,
+      slots,
+      upstream,
+      chat,
+      async shutdown(graceMs = config.shutdownGraceMs) {
+        draining = true;
+        await drainServer(server, graceMs);
+        // Streams still open after the grace period end with `event: error` SHUTTING_DOWN and are stored incomplete.
+        shutdown.abort(new AppError('SHUTTING_DOWN'));
+        await waitAtMost(chat.idle(), 2_000);
+        server.closeAllConnections();
+        for (const cleanup of cleanups.reverse()) await cleanup();
+      },
+    };
+  } catch (err) {
+    for (const cleanup of cleanups.reverse()) await cleanup();
+    throw err;
+  }
+}
+
+function jwtOptions(config: Config): JwtVerifierOptions {
+  const options: JwtVerifierOptions = {};
+  if (config.secrets.jwtSecret !== undefined) options.secret = config.secrets.jwtSecret;
+  if (config.jwt.publicKeyFile !== undefined) options.publicKey = readFileSync(config.jwt.publicKeyFile, 'utf8');
+  if (config.jwt.issuer !== undefined) options.issuer = config.jwt.issuer;
+  if (config.jwt.audience !== undefined) options.audience = config.jwt.audience;
+  return options;
+}
+
+/** The per-identity bucket: synchronous in memory, one SQL statement per decision in PostgreSQL. */
+function createRateLimiter(config: Config, db: Database) {
+  const policy = bucketPolicy(config.rateLimit.perMinute, config.rateLimit.burst);
+  const headers = (decision: Decision): readonly string[] => rateLimitHeaders(policy, decision);
+  if (config.rateLimit.store === 'postgres') {
+    const store = createPostgresStore(db.pool);
+    return { take: (key: string) => store.take(key, policy), headers, close: () => store.close() };
+  }
+  const store = createMemoryStore();
+  return { take: (key: string) => store.takeSync(key, policy), headers, close: async () => {} };
+}
+
+function waitAtMost(promise: Promise<void>, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([promise, new Promise<void>((resolve) => (timer = setTimeout(resolve, ms)))]).finally(() => clearTimeout(timer));
+}
+
+function listen(server: Server, port: number, host: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+}
+
+/** Closes the listener and idle sockets, waits for in-flight requests up to `graceMs`, then cuts the rest. */
+async function drainServer(server: Server, graceMs: number): Promise<void> {
+  const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+  // Keep-alive sockets that finish their last response become idle; close them as they do.
+  const sweep = setInterval(() => server.closeIdleConnections(), 100);
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<void>((resolve) => {
+    timer = setTimeout(resolve, graceMs);
+  });
+  server.closeIdleConnections();
+  await Promise.race([closed, timeout]);
+  clearInterval(sweep);
+  clearTimeout(timer);
+}

@@ -1,0 +1,74 @@
+// Composition root and subcommand dispatch: `serve` (default), `migrate`, `keys create|list|revoke`.
+import { loadConfig } from './lib/config.ts';
+import { createDatabase } from './lib/db/database.ts';
+import { migrate } from './lib/db/migrate.ts';
+import { createLogger, type Logger } from './lib/log.ts';
+import { startServer } from './lib/main.ts';
+
+const config = loadConfig();
+const log = createLogger({ level: config.logLevel, secrets: config.secrets.values });
+
+process.on('uncaughtException', (err) => die(log, 'uncaught exception', err));
+process.on('unhandledRejection', (err) => die(log, 'unhandled rejection', err));
+
+const [command = 'serve', ...args] = process.argv.slice(2);
+switch (command) {
+  case 'serve':
+    await serve();
+    break;
+  case 'migrate':
+    await runMigrate();
+    break;
+  case 'keys': {
+    const { runKeysCommand } = await import('./lib/auth/keys-command.ts');
+    process.exitCode = await runKeysCommand(config, log, args);
+    log.flush();
+    break;
+  }
+  default:
+    process.stderr.write(`Unknown command: ${command}\nUsage: server.ts [serve | migrate | keys create NAME | keys list | keys revoke NAME]\n`);
+    process.exitCode = 2;
+}
+
+async function serve(): Promise<void> {
+  const running = await startServer(config, log).catch((err: unknown) => die(log, 'server failed to start', err));
+  let stopping = false;
+  const stop = (signal: string): void => {
+    if (stopping) {
+      // A second signal means "now": skip the drain.
+      log.warn('second signal: exiting at once', { signal });
+      log.flush();
+      process.exit(130);
+    }
+    stopping = true;
+    log.info('draining', { signal, graceMs: config.shutdownGraceMs });
+    running.shutdown().then(
+      () => {
+        log.info('stopped');
+        log.flush();
+        process.exit(0);
+      },
+      (err: unknown) => die(log, 'shutdown failed', err),
+    );
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+}
+
+async function runMigrate(): Promise<void> {
+  const db = await createDatabase(config, log);
+  try {
+    const applied = await migrate(db.pool);
+    log.info('migrations applied', { applied });
+  } finally {
+    await db.close();
+    log.flush();
+  }
+}
+
+function die(logger: Logger, msg: string, err: unknown): never {
+  logger.error(msg, { err });
+  logger.flush();
+  // systemd restarts the unit (Restart=on-failure); a half-broken process must not linger.
+  process.exit(1);
+}
