@@ -6,12 +6,13 @@ import { createLogger, type Logger } from './lib/log.ts';
 import { startServer } from './lib/main.ts';
 
 const config = loadConfig();
-const log = createLogger({ level: config.logLevel, secrets: config.secrets.values });
+const [command = 'serve', ...args] = process.argv.slice(2);
+// Admin commands keep stdout for their result (a new key goes there alone); their log goes to stderr.
+const log = createLogger({ level: config.logLevel, secrets: config.secrets.values, sink: command === 'serve' ? 1 : 2 });
 
 process.on('uncaughtException', (err) => die(log, 'uncaught exception', err));
 process.on('unhandledRejection', (err) => die(log, 'unhandled rejection', err));
 
-const [command = 'serve', ...args] = process.argv.slice(2);
 switch (command) {
   case 'serve':
     await serve();

@@ -14,7 +14,9 @@ function optional<T extends z.ZodType>(schema: T) {
 function withDefault<T extends z.ZodType>(schema: T, fallback: z.input<T>) {
   return z.preprocess((v) => (v === '' || v === undefined ? fallback : v), schema);
 }
-const int = (min: number, max: number) => z.coerce.number().int().min(min).max(max);
+// Digits only: z.coerce.number() would read ' ' as 0 (a random port) and '0x50' as 80.
+const int = (min: number, max: number) =>
+  z.string().regex(/^[0-9]+$/, 'must be a whole number').transform(Number).pipe(z.number().int().min(min).max(max));
 const bool = z.stringbool();
 const list = z.string().transform((s) =>
   s
@@ -22,6 +24,17 @@ const list = z.string().transform((s) =>
     .map((x) => x.trim())
     .filter((x) => x !== ''),
 );
+// Single-field rules live in the schema so that one run reports them together with every other problem.
+const corsOrigins = list.refine((entries) => !entries.includes('*'), '"*" is refused; list exact origins').refine(
+  (entries) => entries.every((e) => e === '*' || isExactOrigin(e)),
+  'every entry must be an exact origin, scheme://host[:port], with no path',
+);
+const trustProxy = list.refine(
+  (entries) => (entries.length === 1 && entries[0] === 'off') || entries.every(isAddressOrCidr),
+  'entries must be "off" or IP addresses/CIDRs',
+);
+// Bytes, not UTF-16 code units: HMAC keys are bytes.
+const jwtSecret = z.string().refine((s) => Buffer.byteLength(s) >= 32, 'must be at least 32 bytes');
 
 /** The environment variables, their types, defaults and one-line descriptions (the README table is checked against these). */
 export const ENV_SCHEMA = {
@@ -47,15 +60,15 @@ export const ENV_SCHEMA = {
   UPSTREAM_IDLE_TIMEOUT_MS: withDefault(int(100, 600_000), '20000'),
   UPSTREAM_MAX_CONNECTIONS: withDefault(int(1, 10_000), '64'),
   UPSTREAM_MAX_RETRIES: withDefault(int(0, 5), '2'),
-  CORS_ORIGINS: withDefault(list, ''),
+  CORS_ORIGINS: withDefault(corsOrigins, ''),
   MAX_BODY_BYTES: withDefault(int(64, 10_485_760), '10240'),
   RATE_LIMIT_PER_MINUTE: withDefault(int(1, 1_000_000), '60'),
   RATE_LIMIT_BURST: withDefault(int(1, 1_000_000), '20'),
   RATE_LIMIT_STORE: withDefault(z.enum(['memory', 'postgres']), 'memory'),
   AUTH_FAILURES_PER_MINUTE: withDefault(int(1, 100_000), '10'),
   MAX_CONCURRENT_STREAMS_PER_KEY: withDefault(int(1, 1000), '4'),
-  TRUST_PROXY: withDefault(list, 'off'),
-  JWT_SECRET: optional(z.string().min(32, 'must be at least 32 bytes')),
+  TRUST_PROXY: withDefault(trustProxy, 'off'),
+  JWT_SECRET: optional(jwtSecret),
   JWT_PUBLIC_KEY_FILE: optional(z.string().min(1)),
   JWT_ISSUER: optional(z.string().min(1)),
   JWT_AUDIENCE: optional(z.string().min(1)),
@@ -138,42 +151,27 @@ export type ConfigResult = { ok: true; config: Config } | { ok: false; problems:
 /** Validates an environment record; pure, so tests pass their own. */
 export function parseConfig(env: Record<string, string | undefined>): ConfigResult {
   const parsed = EnvSchema.safeParse(env);
-  if (!parsed.success) {
-    // Issues name the variable and the rule, never the input (zod omits it unless asked).
-    const problems = parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`);
-    return { ok: false, problems };
-  }
-  const e = parsed.data;
-  const problems = crossFieldProblems(e);
-  if (problems.length > 0) return { ok: false, problems };
-  return { ok: true, config: buildConfig(e) };
+  // Issues name the variable and the rule, never the input (zod omits it unless asked).
+  const problems = parsed.success ? [] : parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`);
+  problems.push(...crossFieldProblems(env));
+  if (!parsed.success || problems.length > 0) return { ok: false, problems };
+  return { ok: true, config: buildConfig(parsed.data) };
 }
 
-function crossFieldProblems(e: Env): string[] {
+/** Rules between variables; each runs when the variables it compares are valid on their own, so every problem is listed at once. */
+function crossFieldProblems(env: Record<string, string | undefined>): string[] {
   const problems: string[] = [];
-  for (const origin of e.CORS_ORIGINS) {
-    if (origin === '*') {
-      problems.push('CORS_ORIGINS: "*" is refused; list exact origins');
-    } else if (!isExactOrigin(origin)) {
-      problems.push('CORS_ORIGINS: every entry must be an exact origin, scheme://host[:port], with no path');
-    }
-  }
-  if (e.REQUEST_TIMEOUT_MS < e.HEADERS_TIMEOUT_MS) {
+  const requestTimeout = ENV_SCHEMA.REQUEST_TIMEOUT_MS.safeParse(env['REQUEST_TIMEOUT_MS']);
+  const headersTimeout = ENV_SCHEMA.HEADERS_TIMEOUT_MS.safeParse(env['HEADERS_TIMEOUT_MS']);
+  if (requestTimeout.success && headersTimeout.success && requestTimeout.data < headersTimeout.data) {
     problems.push('REQUEST_TIMEOUT_MS: must be greater than or equal to HEADERS_TIMEOUT_MS');
   }
-  if (e.JWT_SECRET !== undefined && e.JWT_PUBLIC_KEY_FILE !== undefined) {
+  const jwtSecretSet = ENV_SCHEMA.JWT_SECRET.safeParse(env['JWT_SECRET']).data !== undefined;
+  const publicKeySet = ENV_SCHEMA.JWT_PUBLIC_KEY_FILE.safeParse(env['JWT_PUBLIC_KEY_FILE']).data !== undefined;
+  if (jwtSecretSet && publicKeySet) {
     problems.push('JWT_SECRET: set either JWT_SECRET or JWT_PUBLIC_KEY_FILE, not both');
   }
-  if (e.JWT_SECRET !== undefined && Buffer.byteLength(e.JWT_SECRET) < 32) {
-    problems.push('JWT_SECRET: must be at least 32 bytes');
-  }
-  const trust = e.TRUST_PROXY;
-  if (!(trust.length === 1 && trust[0] === 'off')) {
-    for (const entry of trust) {
-      if (!isAddressOrCidr(entry)) problems.push('TRUST_PROXY: entries must be "off" or IP addresses/CIDRs');
-    }
-  }
-  return [...new Set(problems)];
+  return problems;
 }
 
 function isExactOrigin(origin: string): boolean {

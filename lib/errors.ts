@@ -75,6 +75,9 @@ export function isAppError(err: unknown): err is AppError {
   return err instanceof AppError;
 }
 
+// '__proto__' as well: assigning it would replace the body's prototype.
+const RESERVED_MEMBERS = new Set(['type', 'title', 'status', 'code', 'detail', 'requestId', '__proto__']);
+
 /** The problem+json body (RFC 9457) for an error; 5xx bodies never carry a detail. */
 export function problemBody(err: AppError, requestId: string): Record<string, unknown> {
   const body: Record<string, unknown> = {
@@ -85,7 +88,12 @@ export function problemBody(err: AppError, requestId: string): Record<string, un
   };
   if (err.expose) {
     if (err.detail !== undefined) body['detail'] = err.detail;
-    if (err.extra !== undefined) Object.assign(body, err.extra);
+    if (err.extra !== undefined) {
+      // Extra members never replace the fixed ones: the code and status are the contract.
+      for (const key of Object.keys(err.extra)) {
+        if (!RESERVED_MEMBERS.has(key)) body[key] = err.extra[key];
+      }
+    }
   }
   body['requestId'] = requestId;
   return body;

@@ -53,8 +53,11 @@ class Output {
 
   constructor(options: LoggerOptions) {
     this.level = LEVEL_VALUE[options.level ?? 'info'];
+    // Lines are scrubbed after serialisation, so a secret with a quote, backslash or control
+    // character is searched for as JSON spells it too (once and twice escaped: JSON inside a string).
+    const forms = (options.secrets ?? []).filter((s) => s.length >= 4).flatMap((s) => [s, jsonEscaped(s), jsonEscaped(jsonEscaped(s))]);
     // Longest first so a secret that contains another is redacted whole.
-    this.#secrets = [...new Set(options.secrets ?? [])].filter((s) => s.length >= 4).sort((a, b) => b.length - a.length);
+    this.#secrets = [...new Set(forms)].sort((a, b) => b.length - a.length);
     this.#sink = options.sink ?? 1;
     this.#maxBufferBytes = options.maxBufferBytes ?? 64 * 1024;
   }
@@ -96,6 +99,10 @@ class Output {
     }
     return text;
   }
+}
+
+function jsonEscaped(text: string): string {
+  return JSON.stringify(text).slice(1, -1);
 }
 
 function writeAll(fd: number, chunk: string): void {

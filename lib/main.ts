@@ -11,6 +11,7 @@ import { createChatService, type ChatService } from './chat/service.ts';
 import { createUpstream, type Upstream } from './chat/upstream.ts';
 import type { Config } from './config.ts';
 import { createDatabase, type Database } from './db/database.ts';
+import { isDatabaseUnavailable } from './db/errors.ts';
 import { migrate } from './db/migrate.ts';
 import { healthRoutes } from './health.ts';
 import { AppError } from './errors.ts';
@@ -34,6 +35,8 @@ import { createPostgresStore } from './limits/postgres-store.ts';
 import { rateLimitHeaders } from './limits/ratelimit-headers.ts';
 import { bucketPolicy, type Decision } from './limits/token-bucket.ts';
 import type { Logger } from './log.ts';
+import { createAppMetrics } from './metrics/app-metrics.ts';
+import { metricsRoutes } from './metrics/routes.ts';
 import { createSecurityEvents, type SecurityEventKind } from './security-events.ts';
 
 export interface RunningServer {
@@ -59,10 +62,14 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     const upstream = createUpstream(config, log);
     cleanups.push(() => upstream.close());
     const jwt = config.jwt.enabled ? await createJwtVerifier(jwtOptions(config)) : undefined;
-    const limits = createRateLimiter(config, db);
+    const limits = createRateLimiter(config, db, log);
     cleanups.push(() => limits.close());
     const slots = createConcurrencyLimiter(config.maxConcurrentStreamsPerKey);
-    const security = createSecurityEvents(log);
+    const metrics = createAppMetrics();
+    cleanups.push(() => metrics.close());
+    metrics.setPoolSource(() => ({ total: db.pool.totalCount, idle: db.pool.idleCount, waiting: db.pool.waitingCount }));
+    metrics.setStreamSlotsSource(() => slots.inUse());
+    const security = createSecurityEvents(log, { onEvent: (kind) => metrics.securityEvent(kind) });
     const shutdown = new AbortController();
     const chat = createChatService({
       pool: db.pool,
@@ -73,21 +80,26 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
       maxMessageChars: config.maxMessageChars,
       historyMaxChars: config.historyMaxChars,
       shutdownSignal: shutdown.signal,
+      observer: metrics,
     });
+    const event = (kind: SecurityEventKind) => (ctx: Context, reason?: string) =>
+      security.emit(kind, { requestId: ctx.requestId, ip: ctx.clientIp, identity: ctx.identity?.id, reason });
     let draining = false;
     const routes: Route[] = [
       ...healthRoutes({ pool: db.pool, timeoutMs: config.healthDbTimeoutMs, isDraining: () => draining }),
       ...chatRoutes({ pool: db.pool, chat, agents, maxBodyBytes: config.maxBodyBytes }),
+      ...metricsRoutes({ render: () => metrics.render(), token: config.secrets.metricsToken, onDenied: event('metrics_denied') }),
     ];
-    const event = (kind: SecurityEventKind) => (ctx: Context, reason?: string) =>
-      security.emit(kind, { requestId: ctx.requestId, ip: ctx.clientIp, identity: ctx.identity?.id, reason });
     const listener = createApp({
       routes,
       middleware: [
         requestId(),
         securityHeaders({ hsts: config.hsts }),
-        accessLog({ log }),
-        errorHandler(),
+        accessLog({ log, observe: (ctx, ms) => metrics.observeRequest(ctx.method, ctx.route, ctx.status, ms / 1000) }),
+        errorHandler({
+          classify: (err) =>
+            isDatabaseUnavailable(err) ? new AppError('SERVICE_UNAVAILABLE', { cause: err, headers: { 'Retry-After': '5' } }) : undefined,
+        }),
         bodyLimit(config.maxBodyBytes),
         cors({ origins: config.corsOrigins, onReject: event('cors_rejected') }),
         auth({
@@ -95,14 +107,23 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
           authenticate: createAuthenticator({ pool: db.pool, jwt }),
           throttle: createFailureThrottle(config.authFailuresPerMinute),
           addressKey: addressGroup,
-          onFailure: event('auth_failure'),
-          onThrottled: event('auth_throttled'),
+          onFailure: (ctx, reason) => {
+            metrics.authFailed('invalid_credentials');
+            event('auth_failure')(ctx, reason);
+          },
+          onThrottled: (ctx) => {
+            metrics.rateLimitRejected('auth_throttle');
+            event('auth_throttled')(ctx);
+          },
         }),
         rateLimit({
           prefix: '/v1/',
           take: limits.take,
           headers: limits.headers,
-          onRejected: event('rate_limited'),
+          onRejected: (ctx) => {
+            metrics.rateLimitRejected('rate_limit');
+            event('rate_limited')(ctx);
+          },
           onStoreError: (ctx, err) => log.error('rate-limit store failed; refusing requests', { err, requestId: ctx.requestId }),
         }),
       ],
@@ -148,11 +169,11 @@ function jwtOptions(config: Config): JwtVerifierOptions {
 }
 
 /** The per-identity bucket: synchronous in memory, one SQL statement per decision in PostgreSQL. */
-function createRateLimiter(config: Config, db: Database) {
+function createRateLimiter(config: Config, db: Database, log: Logger) {
   const policy = bucketPolicy(config.rateLimit.perMinute, config.rateLimit.burst);
   const headers = (decision: Decision): readonly string[] => rateLimitHeaders(policy, decision);
   if (config.rateLimit.store === 'postgres') {
-    const store = createPostgresStore(db.pool);
+    const store = createPostgresStore(db.pool, { onError: (err) => log.warn('rate-limit sweep failed', { err }) });
     return { take: (key: string) => store.take(key, policy), headers, close: () => store.close() };
   }
   const store = createMemoryStore();

@@ -13,18 +13,31 @@ export function createSecurityEvents(log: Logger, options: { perSecond?: number;
   let windowStart = 0;
   let written = 0;
   let dropped = 0;
+  let summaryTimer: NodeJS.Timeout | undefined;
+
+  function reportSuppressed(): void {
+    clearTimeout(summaryTimer);
+    summaryTimer = undefined;
+    if (dropped > 0) log.warn('security events suppressed', { event: 'security', suppressed: dropped });
+    dropped = 0;
+  }
+
   return {
     emit(kind, fields) {
       options.onEvent?.(kind);
-      const second = Math.floor(Date.now() / 1000);
+      const nowMs = Date.now();
+      const second = Math.floor(nowMs / 1000);
       if (second !== windowStart) {
-        if (dropped > 0) log.warn('security events suppressed', { event: 'security', suppressed: dropped });
+        reportSuppressed();
         windowStart = second;
         written = 0;
-        dropped = 0;
       }
       if (written >= perSecond) {
-        dropped++;
+        // A flood that stops must still be reported: summarise when this second ends, not at the next event.
+        if (dropped++ === 0) {
+          summaryTimer = setTimeout(reportSuppressed, 1000 - (nowMs % 1000));
+          summaryTimer.unref();
+        }
         return;
       }
       written++;

@@ -26,12 +26,15 @@ const DEFAULT_CACHE_TTL_MS = 2_000;
 export function createAuthenticator(options: AuthenticatorOptions): (token: string) => Promise<Identity> {
   const ttl = options.cacheTtlMs ?? DEFAULT_CACHE_TTL_MS;
   const maxEntries = options.maxCacheEntries ?? 10_000;
-  const now = options.now ?? Date.now;
+  // Monotonic: a wall clock stepped back would stretch every cached entry, and with it revocation lag.
+  const now = options.now ?? (() => performance.now());
   // Keyed by the hash, never the key. Only hits are cached: a miss (unknown or revoked key) always asks again.
   const cache = new Map<string, CacheEntry>();
   const pending = new Map<string, Promise<Identity>>();
 
   async function lookUp(hash: Buffer, cacheKey: string): Promise<Identity> {
+    // The row is at least as fresh as this moment: count the TTL from here, so a slow query cannot add to revocation lag.
+    const askedAtMs = now();
     const row = await findApiKeyByHash(options.pool, hash);
     // The index found the row by hash; compare again in constant time as a second line.
     if (row === undefined || row.revoked || !keysEqual(row.hash, hash)) {
@@ -39,7 +42,7 @@ export function createAuthenticator(options: AuthenticatorOptions): (token: stri
     }
     const identity: Identity = Object.freeze({ id: `key:${row.id}`, kind: 'key' });
     if (cache.size >= maxEntries) cache.delete(cache.keys().next().value as string);
-    cache.set(cacheKey, { identity, expiresAtMs: now() + ttl });
+    cache.set(cacheKey, { identity, expiresAtMs: askedAtMs + ttl });
     return identity;
   }
 

@@ -5,6 +5,7 @@ import type pg from 'pg';
 import type { Config } from '../config.ts';
 import { countApiKeys, insertApiKey, listApiKeys, revokeApiKey } from '../db/api-keys.ts';
 import { createDatabase, DatabaseLockedError } from '../db/database.ts';
+import { isDatabaseUnavailable } from '../db/errors.ts';
 import { migrate } from '../db/migrate.ts';
 import type { Logger } from '../log.ts';
 import { generateApiKey } from './api-key.ts';
@@ -35,6 +36,11 @@ export async function runKeysCommand(config: Config, log: Logger, args: readonly
     if (action === 'create') return await create(db.pool, name as string);
     if (action === 'revoke') return await revoke(db.pool, name as string);
     return await list(db.pool);
+  } catch (err) {
+    if (!isDatabaseUnavailable(err)) throw err;
+    // An operator at a terminal wants one line, not a stack trace; never the URL (it holds the password).
+    process.stderr.write(`Cannot reach the database (${(err as { code?: string }).code ?? (err as Error).message}); check DATABASE_URL\n`);
+    return 1;
   } finally {
     await db.close();
   }

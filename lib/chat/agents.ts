@@ -37,8 +37,9 @@ const DEFAULT_PROMPT =
   'You are a helpful assistant. Answer clearly and concisely. If you do not know something, say so.';
 const MAX_AGENTS = 1000;
 
+const ID_PATTERN = /^[a-z0-9][a-z0-9._-]{0,63}$/;
 const AgentSchema = z.strictObject({
-  id: z.string().regex(/^[a-z0-9][a-z0-9._-]{0,63}$/, 'must be 1-64 characters of a-z, 0-9, ".", "_" or "-", starting with a letter or digit'),
+  id: z.string().regex(ID_PATTERN, 'must be 1-64 characters of a-z, 0-9, ".", "_" or "-", starting with a letter or digit'),
   description: z.string().max(500),
   // Optional so one OPENAI_MODEL switch (e.g. to a local server) moves every agent along.
   model: z.string().min(1).max(200).optional(),
@@ -92,21 +93,24 @@ export function parseAgentsFile(file: string, text: string): FileAgent[] {
     throw new Error(`Invalid agents file ${file}: not valid JSON${position === undefined ? '' : ` (at position ${position})`}`);
   }
   const parsed = AgentsFileSchema.safeParse(json);
-  const problems = parsed.success
-    ? duplicateProblems(parsed.data)
-    : parsed.error.issues.map((i) => `${formatPath(i.path)}: ${i.message}`);
+  const problems = parsed.success ? [] : parsed.error.issues.map((i) => `${formatPath(i.path)}: ${i.message}`);
+  problems.push(...duplicateProblems(json));
   if (problems.length > 0 || !parsed.success) {
     throw new Error(`Invalid agents file ${file}:\n${problems.map((p) => `  - ${p}`).join('\n')}`);
   }
   return parsed.data;
 }
 
-function duplicateProblems(agents: readonly FileAgent[]): string[] {
+/** Duplicate ids, checked on the raw input so they are reported next to any schema problems. */
+function duplicateProblems(json: unknown): string[] {
+  if (!Array.isArray(json)) return [];
   const seen = new Set<string>();
   const problems: string[] = [];
-  agents.forEach((a, i) => {
-    if (seen.has(a.id)) problems.push(`[${i}].id: duplicate id "${a.id}"`);
-    seen.add(a.id);
+  json.forEach((item: unknown, i) => {
+    const id = (item as { id?: unknown } | null)?.id;
+    if (typeof id !== 'string' || !ID_PATTERN.test(id)) return; // a bad id is already a schema problem
+    if (seen.has(id)) problems.push(`[${i}].id: duplicate id "${id}"`);
+    seen.add(id);
   });
   return problems;
 }

@@ -45,11 +45,13 @@ export interface ChatService {
 }
 
 const SAVE_ATTEMPTS = 3;
+const FOREIGN_KEY_VIOLATION = '23503';
 
 /** Validates the body strictly: clients choose an agent and nothing else about the model. */
 export function chatRequestSchema(maxMessageChars: number) {
   return z.strictObject({
-    message: z.string().min(1).max(maxMessageChars),
+    // PostgreSQL text cannot hold NUL (22021): refuse it here instead of failing the insert with a 500.
+    message: z.string().min(1).max(maxMessageChars).refine((m) => !m.includes('\u0000'), 'Must not contain NUL characters'),
     conversationId: z.uuid().optional(),
     agent: z.string().min(1).max(64).optional(),
     stream: z.boolean().default(true),
@@ -84,6 +86,11 @@ export function createChatService(options: ChatServiceOptions): ChatService {
         await saveAssistantMessage(pool, message);
         return;
       } catch (err) {
+        if ((err as { code?: unknown }).code === FOREIGN_KEY_VIOLATION) {
+          // The owner deleted the conversation mid-answer: there is nothing left to store it in.
+          log.info('conversation deleted before its answer was stored', { requestId: ctx.requestId, conversationId: message.conversationId });
+          return;
+        }
         if (attempt === SAVE_ATTEMPTS) {
           log.error('could not store the assistant message', { err, requestId: ctx.requestId, messageId: message.id, conversationId: message.conversationId });
           return;
@@ -97,8 +104,8 @@ export function createChatService(options: ChatServiceOptions): ChatService {
     const parsed = schema.safeParse(body);
     if (!parsed.success) throw validationError(parsed.error);
     const input = parsed.data;
-    const agent = agents.get(input.agent ?? agents.defaultId);
-    if (agent === undefined) throw new AppError('VALIDATION_FAILED', { detail: 'Unknown agent', extra: { issues: [{ path: 'agent', code: 'unknown_agent', message: 'No such agent' }] } });
+    const requested = agents.get(input.agent ?? agents.defaultId);
+    if (requested === undefined) throw new AppError('VALIDATION_FAILED', { detail: 'Unknown agent', extra: { issues: [{ path: 'agent', code: 'unknown_agent', message: 'No such agent' }] } });
     const identity = ctx.identity;
     if (identity === undefined) throw new AppError('UNAUTHORIZED', { headers: { 'WWW-Authenticate': 'Bearer' } });
     const slot = slots.acquire(identity.id);
@@ -108,12 +115,14 @@ export function createChatService(options: ChatServiceOptions): ChatService {
     try {
       const turn = await startTurn(pool, {
         owner: identity.id,
-        agent: agent.id,
+        agent: requested.id,
         message: input.message,
         historyMaxChars: options.historyMaxChars,
         ...(input.conversationId === undefined ? {} : { conversationId: input.conversationId }),
       });
       if (turn === undefined) throw new AppError('NOT_FOUND', { detail: 'No such conversation' });
+      // A follow-up that names no agent continues with the conversation's own (while it still exists).
+      const agent = input.agent === undefined ? (agents.get(turn.agent) ?? requested) : requested;
       const request: UpstreamRequest = {
         model: agent.model,
         messages: [{ role: 'system', content: agent.systemPrompt }, ...turn.history, { role: 'user', content: input.message }],

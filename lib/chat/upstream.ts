@@ -238,6 +238,7 @@ export function createUpstream(config: Config, log: Logger): Upstream {
   const client = new OpenAI({
     // Local servers (Ollama, vLLM) need no key, but the SDK refuses to start without one.
     apiKey: config.secrets.openaiApiKey ?? 'unset',
+    // Explicit values, so the SDK reads nothing from process.env behind the config's back.
     baseURL: config.upstream.baseUrl ?? 'https://api.openai.com/v1',
     organization: null,
     project: null,
@@ -245,87 +246,21 @@ export function createUpstream(config: Config, log: Logger): Upstream {
     maxRetries: config.upstream.maxRetries,
     logLevel: 'off',
     fetch: undiciFetch as unknown as typeof fetch, // undici 8's Request type differs from @types/node's
-    fetchOptions: { dispatcher: agent } as RequestInit,
+    fetchOptions: { dispatcher: agent },
   });
   const upLog = log.child({ component: 'upstream' });
-  const reported = new WeakSet<UpstreamError>();
-
-  function report(err: UpstreamError, req: UpstreamRequest): UpstreamError {
-    if (reported.has(err)) return err;
-    reported.add(err);
-    const fields = {
-      requestId: req.requestId,
-      kind: err.kind,
-      upstreamStatus: err.upstreamStatus,
-      upstreamRequestId: err.upstreamRequestId,
-      upstreamMessage: describeCause(err.cause),
-    };
-    if (err.kind === 'aborted') upLog.debug('upstream call aborted', fields);
-    else upLog.warn('upstream error', fields);
-    return err;
-  }
-
-  function body(req: UpstreamRequest) {
-    return {
-      model: req.model,
-      messages: req.messages,
-      ...(req.temperature === undefined ? {} : { temperature: req.temperature }),
-      ...(req.maxOutputTokens === undefined ? {} : { max_completion_tokens: req.maxOutputTokens }),
-    };
-  }
-
-  async function* iterate(sdk: AsyncIterable<ChatCompletionChunk>, call: Call, req: UpstreamRequest): AsyncGenerator<UpstreamEvent> {
-    const it = sdk[Symbol.asyncIterator]();
-    let finishReason: string | null = null;
-    let sawFinish = false;
-    let usage: UpstreamUsage | undefined;
-    let completed = false;
-    try {
-      for (;;) {
-        call.armIdle();
-        const step = await it.next().finally(() => call.disarmIdle());
-        if (step.done === true) break;
-        const chunk = step.value;
-        if (chunk.usage) usage = { promptTokens: chunk.usage.prompt_tokens, completionTokens: chunk.usage.completion_tokens };
-        const choice = chunk.choices[0];
-        if (choice?.finish_reason) {
-          finishReason = choice.finish_reason;
-          sawFinish = true;
-        }
-        const text = choice?.delta?.content;
-        if (text) {
-          call.firstToken();
-          yield { type: 'delta', text };
-        }
-      }
-      // The SDK ends the loop quietly when aborted; an answer without a finish is not complete.
-      const why = call.reason();
-      if (why !== undefined) throw classifyUpstreamError(undefined, why, call.callerReason());
-      if (!sawFinish) throw new UpstreamError('broken', 'Upstream stream ended without a finish reason');
-      completed = true;
-      yield usage === undefined ? { type: 'done', finishReason } : { type: 'done', finishReason, usage };
-    } catch (err) {
-      throw report(classifyUpstreamError(err, call.reason(), call.callerReason()), req);
-    } finally {
-      call.dispose();
-      if (!completed) {
-        call.abort(call.reason() ?? 'client'); // closes the upstream socket if the consumer stopped early
-        await it.return?.();
-      }
-    }
-  }
 
   async function stream(req: UpstreamRequest, signal: AbortSignal): Promise<UpstreamStream> {
     const call = startCall(signal, timeoutMs, idleTimeoutMs);
     try {
       const { data, request_id } = await client.chat.completions
-        .create({ ...body(req), stream: true, stream_options: { include_usage: true } }, { signal: call.signal })
+        .create({ ...requestBody(req), stream: true, stream_options: { include_usage: true } }, { signal: call.signal })
         .withResponse();
-      const events = iterate(data, call, req);
+      const events = iterate(data, call, req, upLog);
       return { upstreamRequestId: request_id ?? undefined, [Symbol.asyncIterator]: () => events };
     } catch (err) {
       call.dispose();
-      throw report(classifyUpstreamError(err, call.reason(), call.callerReason()), req);
+      throw report(upLog, classifyUpstreamError(err, call.reason(), call.callerReason()), req);
     }
   }
 
@@ -333,30 +268,19 @@ export function createUpstream(config: Config, log: Logger): Upstream {
     // A buffered answer has no first token to wait for: the deadline bounds the whole call.
     const call = startCall(signal, timeoutMs, idleTimeoutMs);
     try {
-      const { data, request_id } = await client.chat.completions.create({ ...body(req), stream: false }, { signal: call.signal }).withResponse();
+      const { data, request_id } = await client.chat.completions.create({ ...requestBody(req), stream: false }, { signal: call.signal }).withResponse();
       const choice = data.choices[0];
-      const usage = data.usage ? { promptTokens: data.usage.prompt_tokens, completionTokens: data.usage.completion_tokens } : undefined;
       return {
         text: choice?.message.content ?? '',
         finishReason: choice?.finish_reason ?? null,
-        ...(usage === undefined ? {} : { usage }),
+        ...(data.usage ? { usage: { promptTokens: data.usage.prompt_tokens, completionTokens: data.usage.completion_tokens } } : {}),
         ...(request_id ? { upstreamRequestId: request_id } : {}),
       };
     } catch (err) {
-      throw report(classifyUpstreamError(err, call.reason(), call.callerReason()), req);
+      throw report(upLog, classifyUpstreamError(err, call.reason(), call.callerReason()), req);
     } finally {
       call.dispose();
     }
-  }
-
-  function stats(): { connected: number; pending: number; running: number } {
-    const total = { connected: 0, pending: 0, running: 0 };
-    for (const s of Object.values(agent.stats)) {
-      total.connected += Number(s.connected); // a Client reports a boolean, a Pool a count
-      total.pending += s.pending;
-      total.running += s.running;
-    }
-    return total;
   }
 
   async function close(): Promise<void> {
@@ -368,5 +292,82 @@ export function createUpstream(config: Config, log: Logger): Upstream {
     }
   }
 
-  return { stream, complete, stats, close };
+  return { stream, complete, stats: () => poolStats(agent), close };
+}
+
+function requestBody(req: UpstreamRequest) {
+  return {
+    model: req.model,
+    messages: req.messages,
+    ...(req.temperature === undefined ? {} : { temperature: req.temperature }),
+    // max_completion_tokens, not the deprecated max_tokens that reasoning models refuse.
+    ...(req.maxOutputTokens === undefined ? {} : { max_completion_tokens: req.maxOutputTokens }),
+  };
+}
+
+/** Turns SDK chunks into our events; ends with `done` only after a finish, otherwise throws. */
+async function* iterate(sdk: AsyncIterable<ChatCompletionChunk>, call: Call, req: UpstreamRequest, log: Logger): AsyncGenerator<UpstreamEvent> {
+  const it = sdk[Symbol.asyncIterator]();
+  let finishReason: string | null = null;
+  let usage: UpstreamUsage | undefined;
+  let completed = false;
+  try {
+    for (;;) {
+      call.armIdle();
+      const step = await it.next().finally(() => call.disarmIdle());
+      if (step.done === true) break;
+      const chunk = step.value;
+      if (chunk.usage) usage = { promptTokens: chunk.usage.prompt_tokens, completionTokens: chunk.usage.completion_tokens };
+      const choice = chunk.choices[0];
+      if (choice?.finish_reason) finishReason = choice.finish_reason;
+      const text = choice?.delta?.content;
+      if (text) {
+        call.firstToken();
+        yield { type: 'delta', text };
+      }
+    }
+    // The SDK ends the loop quietly when aborted; an answer without a finish is not complete.
+    const why = call.reason();
+    if (why !== undefined) throw classifyUpstreamError(undefined, why, call.callerReason());
+    if (finishReason === null) throw new UpstreamError('broken', 'Upstream stream ended without a finish reason');
+    completed = true;
+    yield usage === undefined ? { type: 'done', finishReason } : { type: 'done', finishReason, usage };
+  } catch (err) {
+    throw report(log, classifyUpstreamError(err, call.reason(), call.callerReason()), req);
+  } finally {
+    call.dispose();
+    if (!completed) {
+      call.abort(call.reason() ?? 'client'); // closes the upstream socket if the consumer stopped early
+      await it.return?.();
+    }
+  }
+}
+
+const reported = new WeakSet<UpstreamError>();
+
+/** Logs a failure once, with the upstream's own message and request id (logs only, never clients). */
+function report(log: Logger, err: UpstreamError, req: UpstreamRequest): UpstreamError {
+  if (reported.has(err)) return err;
+  reported.add(err);
+  const fields = {
+    requestId: req.requestId,
+    kind: err.kind,
+    upstreamStatus: err.upstreamStatus,
+    upstreamRequestId: err.upstreamRequestId,
+    upstreamMessage: describeCause(err.cause),
+  };
+  if (err.kind === 'aborted') log.debug('upstream call aborted', fields);
+  else log.warn('upstream error', fields);
+  return err;
+}
+
+/** Sums the per-origin pool stats; a Client reports `connected` as a boolean, a Pool as a count. */
+function poolStats(agent: UndiciAgent): { connected: number; pending: number; running: number } {
+  const total = { connected: 0, pending: 0, running: 0 };
+  for (const s of Object.values(agent.stats)) {
+    total.connected += Number(s.connected);
+    total.pending += s.pending;
+    total.running += s.running;
+  }
+  return total;
 }

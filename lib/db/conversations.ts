@@ -31,7 +31,8 @@ export async function startTurn(
     let agent = input.agent;
     if (conversationId === undefined) {
       conversationId = randomUUID();
-      const title = input.message.slice(0, 80);
+      // Cut at 80 UTF-16 units without splitting a surrogate pair (a lone half is stored as U+FFFD).
+      const title = input.message.slice(0, 80).replace(/[\uD800-\uDBFF]$/, '');
       await client.query('INSERT INTO conversations (id, owner, agent, title) VALUES ($1, $2, $3, $4)', [conversationId, input.owner, agent, title]);
     } else {
       const found = await client.query<{ agent: string }>(
@@ -39,6 +40,7 @@ export async function startTurn(
         [conversationId, input.owner],
       );
       if (found.rowCount === 0) return undefined;
+      agent = found.rows[0]?.agent ?? agent;
     }
     const history = input.conversationId === undefined ? [] : await loadHistory(client, conversationId, input.historyMaxChars);
     const userMessageId = randomUUID();
@@ -80,10 +82,12 @@ export interface AssistantMessage {
 
 /** Stores the assistant's answer (whatever state it reached). */
 export async function saveAssistantMessage(pool: pg.Pool, m: AssistantMessage): Promise<void> {
+  // PostgreSQL text cannot hold NUL (22021); one from the upstream must not cost the whole answer.
+  const content = m.content.includes('\u0000') ? m.content.replaceAll('\u0000', '\uFFFD') : m.content;
   await pool.query(
     `INSERT INTO messages (id, conversation_id, role, content, status, finish_reason, prompt_tokens, completion_tokens, error_code, completed_at)
      VALUES ($1, $2, 'assistant', $3, $4, $5, $6, $7, $8, now())`,
-    [m.id, m.conversationId, m.content, m.status, m.finishReason ?? null, m.promptTokens ?? null, m.completionTokens ?? null, m.errorCode ?? null],
+    [m.id, m.conversationId, content, m.status, m.finishReason ?? null, m.promptTokens ?? null, m.completionTokens ?? null, m.errorCode ?? null],
   );
 }
 

@@ -54,10 +54,25 @@ export function postgresPoolConfig(config: Config): pg.PoolConfig {
     const file = db.passwordFile;
     url.password = '';
     // Read for every new connection, so rotating the password needs no restart.
-    options.password = async () => (await readFile(file, 'utf8')).trim();
+    options.Client = clientWithPassword(async () => (await readFile(file, 'utf8')).trim());
   }
   options.connectionString = url.toString();
   return options;
+}
+
+/**
+ * A pg.Client that asks `password` on every connect. A `password` pool option is not enough:
+ * pg lets every field parsed from connectionString, the URL's empty password included,
+ * override the options object, so the function would be dropped.
+ */
+function clientWithPassword(password: () => Promise<string>): new () => pg.Client {
+  return class PasswordFileClient extends pg.Client {
+    constructor(config?: string | pg.ClientConfig) {
+      super(config);
+      // Non-enumerable like pg's own, so the client never prints it.
+      Object.defineProperty(this, 'password', { value: password, writable: true, configurable: true, enumerable: false });
+    }
+  };
 }
 
 async function createPostgres(config: Config, log: Logger): Promise<Database> {

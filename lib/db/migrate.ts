@@ -1,11 +1,13 @@
 // Ordered SQL migrations, applied under an advisory lock so several instances can start at once.
 import { readdir, readFile } from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import type pg from 'pg';
 
 const MIGRATIONS_DIR = fileURLToPath(new URL('./migrations/', import.meta.url));
 // An arbitrary constant shared by every instance of this server: the key of the migration lock.
 const LOCK_KEY = 7_242_015_001;
+const LOCK_POLL_MS = 100;
 
 export interface Migration {
   version: string;
@@ -27,8 +29,12 @@ export async function migrate(pool: pg.Pool, migrations?: Migration[]): Promise<
   const applied: string[] = [];
   let broken = false;
   try {
-    // Session-level lock: a second instance waits here until the first has finished.
-    await client.query('SELECT pg_advisory_lock($1)', [LOCK_KEY]);
+    // Session-level lock: a second instance waits here until the first has finished. It polls:
+    // a blocking pg_advisory_lock would be cancelled by the pool's lock_timeout, statement_timeout
+    // and query_timeout while the other instance is still migrating.
+    while (!(await client.query<{ locked: boolean }>('SELECT pg_try_advisory_lock($1) AS locked', [LOCK_KEY])).rows[0]?.locked) {
+      await sleep(LOCK_POLL_MS);
+    }
     try {
       await client.query(
         'CREATE TABLE IF NOT EXISTS schema_migrations (version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())',

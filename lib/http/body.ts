@@ -40,9 +40,11 @@ export async function readJson(ctx: Context, limits: BodyLimits): Promise<unknow
   return parseJson(text, limits);
 }
 
+// The rest of the body is never read, so the connection cannot be reused.
+const CLOSE = { connection: 'close' };
+
 function tooLarge(maxBytes: number): AppError {
-  // The rest of the body is never read, so the connection cannot be reused.
-  return new AppError('BODY_TOO_LARGE', { detail: `Body exceeds ${maxBytes} bytes`, headers: { connection: 'close' } });
+  return new AppError('BODY_TOO_LARGE', { detail: `Body exceeds ${maxBytes} bytes`, headers: CLOSE });
 }
 
 function readText(ctx: Context, maxBytes: number): Promise<string> {
@@ -73,11 +75,12 @@ function readText(ctx: Context, maxBytes: number): Promise<string> {
     };
     const onError = (err: Error): void => {
       cleanup();
-      reject(new AppError('BAD_REQUEST', { detail: 'Request body could not be read', cause: err }));
+      reject(new AppError('BAD_REQUEST', { detail: 'Request body could not be read', cause: err, headers: CLOSE }));
     };
     const onAborted = (): void => {
       cleanup();
-      reject(new AppError('REQUEST_TIMEOUT', { detail: 'Request body was not received in time' }));
+      // RFC 9110 §15.5.9: close after a 408; the unread rest of the body must not hold the socket.
+      reject(new AppError('REQUEST_TIMEOUT', { detail: 'Request body was not received in time', headers: CLOSE }));
     };
     if (signal.aborted) {
       onAborted();

@@ -14,6 +14,9 @@ export const DRAIN_TIMEOUT_MS = 30_000;
 function headerList(ctx: Context, extra: Record<string, string> | undefined, content: readonly string[]): string[] {
   const out = ctx.baseHeaders.concat(ctx.headers, content);
   if (extra !== undefined) for (const name of Object.keys(extra)) out.push(name, extra[name] as string);
+  // Answered before the body was read (401, 413, …): the unread rest would be parsed as the next
+  // request, and a slow sender would later get an unsolicited 408. Close the connection instead.
+  if (!ctx.req.complete && (extra === undefined || extra['connection'] === undefined)) out.push('connection', 'close');
   return out;
 }
 

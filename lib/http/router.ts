@@ -79,35 +79,39 @@ function splitPath(path: string): string[] {
 }
 
 function walk(root: Node, path: string): { node: Node; params: Record<string, string> } | undefined {
-  let node = root;
-  let params: Record<string, string> | undefined;
-  let start = 1; // skip the leading '/'
-  const length = path.length;
-  while (start < length) {
-    let end = path.indexOf('/', start);
-    if (end === -1) end = length;
-    if (end === start) return undefined; // empty segment: '//' (a trailing slash is a different resource)
-    const segment = path.slice(start, end);
-    const next = node.statics.get(segment);
-    if (next !== undefined) {
-      node = next;
-    } else if (node.param !== undefined) {
-      if (segment.length > MAX_SEGMENT_LENGTH) return undefined;
-      let value: string;
-      try {
-        value = decodeURIComponent(segment);
-      } catch {
-        return undefined; // malformed percent-encoding cannot name any resource
-      }
-      params ??= {};
-      params[node.param.name] = value;
-      node = node.param.node;
-    } else {
-      return undefined;
-    }
-    start = end + 1;
+  // Origin-form only (RFC 9112 §3.2.1): '*', absolute-form and anything not starting with '/' name no route.
+  if (path.charCodeAt(0) !== 47) return undefined;
+  if (path.length === 1) return root.pattern === undefined ? undefined : { node: root, params: {} };
+  const params: Record<string, string> = {};
+  const node = descend(root, path, 1, params);
+  return node === undefined ? undefined : { node, params };
+}
+
+/** Matches the segment at `start` and the rest: a static segment first, then a parameter if the static branch leads nowhere. */
+function descend(node: Node, path: string, start: number, params: Record<string, string>): Node | undefined {
+  let end = path.indexOf('/', start);
+  if (end === -1) end = path.length;
+  if (end === start) return undefined; // empty segment: '//' or a trailing slash (a different resource)
+  const segment = path.slice(start, end);
+  const last = end === path.length;
+  const next = node.statics.get(segment);
+  if (next !== undefined) {
+    const found = last ? routeAt(next) : descend(next, path, end + 1, params);
+    if (found !== undefined) return found;
   }
-  if (start === length && length > 1) return undefined; // trailing slash
-  if (node.pattern === undefined) return undefined;
-  return { node, params: params ?? {} };
+  const param = node.param;
+  if (param === undefined || segment.length > MAX_SEGMENT_LENGTH) return undefined;
+  let value: string;
+  try {
+    value = decodeURIComponent(segment);
+  } catch {
+    return undefined; // malformed percent-encoding cannot name any resource
+  }
+  const found = last ? routeAt(param.node) : descend(param.node, path, end + 1, params);
+  if (found !== undefined) params[param.name] = value;
+  return found;
+}
+
+function routeAt(node: Node): Node | undefined {
+  return node.pattern === undefined ? undefined : node;
 }

@@ -77,7 +77,10 @@ function clientErrorCode(err: NodeJS.ErrnoException): ErrorCode {
 
 /** Answers a request Node could not parse with problem+json and the security headers, then closes. */
 function answerClientError(err: NodeJS.ErrnoException, socket: Socket, options: HttpServerOptions): void {
-  if (err.code === 'ECONNRESET' || !socket.writable) {
+  // A response already under way on this socket (a pipelined request went bad mid-stream):
+  // writing a status line now would splice a second response into its body. Cut it instead.
+  const inFlight = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage;
+  if (err.code === 'ECONNRESET' || !socket.writable || inFlight?.headersSent === true) {
     socket.destroy();
     return;
   }

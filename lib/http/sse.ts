@@ -20,7 +20,8 @@ export function formatSse(event: SseEvent): string {
     out += `id: ${event.id}\n`;
   }
   if (event.data !== undefined) {
-    const text = typeof event.data === 'string' ? event.data : JSON.stringify(event.data);
+    const text: string | undefined = typeof event.data === 'string' ? event.data : JSON.stringify(event.data);
+    if (text === undefined) throw new TypeError('SSE data must be a string or JSON-serialisable');
     // A multi-line string becomes several data fields; JSON never contains a raw line break.
     for (const line of text.split(/\r\n|\r|\n/)) out += `data: ${line}\n`;
   }

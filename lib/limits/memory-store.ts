@@ -13,7 +13,7 @@
 import { takeToken, type BucketPolicy, type BucketStore, type Decision, msUntilFull } from './token-bucket.ts';
 
 export interface MemoryStoreOptions {
-  /** Most buckets held at once; default 100 000 (about 10 MB). */
+  /** Most buckets held at once; default 100 000 (about 25 MB of heap with address-sized keys). */
   maxKeys?: number;
   /** Least time between two full scans for refilled buckets; default 1000 ms. */
   minSweepIntervalMs?: number;

@@ -7,7 +7,8 @@
 // instances ask. PostgreSQL 15 cannot return the pre-update row, so a refusal (no row from the
 // upsert) reads the bucket in a second branch of the same statement with FOR UPDATE: under READ
 // COMMITTED that follows the row to its latest version, the one the upsert judged and still holds
-// locked, so the Retry-After we compute is exact. Errors propagate; the middleware fails closed.
+// locked, so the Retry-After we compute is exact (save one race, handled in take()). Errors
+// propagate; the middleware fails closed.
 import type pg from 'pg';
 import { describeDecision, type BucketPolicy, type BucketStore, type Decision } from './token-bucket.ts';
 

@@ -57,8 +57,8 @@ interface Exchange {
   timers: Set<NodeJS.Timeout>;
 }
 
-/** Starts the fake on 127.0.0.1 (or `host`) port 0; `apiKey` makes it refuse any other bearer token. */
-export async function startFakeUpstream(options: { host?: string; apiKey?: string } = {}): Promise<FakeUpstream> {
+/** Starts the fake on 127.0.0.1 (or `host`), port 0 unless given; `apiKey` makes it refuse any other bearer token. */
+export async function startFakeUpstream(options: { host?: string; port?: number; apiKey?: string } = {}): Promise<FakeUpstream> {
   const host = options.host ?? '127.0.0.1';
   const requests: RecordedRequest[] = [];
   const sockets = new Set<Socket>();
@@ -111,7 +111,7 @@ export async function startFakeUpstream(options: { host?: string; apiKey?: strin
 
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    server.listen(0, host, () => resolve());
+    server.listen(options.port ?? 0, host, () => resolve());
   });
   const { port } = server.address() as { port: number };
   const urlHost = host.includes(':') ? `[${host}]` : host;
@@ -240,7 +240,7 @@ async function streamChunks(ex: Exchange, b: ChunkBehaviour): Promise<void> {
   }
   if (b.kind === 'stall') return; // headers and some chunks sent; now silence with the socket open
   if (b.kind === 'reset') {
-    res.socket?.destroy();
+    await resetAfterFlush(res);
     return;
   }
   const finish = (b.kind === 'normal' || b.kind === 'slow') && b.finishReason !== undefined ? b.finishReason : 'stop';
@@ -250,6 +250,15 @@ async function streamChunks(ex: Exchange, b: ChunkBehaviour): Promise<void> {
     if (!(await write(ex, chunk([], { usage })))) return;
   }
   res.end('data: [DONE]\n\n');
+}
+
+/** Destroys the socket once what was written has left, so the client sees chunks and then a reset. */
+async function resetAfterFlush(res: ServerResponse): Promise<void> {
+  const socket = res.socket;
+  if (socket === null) return;
+  // An empty write's callback runs once everything queued before it has been handed to the kernel.
+  await new Promise<void>((resolve) => socket.write('', () => resolve()));
+  socket.destroy();
 }
 
 /** Writes one chunk, waiting for 'drain' when the socket buffer is full; false once the client is gone. */
@@ -290,7 +299,7 @@ async function sendCompletion(ex: Exchange, b: ChunkBehaviour): Promise<void> {
   if (b.kind === 'stall' || b.kind === 'reset') {
     res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
     res.write(body.slice(0, 20));
-    if (b.kind === 'reset') res.socket?.destroy();
+    if (b.kind === 'reset') await resetAfterFlush(res);
     return;
   }
   sendJson(res, 200, JSON.parse(body) as object);

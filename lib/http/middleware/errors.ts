@@ -3,12 +3,19 @@ import { AppError, toAppError } from '../../errors.ts';
 import { sendProblem } from '../respond.ts';
 import type { Context, Middleware, Next } from '../types.ts';
 
+export interface ErrorHandlerOptions {
+  /** Maps known infrastructure failures (a database that is down) to an AppError, e.g. 503. */
+  classify?: (err: unknown) => AppError | undefined;
+}
+
 /** Catches what the rest of the chain throws and answers it (or cuts the connection if headers are gone). */
-export function errorHandler(): Middleware {
+export function errorHandler(options: ErrorHandlerOptions = {}): Middleware {
+  const { classify } = options;
   return async function errorMiddleware(ctx: Context, next: Next): Promise<void> {
     try {
       await next();
-    } catch (err) {
+    } catch (thrown) {
+      const err = thrown instanceof AppError ? thrown : (classify?.(thrown) ?? thrown);
       const appErr = toAppError(err);
       if (!(err instanceof AppError)) {
         // The cause chain goes to the log with the request id; the client gets a generic 500.

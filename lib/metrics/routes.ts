@@ -1,0 +1,47 @@
+// GET /metrics: Prometheus text, behind METRICS_TOKEN or, without one, for loopback peers only.
+import { timingSafeEqual, createHash } from 'node:crypto';
+import { AppError } from '../errors.ts';
+import type { Route } from '../http/router.ts';
+import type { Context } from '../http/types.ts';
+import { CONTENT_TYPE } from './registry.ts';
+
+export interface MetricsRouteOptions {
+  render: () => string;
+  /** The bearer token scrapers must send; undefined allows loopback peers only. */
+  token: string | undefined;
+  onDenied?: (ctx: Context) => void;
+}
+
+const LOOPBACK = /^(127\.\d{1,3}\.\d{1,3}\.\d{1,3}|::1|::ffff:127\.\d{1,3}\.\d{1,3}\.\d{1,3})$/;
+
+function digest(value: string): Buffer {
+  return createHash('sha256').update(value).digest();
+}
+
+/** The /metrics route. */
+export function metricsRoutes(options: MetricsRouteOptions): Route[] {
+  // Compare digests: equal length always, so timingSafeEqual reveals nothing about the token's length either.
+  const expected = options.token === undefined ? undefined : digest(`Bearer ${options.token}`);
+  function allowed(ctx: Context): boolean {
+    if (expected !== undefined) {
+      const header = ctx.req.headers.authorization;
+      return header !== undefined && timingSafeEqual(digest(header), expected);
+    }
+    // The socket peer, never X-Forwarded-For; and a request relayed by a local proxy is not local.
+    const forwarded = ctx.req.headers['x-forwarded-for'] !== undefined || ctx.req.headers['forwarded'] !== undefined;
+    return !forwarded && LOOPBACK.test(ctx.req.socket.remoteAddress ?? '');
+  }
+  return [
+    {
+      method: 'GET',
+      pattern: '/metrics',
+      async handler(ctx) {
+        if (!allowed(ctx)) {
+          options.onDenied?.(ctx);
+          throw new AppError('UNAUTHORIZED', { detail: 'Metrics need the metrics token', headers: { 'WWW-Authenticate': 'Bearer' } });
+        }
+        return { kind: 'text', status: 200, body: options.render(), contentType: CONTENT_TYPE };
+      },
+    },
+  ];
+}

@@ -1,0 +1,149 @@
+import assert from 'node:assert/strict';
+import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { ensureDevKey } from '../../lib/auth/keys-command.ts';
+import { bearer, keySpellings, keysCliEnv, msUntil, runKeysCli, uniqueKeyName, type CliResult } from '../support/keys.ts';
+import { startTestServer, TEST_DATABASE_URL, type TestServer } from '../support/server.ts';
+
+const KEY_LINE = /^csk_[A-Za-z0-9_-]{43}\n$/;
+
+async function agentsStatus(server: TestServer, key: string): Promise<number> {
+  const res = await fetch(`${server.url}/v1/agents`, { headers: bearer(key) });
+  await res.arrayBuffer();
+  return res.status;
+}
+
+describe('server.ts keys', () => {
+  let dataDir: string;
+  let env: Record<string, string>;
+  let name: string;
+  let created: CliResult;
+  let listed: CliResult;
+
+  before(async () => {
+    // Each run opens the database afresh (the embedded one costs a second or more), so runs are shared.
+    // What is stored is checked in identity.test.ts, with a server on the same database.
+    dataDir = await mkdtemp(join(tmpdir(), 'keys-cli-test-'));
+    env = keysCliEnv(dataDir);
+    name = uniqueKeyName('cli');
+    created = await runKeysCli(['create', name], env);
+    listed = await runKeysCli(['list'], env);
+  });
+  after(() => rm(dataDir, { recursive: true, force: true }));
+
+  it('keys create prints the new key alone on stdout as one line and exits 0', () => {
+    assert.equal(created.code, 0, created.stderr);
+    assert.match(created.stdout, KEY_LINE);
+  });
+
+  it('keys create reports the name and display prefix on stderr, never the key', () => {
+    const key = created.stdout.trim();
+    assert.match(created.stderr, new RegExp(`Created key ${name} \\(${key.slice(0, 12)}`));
+    for (const spelling of keySpellings(key)) assert.ok(!created.stderr.includes(spelling), 'stderr holds the key');
+  });
+
+  it('keys list shows the name, prefix, created time and "-" for not revoked, and never a key', () => {
+    assert.equal(listed.code, 0, listed.stderr);
+    const lines = listed.stdout.trimEnd().split('\n');
+    assert.equal(lines[0], 'NAME\tPREFIX\tCREATED\tREVOKED');
+    const row = lines.find((line) => line.startsWith(`${name}\t`))?.split('\t');
+    assert.deepEqual(row?.slice(0, 2), [name, created.stdout.slice(0, 12)]);
+    assert.ok(!Number.isNaN(Date.parse(row?.[2] ?? '')), `created is not a timestamp: ${row?.[2]}`);
+    assert.equal(row?.[3], '-');
+    assert.doesNotMatch(listed.stdout, /csk_[A-Za-z0-9_-]{43}/);
+  });
+
+  it('keys create refuses a name that is taken with a non-zero exit and nothing on stdout', async () => {
+    const again = await runKeysCli(['create', name], env);
+    assert.equal(again.code, 1);
+    assert.equal(again.stdout, '');
+    assert.match(again.stderr, new RegExp(`A key named ${name} already exists`));
+  });
+
+  it('keys revoke exits 0 and keys list then shows when the key was revoked', async () => {
+    const revoked = await runKeysCli(['revoke', name], env);
+    assert.equal(revoked.code, 0, revoked.stderr);
+    assert.equal(revoked.stdout, '');
+    const row = (await runKeysCli(['list'], env)).stdout.split('\n').find((line) => line.startsWith(`${name}\t`));
+    assert.ok(!Number.isNaN(Date.parse(row?.split('\t')[3] ?? '')), `revoked is not a timestamp: ${row}`);
+  });
+
+  it('keys revoke of a name with no active key exits 1 with a message on stderr', async () => {
+    const missing = await runKeysCli(['revoke', uniqueKeyName('cli-missing')], env);
+    assert.equal(missing.code, 1);
+    assert.match(missing.stderr, /No active key named cli-missing-/);
+  });
+
+  it('keys create without a valid name prints the usage and exits 2', async () => {
+    const bad = await runKeysCli(['create', 'white space'], env);
+    assert.equal(bad.code, 2);
+    assert.equal(bad.stdout, '');
+    assert.match(bad.stderr, /^Usage: keys create NAME/);
+  });
+});
+
+describe('server.ts keys revoke against a running server', { skip: !TEST_DATABASE_URL && 'needs TEST_DATABASE_URL' }, () => {
+  let server: TestServer;
+  const env = { DATABASE_URL: TEST_DATABASE_URL ?? '' };
+
+  before(async () => {
+    server = await startTestServer();
+  });
+  after(() => server.close());
+
+  it('makes the running server refuse the key within 5 s', async () => {
+    const name = uniqueKeyName('cli-live');
+    const key = (await runKeysCli(['create', name], env)).stdout.trim();
+    assert.equal(await agentsStatus(server, key), 200);
+    const revoked = await runKeysCli(['revoke', name], env);
+    assert.equal(revoked.code, 0, revoked.stderr);
+    const ms = await msUntil(async () => (await agentsStatus(server, key)) === 401, 5_000);
+    assert.ok(ms < 5_000, `refused after ${ms} ms`);
+  });
+});
+
+describe('server.ts keys and the embedded database held by a running server', () => {
+  let server: TestServer;
+
+  before(async () => {
+    server = await startTestServer({ DATABASE_URL: undefined });
+  });
+  after(() => server.close());
+
+  it('keys create fails with a non-zero exit and says the database is in use', async () => {
+    const locked = await runKeysCli(['create', uniqueKeyName('cli-locked')], { DATA_DIR: server.config.dataDir });
+    assert.notEqual(locked.code, 0);
+    assert.equal(locked.stdout, '');
+    assert.match(locked.stderr, /embedded database in .* is in use by another process .*Stop it, or set DATABASE_URL/);
+  });
+
+  it('the first start writes a dev-api-key file readable only by its owner', async () => {
+    const file = join(server.config.dataDir, 'dev-api-key');
+    assert.equal((await stat(file)).mode & 0o777, 0o600);
+    assert.match(await readFile(file, 'utf8'), KEY_LINE);
+  });
+
+  it('the dev key written on first start authenticates', async () => {
+    const key = (await readFile(join(server.config.dataDir, 'dev-api-key'), 'utf8')).trim();
+    assert.equal(await agentsStatus(server, key), 200);
+  });
+
+  it('the first start logs the dev key file\'s path but not the key', async () => {
+    const key = (await readFile(join(server.config.dataDir, 'dev-api-key'), 'utf8')).trim();
+    const logs = server.logs();
+    assert.ok(logs.includes(`"path":${JSON.stringify(join(server.config.dataDir, 'dev-api-key'))}`), 'the path is logged');
+    for (const spelling of keySpellings(key)) assert.ok(!logs.includes(spelling), 'a log line holds the dev key');
+  });
+
+  it('ensureDevKey() writes no file when the database already has a key', async () => {
+    const otherDir = await mkdtemp(join(tmpdir(), 'keys-cli-test-'));
+    try {
+      await ensureDevKey(server.db.pool, otherDir, server.log);
+      await assert.rejects(stat(join(otherDir, 'dev-api-key')), { code: 'ENOENT' });
+    } finally {
+      await rm(otherDir, { recursive: true, force: true });
+    }
+  });
+});

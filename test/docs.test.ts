@@ -1,0 +1,28 @@
+// The README's configuration table and .env.example must name exactly the variables the schema reads.
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { test } from 'node:test';
+import { ENV_SCHEMA } from '../lib/config.ts';
+
+const schemaNames = Object.keys(ENV_SCHEMA).sort();
+
+test('README configuration table lists every variable of the schema and no other', () => {
+  const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8');
+  const section = readme.slice(readme.indexOf('## Configuration'), readme.indexOf('## Architecture'));
+  const names = [...section.matchAll(/^\| `([A-Z][A-Z0-9_]+)` \|/gm)].map((m) => m[1]).sort();
+  assert.deepEqual(names, schemaNames);
+});
+
+test('.env.example documents every variable of the schema and no other', () => {
+  const example = readFileSync(new URL('../.env.example', import.meta.url), 'utf8');
+  const names = [...new Set([...example.matchAll(/^#? ?([A-Z][A-Z0-9_]+)=/gm)].map((m) => m[1]))].sort();
+  assert.deepEqual(names, schemaNames);
+});
+
+test('.env.example defaults parse as a valid configuration', async () => {
+  const { parseConfig } = await import('../lib/config.ts');
+  const example = readFileSync(new URL('../.env.example', import.meta.url), 'utf8');
+  const env = Object.fromEntries([...example.matchAll(/^([A-Z][A-Z0-9_]+)=(.*)$/gm)].map((m) => [m[1], m[2]]));
+  const result = parseConfig(env);
+  assert.equal(result.ok, true, result.ok ? '' : result.problems.join('; '));
+});

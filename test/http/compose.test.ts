@@ -1,0 +1,109 @@
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { compose } from '../../lib/http/compose.ts';
+import type { Context, Middleware } from '../../lib/http/types.ts';
+
+const ctx = {} as Context;
+
+describe('compose()', () => {
+  it('compose() runs middleware in order, unwinding in reverse like an onion', async () => {
+    const seen: string[] = [];
+    const layer = (name: string): Middleware =>
+      async function named(_ctx, next) {
+        seen.push(`${name} in`);
+        await next();
+        seen.push(`${name} out`);
+      };
+    await compose([layer('a'), layer('b'), layer('c')])(ctx);
+    assert.deepEqual(seen, ['a in', 'b in', 'c in', 'c out', 'b out', 'a out']);
+  });
+
+  it('compose() stops the chain when a middleware does not call next()', async () => {
+    const seen: string[] = [];
+    await compose([
+      async () => {
+        seen.push('a');
+      },
+      async () => {
+        seen.push('b');
+      },
+    ])(ctx);
+    assert.deepEqual(seen, ['a']);
+  });
+
+  it('compose() rejects a second next() and runs the rest of the chain once', async () => {
+    let runs = 0;
+    let second: unknown;
+    await compose([
+      async (_ctx, next) => {
+        await next();
+        second = await next().catch((err: unknown) => err);
+      },
+      async () => {
+        runs++;
+      },
+    ])(ctx);
+    assert.equal(runs, 1);
+    assert.ok(second instanceof Error);
+    assert.match(second.message, /next\(\) called multiple times/);
+  });
+
+  it('compose() rejects a second next() called before the first has settled', async () => {
+    let runs = 0;
+    const chain = compose([
+      async (_ctx, next) => {
+        await Promise.all([next(), next()]);
+      },
+      async () => {
+        runs++;
+      },
+    ]);
+    await assert.rejects(chain(ctx), /next\(\) called multiple times/);
+    assert.equal(runs, 1);
+  });
+
+  it('compose() propagates an error thrown inside the chain to the caller', async () => {
+    const chain = compose([async (_ctx, next) => next(), async () => Promise.reject(new RangeError('deep'))]);
+    await assert.rejects(chain(ctx), RangeError);
+  });
+
+  it('compose() turns a synchronous throw into a rejection', async () => {
+    const syncThrow = ((): Promise<void> => {
+      throw new TypeError('sync');
+    }) as Middleware;
+    const result = compose([syncThrow])(ctx);
+    assert.ok(result instanceof Promise);
+    await assert.rejects(result, TypeError);
+  });
+
+  it('compose() lets an outer middleware catch an inner error', async () => {
+    let caught: unknown;
+    await compose([
+      async (_ctx, next) => {
+        try {
+          await next();
+        } catch (err) {
+          caught = err;
+        }
+      },
+      async () => {
+        throw new Error('inner');
+      },
+    ])(ctx);
+    assert.ok(caught instanceof Error);
+    assert.equal(caught.message, 'inner');
+  });
+
+  it('compose() of no middleware resolves', async () => {
+    await compose([])(ctx);
+  });
+
+  it('compose() keeps its own copy of the list', async () => {
+    const seen: string[] = [];
+    const list: Middleware[] = [async () => void seen.push('a')];
+    const chain = compose(list);
+    list.unshift(async () => void seen.push('late'));
+    await chain(ctx);
+    assert.deepEqual(seen, ['a']);
+  });
+});

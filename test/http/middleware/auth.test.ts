@@ -1,0 +1,256 @@
+import assert from 'node:assert/strict';
+import { request } from 'node:http';
+import { after, before, describe, it } from 'node:test';
+import { bearer, createTestKey, mintJwt, msUntil, unsignedJwt, type TestKey } from '../../support/keys.ts';
+import { startTestServer, TEST_DATABASE_URL, type TestServer } from '../../support/server.ts';
+import { startTcpProxy, type TcpProxy } from '../../support/tcp-proxy.ts';
+
+interface Answer {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  body: Record<string, unknown>;
+}
+
+/** GET over a fresh connection, optionally from another loopback source address (127.0.0.0/8 is all ours). */
+function get(url: string, options: { headers?: Record<string, string>; localAddress?: string } = {}): Promise<Answer> {
+  return new Promise((resolve, reject) => {
+    const req = request(url, { headers: options.headers, localAddress: options.localAddress, agent: false }, (res) => {
+      let text = '';
+      res.setEncoding('utf8').on('data', (chunk: string) => (text += chunk));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: text === '' ? {} : (JSON.parse(text) as Record<string, unknown>) }));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+const BAD_KEY = { authorization: 'Bearer not-a-credential' };
+
+async function statuses(url: string, times: number, options: Parameters<typeof get>[1] | ((i: number) => Parameters<typeof get>[1])): Promise<number[]> {
+  const out: number[] = [];
+  for (let i = 0; i < times; i++) out.push((await get(url, typeof options === 'function' ? options(i) : options)).status);
+  return out;
+}
+
+describe('auth() in the real app', () => {
+  let server: TestServer;
+  let agents: string;
+  let apiKey: TestKey;
+  let lastOctet = 0;
+  /** A loopback source address no other test has used, so no test spends another's failure allowance. */
+  const fresh = (headers?: Record<string, string>) => ({ headers, localAddress: `127.0.1.${++lastOctet}` });
+
+  before(async () => {
+    // AUTH_FAILURES_PER_MINUTE left at its default (10). Only 127.0.0.1 is a trusted proxy, so
+    // requests from other loopback addresses are clients whose X-Forwarded-For must be ignored.
+    server = await startTestServer({ TRUST_PROXY: '127.0.0.1' });
+    agents = `${server.url}/v1/agents`;
+    apiKey = await createTestKey(server.db.pool, 'auth');
+  });
+  after(() => server.close());
+
+  // These two come first: security events are limited to 20 lines a second per server, and the
+  // tests after them write far more; 1 + 11 events fit in any one second.
+  it('logs a failed attempt as a security event with the address and request id but not the token', async () => {
+    const token = `csk_${'B'.repeat(43)}`;
+    const from = fresh(bearer(token));
+    const res = await get(agents, from);
+    const events = server
+      .logs()
+      .split('\n')
+      .filter((line) => line.includes(String(res.headers['x-request-id'])) && line.includes('"event":"security"'));
+    assert.equal(events.length, 1);
+    const event = JSON.parse(events[0] ?? '{}') as Record<string, unknown>;
+    assert.equal(event['kind'], 'auth_failure');
+    assert.equal(event['ip'], from.localAddress);
+    assert.ok(!server.logs().includes('B'.repeat(43)));
+  });
+
+  it('logs failed and throttled attempts as auth_failure and auth_throttled security events', async () => {
+    await statuses(agents, 11, { headers: BAD_KEY, localAddress: '127.0.0.7' });
+    const kinds = server
+      .logs()
+      .split('\n')
+      .filter((line) => line.includes('"event":"security"') && line.includes('"ip":"127.0.0.7"'))
+      .map((line) => (JSON.parse(line) as Record<string, unknown>)['kind']);
+    assert.deepEqual(kinds, [...Array<string>(10).fill('auth_failure'), 'auth_throttled']);
+  });
+
+  it('answers a request without credentials with 401 problem+json and WWW-Authenticate: Bearer', async () => {
+    const res = await get(agents, fresh());
+    assert.equal(res.status, 401);
+    assert.equal(res.headers['www-authenticate'], 'Bearer');
+    assert.match(String(res.headers['content-type']), /^application\/problem\+json/);
+    assert.equal(res.body['code'], 'UNAUTHORIZED');
+    assert.equal(res.body['status'], 401);
+    assert.equal(res.body['requestId'], res.headers['x-request-id']);
+  });
+
+  it('answers a garbage bearer token with 401 and error="invalid_token"', async () => {
+    const res = await get(agents, fresh(BAD_KEY));
+    assert.equal(res.status, 401);
+    assert.equal(res.headers['www-authenticate'], 'Bearer error="invalid_token"');
+    assert.equal(res.body['code'], 'INVALID_TOKEN');
+  });
+
+  it('answers another authorization scheme with 401 and error="invalid_token"', async () => {
+    const res = await get(agents, fresh({ authorization: `Basic ${Buffer.from('user:pass').toString('base64')}` }));
+    assert.equal(res.status, 401);
+    assert.equal(res.headers['www-authenticate'], 'Bearer error="invalid_token"');
+  });
+
+  it('answers an unknown API key with 401 and error="invalid_token"', async () => {
+    const res = await get(agents, fresh(bearer(`csk_${'A'.repeat(43)}`)));
+    assert.equal(res.status, 401);
+    assert.equal(res.headers['www-authenticate'], 'Bearer error="invalid_token"');
+  });
+
+  it('accepts a stored API key on GET /v1/agents', async () => {
+    const res = await get(agents, fresh(bearer(apiKey.key)));
+    assert.equal(res.status, 200);
+    assert.ok(Array.isArray(res.body['agents']));
+  });
+
+  it('accepts a valid HS256 JWT signed with JWT_SECRET on GET /v1/agents', async () => {
+    const res = await get(agents, fresh(bearer(await mintJwt({ sub: 'user-200' }))));
+    assert.equal(res.status, 200);
+    assert.ok(Array.isArray(res.body['agents']));
+  });
+
+  it('accepts the Bearer scheme in any letter case', async () => {
+    const res = await get(agents, fresh({ authorization: `bEaReR ${apiKey.key}` }));
+    assert.equal(res.status, 200);
+  });
+
+  it('refuses an alg "none" JWT with 401', async () => {
+    const res = await get(agents, fresh(bearer(unsignedJwt())));
+    assert.equal(res.status, 401);
+    assert.equal(res.headers['www-authenticate'], 'Bearer error="invalid_token"');
+  });
+
+  it('refuses an expired JWT with 401', async () => {
+    // Two minutes past exp: beyond the 60 s leeway.
+    const res = await get(agents, fresh(bearer(await mintJwt({ sub: 'user-1' }, { expiresInSeconds: -120 }))));
+    assert.equal(res.status, 401);
+  });
+
+  it('refuses a JWT without exp with 401', async () => {
+    const res = await get(agents, fresh(bearer(await mintJwt({ sub: 'user-1' }, { expiresInSeconds: null }))));
+    assert.equal(res.status, 401);
+  });
+
+  it('refuses a JWT signed with another secret with 401', async () => {
+    const res = await get(agents, fresh(bearer(await mintJwt({ sub: 'user-1' }, { secret: 'another-secret-of-at-least-32-bytes!!' }))));
+    assert.equal(res.status, 401);
+  });
+
+  it('gives the same answer for every kind of bad credential, so a guess learns nothing', async () => {
+    const tokens = [
+      'not-a-credential',
+      `csk_${'A'.repeat(43)}`,
+      unsignedJwt(),
+      await mintJwt({ sub: 'user-1' }, { expiresInSeconds: -120 }),
+      await mintJwt({ sub: 'user-1' }, { secret: 'another-secret-of-at-least-32-bytes!!' }),
+    ];
+    const bodies = new Set<string>();
+    for (const token of tokens) {
+      const { requestId: _, ...body } = (await get(agents, fresh(bearer(token)))).body;
+      bodies.add(JSON.stringify(body));
+    }
+    assert.deepEqual([...bodies], [JSON.stringify({ type: 'about:blank', title: 'Invalid credentials', status: 401, code: 'INVALID_TOKEN', detail: 'Invalid credentials' })]);
+  });
+
+  it('serves GET /health without credentials', async () => {
+    const res = await get(`${server.url}/health`, fresh());
+    assert.equal(res.status, 200);
+    assert.deepEqual(res.body, { status: 'ok' });
+  });
+
+  describe('failed-attempt throttle', () => {
+    it('turns 40 bad credentials from one address into 10 401s and then 429s', async () => {
+      const seen = await statuses(agents, 40, { headers: BAD_KEY, localAddress: '127.0.0.2' });
+      assert.deepEqual(seen, [...Array<number>(10).fill(401), ...Array<number>(30).fill(429)]);
+    });
+
+    it('answers a throttled address with 429 AUTH_THROTTLED problem+json and Retry-After in whole seconds', async () => {
+      await statuses(agents, 10, { headers: BAD_KEY, localAddress: '127.0.0.3' });
+      const res = await get(agents, { headers: BAD_KEY, localAddress: '127.0.0.3' });
+      assert.equal(res.status, 429);
+      assert.equal(res.body['code'], 'AUTH_THROTTLED');
+      assert.match(String(res.headers['content-type']), /^application\/problem\+json/);
+      assert.match(String(res.headers['retry-after']), /^[1-9]\d*$/);
+      assert.ok(Number(res.headers['retry-after']) <= 6, `Retry-After ${String(res.headers['retry-after'])} exceeds one refill (6 s)`);
+    });
+
+    it('refuses a valid key from a throttled address with 429 before checking it', async () => {
+      await statuses(agents, 10, { headers: BAD_KEY, localAddress: '127.0.0.4' });
+      const res = await get(agents, { headers: bearer(apiKey.key), localAddress: '127.0.0.4' });
+      assert.equal(res.status, 429);
+      assert.equal(res.body['code'], 'AUTH_THROTTLED');
+    });
+
+    it('throttles one address without affecting another', async () => {
+      await statuses(agents, 10, { headers: BAD_KEY, localAddress: '127.0.0.5' });
+      assert.equal((await get(agents, { headers: bearer(apiKey.key), localAddress: '127.0.0.6' })).status, 200);
+    });
+
+    it('ignores X-Forwarded-For from a peer that is not a trusted proxy', async () => {
+      const seen = await statuses(agents, 11, (i) => ({ headers: { ...BAD_KEY, 'x-forwarded-for': `203.0.113.${i + 1}` }, localAddress: '127.0.0.8' }));
+      assert.equal(seen[10], 429);
+    });
+
+    it('keys failures behind a trusted proxy to the right-most untrusted X-Forwarded-For entry, not a spoofed left-most one', async () => {
+      // The client rotates a forged left-most entry; the proxy appended the address it really saw.
+      const seen = await statuses(agents, 11, (i) => ({ headers: { ...BAD_KEY, 'x-forwarded-for': `198.18.0.${i + 1}, 198.51.100.7` } }));
+      assert.deepEqual(seen, [...Array<number>(10).fill(401), 429]);
+    });
+
+    it('throttles one forwarded client without affecting another behind the same proxy', async () => {
+      await statuses(agents, 10, { headers: { ...BAD_KEY, 'x-forwarded-for': '198.51.100.20' } });
+      const res = await get(agents, { headers: { ...bearer(apiKey.key), 'x-forwarded-for': '198.51.100.21' } });
+      assert.equal(res.status, 200);
+    });
+  });
+});
+
+describe('auth() when the key store is unreachable', { skip: !TEST_DATABASE_URL && 'needs TEST_DATABASE_URL' }, () => {
+  let proxy: TcpProxy;
+  let server: TestServer;
+  let agents: string;
+
+  before(async () => {
+    const target = new URL(TEST_DATABASE_URL as string);
+    proxy = await startTcpProxy({ host: target.hostname, port: Number(target.port || 5432) });
+    target.host = `${proxy.host}:${proxy.port}`;
+    server = await startTestServer({ DATABASE_URL: target.toString() });
+    agents = `${server.url}/v1/agents`;
+  });
+  after(async () => {
+    proxy?.setMode('pass');
+    await server?.close();
+    await proxy?.close();
+  });
+
+  it('answers a key it has not cached with a 5xx, never a 401, while the database resets connections', async (t) => {
+    const key = await createTestKey(server.db.pool, 'auth-outage');
+    proxy.setMode('reset');
+    t.after(() => proxy.setMode('pass'));
+    const res = await get(agents, { headers: bearer(key.key), localAddress: '127.0.2.1' });
+    // An outage must not tell a client its credential is invalid.
+    assert.ok(res.status >= 500, `status ${res.status}`);
+    assert.equal(res.headers['www-authenticate'], undefined);
+    assert.match(String(res.headers['content-type']), /^application\/problem\+json/);
+  });
+
+  it('does not count lookups the database could not answer as failed attempts', async (t) => {
+    const key = await createTestKey(server.db.pool, 'auth-outage-throttle');
+    proxy.setMode('reset');
+    t.after(() => proxy.setMode('pass'));
+    const during = await statuses(agents, 12, { headers: bearer(key.key), localAddress: '127.0.2.2' });
+    assert.ok(during.every((status) => status >= 500), `statuses ${during.join(',')}`);
+    proxy.setMode('pass');
+    // The pool reconnects on the next query; the address must not have been throttled meanwhile.
+    const ms = await msUntil(async () => (await get(agents, { headers: bearer(key.key), localAddress: '127.0.2.2' })).status === 200, 5_000);
+    assert.ok(ms < 5_000);
+  });
+});

@@ -1,0 +1,355 @@
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import { connect, type Socket } from 'node:net';
+import { performance } from 'node:perf_hooks';
+import { startChat, type ChatHarness } from '../support/chat.ts';
+
+// The API profile of DESIGN.md; HSTS is on by default.
+const SECURITY_HEADERS: Record<string, string> = {
+  'content-security-policy': "default-src 'none'; frame-ancestors 'none'",
+  'x-content-type-options': 'nosniff',
+  'x-frame-options': 'DENY',
+  'referrer-policy': 'no-referrer',
+  'cross-origin-resource-policy': 'same-origin',
+  'cross-origin-opener-policy': 'same-origin',
+  'cache-control': 'no-store',
+  'x-xss-protection': '0',
+  'strict-transport-security': 'max-age=31536000; includeSubDomains',
+};
+const ALLOWED_ORIGIN = 'https://app.example';
+const PROBLEM_TYPE = 'application/problem+json; charset=utf-8';
+
+type HeaderGetter = { get(name: string): string | null };
+
+function assertSecurityHeaders(headers: HeaderGetter): void {
+  for (const [name, value] of Object.entries(SECURITY_HEADERS)) assert.equal(headers.get(name), value, name);
+  const permissions = headers.get('permissions-policy') ?? '';
+  assert.ok(permissions !== '' && permissions.split(',').every((d) => /^\s*[a-z-]+=\(\)$/.test(d)), `permissions-policy denies all: ${permissions}`);
+  assert.equal(headers.get('x-powered-by'), null);
+  assert.equal(headers.get('server'), null);
+}
+
+/** A response read off a raw socket. */
+interface RawResponse {
+  status: number;
+  headers: Headers;
+  body: string;
+}
+
+function parseRaw(raw: string): RawResponse {
+  const end = raw.indexOf('\r\n\r\n');
+  assert.ok(end !== -1, `a complete response head in ${JSON.stringify(raw.slice(0, 200))}`);
+  const [statusLine = '', ...lines] = raw.slice(0, end).split('\r\n');
+  const headers = new Headers();
+  for (const line of lines) {
+    const colon = line.indexOf(':');
+    headers.append(line.slice(0, colon), line.slice(colon + 1).trim());
+  }
+  return { status: Number(statusLine.split(' ')[1]), headers, body: raw.slice(end + 4) };
+}
+
+/** Everything the server sends on `socket` until it closes, and when it closed. */
+function readUntilClose(socket: Socket): Promise<{ raw: string; closedAtMs: number }> {
+  let raw = '';
+  socket.setEncoding('latin1');
+  socket.on('data', (chunk: string) => (raw += chunk));
+  socket.on('error', () => {}); // a reset after the answer is part of what some tests provoke
+  return once(socket, 'close').then(() => ({ raw, closedAtMs: performance.now() }));
+}
+
+async function openSocket(url: string): Promise<Socket> {
+  const { hostname, port } = new URL(url);
+  const socket = connect(Number(port), hostname);
+  await once(socket, 'connect');
+  return socket;
+}
+
+/** Writes raw request bytes on a new connection and returns the server's whole answer. */
+async function rawExchange(url: string, request: string): Promise<RawResponse> {
+  const socket = await openSocket(url);
+  const closed = readUntilClose(socket);
+  socket.write(request);
+  const timer = setTimeout(() => socket.destroy(), 5_000);
+  try {
+    return parseRaw((await closed).raw);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+async function problem(res: Response): Promise<Record<string, unknown>> {
+  assert.equal(res.headers.get('content-type'), PROBLEM_TYPE);
+  return (await res.json()) as Record<string, unknown>;
+}
+
+describe('the HTTP server', () => {
+  let h: ChatHarness;
+  let url: string;
+
+  before(async () => {
+    h = await startChat({ HEADERS_TIMEOUT_MS: '2000', REQUEST_TIMEOUT_MS: '2000', CORS_ORIGINS: ALLOWED_ORIGIN });
+    url = h.server.url;
+  });
+  after(async () => {
+    await h?.close();
+  });
+
+  describe('security headers', () => {
+    it('GET /health/live answers 200 with the security headers and no x-powered-by or server', async () => {
+      const res = await fetch(`${url}/health/live`);
+      assert.equal(res.status, 200);
+      assertSecurityHeaders(res.headers);
+      assert.deepEqual(await res.json(), { status: 'ok' });
+    });
+
+    it('GET on an unknown path answers 404 problem+json with the security headers', async () => {
+      const res = await fetch(`${url}/no-such-thing`);
+      assert.equal(res.status, 404);
+      assertSecurityHeaders(res.headers);
+      assert.equal((await problem(res))['code'], 'NOT_FOUND');
+    });
+
+    it('POST /health answers 405 with Allow and the security headers', async () => {
+      const res = await fetch(`${url}/health`, { method: 'POST' });
+      assert.equal(res.status, 405);
+      assert.equal(res.headers.get('allow'), 'GET, HEAD, OPTIONS');
+      assertSecurityHeaders(res.headers);
+      assert.equal((await problem(res))['code'], 'METHOD_NOT_ALLOWED');
+    });
+
+    it('POST /v1/chat with a text/plain body answers 415 with the security headers', async () => {
+      const res = await h.chat(undefined, { raw: 'hello', headers: { 'content-type': 'text/plain' } });
+      assert.equal(res.status, 415);
+      assertSecurityHeaders(res.headers);
+      assert.equal((await problem(res))['code'], 'UNSUPPORTED_MEDIA_TYPE');
+    });
+
+    it('a handler failing on an unknown error answers a generic 500 with the security headers and logs the cause', async (t) => {
+      const auth = { authorization: `Bearer ${h.key}` };
+      const warm = await fetch(`${url}/v1/agents`, { headers: auth }); // the key is now cached: auth asks no database
+      assert.equal(warm.status, 200);
+      await warm.arrayBuffer();
+      // The database breaks under the handler's query: an error no code path expects.
+      t.mock.method(h.server.db.pool, 'query', async () => {
+        throw new Error('relation "conversations" does not exist SQL-DETAIL-MARKER');
+      });
+      const res = await fetch(`${url}/v1/conversations`, { headers: auth });
+      assert.equal(res.status, 500);
+      assertSecurityHeaders(res.headers);
+      const requestId = res.headers.get('x-request-id');
+      assert.deepEqual(await problem(res), { type: 'about:blank', title: 'Internal server error', status: 500, code: 'INTERNAL', requestId });
+      const logged = h.server.logs().split('\n').find((line) => line.includes('SQL-DETAIL-MARKER'));
+      assert.ok(logged?.includes(`"requestId":"${requestId}"`), `the cause is logged with the request id: ${logged}`);
+    });
+  });
+
+  describe('body limit', () => {
+    it('a 20 kB JSON POST to an unknown /v1 path answers 413 before authentication or routing', async () => {
+      const body = JSON.stringify({ message: 'x'.repeat(20_000) });
+      const res = await fetch(`${url}/v1/no-such-route`, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
+      assert.equal(res.status, 413);
+      assertSecurityHeaders(res.headers);
+      assert.deepEqual(await problem(res), {
+        type: 'about:blank',
+        title: 'Request body too large',
+        status: 413,
+        code: 'BODY_TOO_LARGE',
+        detail: 'Body exceeds 10240 bytes',
+        requestId: res.headers.get('x-request-id'),
+      });
+    });
+
+    it('a chunked POST /v1/chat that never ends is cut with 413 once it passes the cap', async () => {
+      const socket = await openSocket(url);
+      const closed = readUntilClose(socket);
+      socket.write(
+        `POST /v1/chat HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer ${h.key}\r\n` +
+          'Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n',
+      );
+      let sent = 0;
+      const chunk = 'x'.repeat(1024);
+      // No terminating chunk is ever sent: only a reader that counts can answer.
+      const drip = setInterval(() => {
+        if (!socket.writable || sent > 100 * 1024) return;
+        socket.write(`${chunk.length.toString(16)}\r\n${chunk}\r\n`);
+        sent += chunk.length;
+      }, 5);
+      const timer = setTimeout(() => socket.destroy(), 5_000);
+      try {
+        const res = parseRaw((await closed).raw);
+        assert.equal(res.status, 413);
+        assert.equal(JSON.parse(res.body).code, 'BODY_TOO_LARGE');
+        assert.ok(sent < 40 * 1024, `answered after ${sent} bytes, not at the end of the body`);
+      } finally {
+        clearInterval(drip);
+        clearTimeout(timer);
+      }
+    });
+  });
+
+  describe('requests node:http cannot parse', () => {
+    it('a 20 kB header answers 431 problem+json with the security headers', async () => {
+      const res = await rawExchange(url, `GET /health/live HTTP/1.1\r\nHost: test\r\nX-Big: ${'a'.repeat(20_000)}\r\n\r\n`);
+      assert.equal(res.status, 431);
+      assertSecurityHeaders(res.headers);
+      assert.equal(res.headers.get('content-type'), PROBLEM_TYPE);
+      assert.equal(JSON.parse(res.body).code, 'HEADERS_TOO_LARGE');
+    });
+
+    it('Content-Length together with Transfer-Encoding answers 400 and closes', async () => {
+      const res = await rawExchange(
+        url,
+        'POST /v1/chat HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: 4\r\n' +
+          'Transfer-Encoding: chunked\r\n\r\n4\r\n{}{}\r\n0\r\n\r\n',
+      );
+      assert.equal(res.status, 400);
+      assertSecurityHeaders(res.headers);
+      assert.equal(res.headers.get('connection'), 'close');
+      assert.equal(JSON.parse(res.body).code, 'BAD_FRAMING');
+    });
+
+    it('garbage pipelined behind a streaming response cuts the stream instead of splicing a 400 into it', async () => {
+      h.fake.queue({ kind: 'slow', chunks: ['a', 'b', 'c', 'd', 'e', 'f'], chunkDelayMs: 200 });
+      const socket = await openSocket(url);
+      const closed = readUntilClose(socket);
+      const body = JSON.stringify({ message: 'hi' });
+      socket.on('data', (chunk: string) => {
+        if (chunk.includes('event: start')) socket.write('GARBAGE\r\n\r\n');
+      });
+      socket.write(
+        `POST /v1/chat HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer ${h.key}\r\nContent-Type: application/json\r\n` +
+          `Content-Length: ${body.length}\r\n\r\n${body}`,
+      );
+      const timer = setTimeout(() => socket.destroy(), 5_000);
+      try {
+        const { raw } = await closed;
+        assert.match(raw, /^HTTP\/1\.1 200 /);
+        assert.match(raw, /event: start/);
+        assert.equal(raw.match(/HTTP\/1\.1 /g)?.length, 1, `one response on the socket: ${raw}`);
+      } finally {
+        clearTimeout(timer);
+      }
+    });
+  });
+
+  describe('request id', () => {
+    it('a well-formed incoming x-request-id is echoed in the header and the problem body', async () => {
+      const res = await fetch(`${url}/no-such-thing`, { headers: { 'x-request-id': 'client-req.0001_A' } });
+      assert.equal(res.headers.get('x-request-id'), 'client-req.0001_A');
+      assert.equal((await problem(res))['requestId'], 'client-req.0001_A');
+    });
+
+    it('an ill-formed incoming x-request-id is replaced by a generated one', async () => {
+      const res = await fetch(`${url}/health/live`, { headers: { 'x-request-id': 'short' } });
+      assert.match(res.headers.get('x-request-id') ?? '', /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/);
+    });
+  });
+
+  describe('slow clients', () => {
+    it('a header dripped one line a second is cut with 408 within headersTimeout + check interval while another connection is served', async () => {
+      const socket = await openSocket(url);
+      const started = performance.now();
+      const closed = readUntilClose(socket);
+      socket.write('GET /health/live HTTP/1.1\r\nHost: test\r\n');
+      let line = 0;
+      const drip = setInterval(() => {
+        if (socket.writable) socket.write(`x-drip-${++line}: a\r\n`);
+      }, 1_000);
+      const timer = setTimeout(() => socket.destroy(), 6_000);
+      try {
+        await new Promise((resolve) => setTimeout(resolve, 1_200));
+        const other = await fetch(`${url}/health/live`);
+        assert.equal(other.status, 200);
+        const { raw, closedAtMs } = await closed;
+        // HEADERS_TIMEOUT_MS=2000 and a 1 s sweep: cut after 2–3 s, with margin for a busy machine.
+        const elapsedMs = closedAtMs - started;
+        assert.ok(elapsedMs >= 1_900 && elapsedMs < 3_500, `cut after ${Math.round(elapsedMs)} ms`);
+        const res = parseRaw(raw);
+        assert.equal(res.status, 408);
+        assertSecurityHeaders(res.headers);
+      } finally {
+        clearInterval(drip);
+        clearTimeout(timer);
+      }
+    });
+
+    it('a body dripped a byte at a time is cut with 408 once REQUEST_TIMEOUT_MS has passed', async () => {
+      const socket = await openSocket(url);
+      const started = performance.now();
+      const closed = readUntilClose(socket);
+      socket.write(
+        `POST /v1/chat HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer ${h.key}\r\nContent-Type: application/json\r\n` +
+          'Content-Length: 1000\r\n\r\n{',
+      );
+      const drip = setInterval(() => {
+        if (socket.writable) socket.write(' ');
+      }, 300);
+      const timer = setTimeout(() => socket.destroy(), 6_000);
+      try {
+        const { raw, closedAtMs } = await closed;
+        const elapsedMs = closedAtMs - started;
+        assert.ok(elapsedMs >= 1_900 && elapsedMs < 3_500, `cut after ${Math.round(elapsedMs)} ms`);
+        const res = parseRaw(raw);
+        assert.equal(res.status, 408);
+        assert.equal(JSON.parse(res.body).code, 'REQUEST_TIMEOUT');
+      } finally {
+        clearInterval(drip);
+        clearTimeout(timer);
+      }
+    });
+  });
+
+  describe('HEAD and OPTIONS', () => {
+    it('HEAD /health answers 200 with the GET headers and no body bytes', async () => {
+      const res = await rawExchange(url, 'HEAD /health HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n');
+      assert.equal(res.status, 200);
+      assert.equal(res.headers.get('content-type'), 'application/json; charset=utf-8');
+      assert.equal(res.headers.get('content-length'), String('{"status":"ok"}'.length));
+      assertSecurityHeaders(res.headers);
+      assert.equal(res.body, '');
+    });
+
+    it('OPTIONS on a route without Origin answers 204 with Allow and the security headers', async () => {
+      const res = await fetch(`${url}/health`, { method: 'OPTIONS' });
+      assert.equal(res.status, 204);
+      assert.equal(res.headers.get('allow'), 'GET, HEAD, OPTIONS');
+      assertSecurityHeaders(res.headers);
+      assert.equal(await res.text(), '');
+    });
+
+    it('OPTIONS on an unknown path answers 404', async () => {
+      const res = await fetch(`${url}/no-such-thing`, { method: 'OPTIONS' });
+      assert.equal(res.status, 404);
+      assertSecurityHeaders(res.headers);
+    });
+
+    it('a preflight from an allowed origin answers 204 with the CORS grant', async () => {
+      const res = await fetch(`${url}/v1/chat`, {
+        method: 'OPTIONS',
+        headers: { origin: ALLOWED_ORIGIN, 'access-control-request-method': 'POST', 'access-control-request-headers': 'content-type' },
+      });
+      assert.equal(res.status, 204);
+      assert.equal(res.headers.get('access-control-allow-origin'), ALLOWED_ORIGIN);
+      assert.match(res.headers.get('access-control-allow-methods') ?? '', /\bPOST\b/);
+      assert.match(res.headers.get('access-control-allow-headers') ?? '', /\bcontent-type\b/);
+      assert.match(res.headers.get('vary') ?? '', /\borigin\b/i);
+    });
+
+    it('a preflight from a foreign origin answers 403 with no CORS headers', async () => {
+      const res = await fetch(`${url}/v1/chat`, {
+        method: 'OPTIONS',
+        headers: { origin: 'https://evil.example', 'access-control-request-method': 'POST' },
+      });
+      assert.equal(res.status, 403);
+      assertSecurityHeaders(res.headers);
+      assert.deepEqual([...res.headers.keys()].filter((name) => name.startsWith('access-control-')), []);
+    });
+
+    it('a simple request from a foreign origin gets no CORS headers', async () => {
+      const res = await fetch(`${url}/health/live`, { headers: { origin: 'https://evil.example' } });
+      assert.equal(res.status, 200);
+      assert.deepEqual([...res.headers.keys()].filter((name) => name.startsWith('access-control-')), []);
+    });
+  });
+});
