@@ -119,6 +119,18 @@ function writeAll(fd: number, chunk: string): void {
   }
 }
 
+let isoMs = 0;
+let isoText = '';
+/** The current time as ISO 8601, formatted at most once per millisecond (many lines share one). */
+function isoNow(): string {
+  const ms = Date.now();
+  if (ms !== isoMs) {
+    isoMs = ms;
+    isoText = new Date(ms).toISOString();
+  }
+  return isoText;
+}
+
 /** A structured logger; `child` adds bindings such as the request id. */
 export class Logger {
   readonly #out: Output;
@@ -154,7 +166,7 @@ export class Logger {
   /** Writes a line whose fields are already known to be flat and safe (the access log's fast path). */
   line(level: Exclude<LogLevel, 'silent'>, msg: string, flatFields: string): void {
     if (LEVEL_VALUE[level] < this.#out.level) return;
-    this.#out.push(`{"time":"${new Date().toISOString()}","level":"${level}","msg":${JSON.stringify(msg)}${this.#bindings}${flatFields}}\n`);
+    this.#out.push(`{"time":"${isoNow()}","level":"${level}","msg":${JSON.stringify(msg)}${this.#bindings}${flatFields}}\n`);
   }
 
   /** Writes everything buffered now, synchronously (on exit, before a crash). */
@@ -169,7 +181,7 @@ export class Logger {
 
   #write(level: LogLevel, msg: string, fields: Fields | undefined): void {
     const extra = fields === undefined ? '' : serialiseFields(fields);
-    this.#out.push(`{"time":"${new Date().toISOString()}","level":"${level}","msg":${JSON.stringify(msg)}${this.#bindings}${extra}}\n`);
+    this.#out.push(`{"time":"${isoNow()}","level":"${level}","msg":${JSON.stringify(msg)}${this.#bindings}${extra}}\n`);
   }
 }
 

@@ -32,7 +32,7 @@ import { createConcurrencyLimiter, type ConcurrencyLimiter } from './limits/conc
 import { createFailureThrottle } from './limits/failure-throttle.ts';
 import { createMemoryStore } from './limits/memory-store.ts';
 import { createPostgresStore } from './limits/postgres-store.ts';
-import { rateLimitHeaders } from './limits/ratelimit-headers.ts';
+import { rateLimitFormatter } from './limits/ratelimit-headers.ts';
 import { bucketPolicy, type Decision } from './limits/token-bucket.ts';
 import type { Logger } from './log.ts';
 import { createAppMetrics } from './metrics/app-metrics.ts';
@@ -171,7 +171,7 @@ function jwtOptions(config: Config): JwtVerifierOptions {
 /** The per-identity bucket: synchronous in memory, one SQL statement per decision in PostgreSQL. */
 function createRateLimiter(config: Config, db: Database, log: Logger) {
   const policy = bucketPolicy(config.rateLimit.perMinute, config.rateLimit.burst);
-  const headers = (decision: Decision): readonly string[] => rateLimitHeaders(policy, decision);
+  const headers: (decision: Decision) => readonly string[] = rateLimitFormatter(policy);
   if (config.rateLimit.store === 'postgres') {
     const store = createPostgresStore(db.pool, { onError: (err) => log.warn('rate-limit sweep failed', { err }) });
     return { take: (key: string) => store.take(key, policy), headers, close: () => store.close() };

@@ -45,9 +45,10 @@ export function postgresPoolConfig(config: Config): pg.PoolConfig {
     keepAliveInitialDelayMillis: 10_000,
   };
   if (db.caFile !== undefined) {
-    // sslmode/sslrootcert in the URL override the ssl object in pg (notes §6.2): strip them so
-    // the verified CA below always applies and nothing in the URL can weaken it.
-    for (const key of ['sslmode', 'sslrootcert', 'sslcert', 'sslkey', 'uselibpqcompat']) url.searchParams.delete(key);
+    // sslmode/sslrootcert in the URL override the ssl object in pg (notes §6.2), and so does `ssl`
+    // (`ssl=0` turns TLS off, `ssl=no-verify` skips verification): strip them so the verified CA
+    // below always applies and nothing in the URL can weaken it.
+    for (const key of ['ssl', 'sslmode', 'sslrootcert', 'sslcert', 'sslkey', 'uselibpqcompat']) url.searchParams.delete(key);
     options.ssl = { ca: readFileSync(db.caFile, 'utf8'), rejectUnauthorized: true };
   }
   if (db.passwordFile !== undefined) {

@@ -30,15 +30,21 @@ export function windowSeconds(policy: BucketPolicy): number {
 
 /** Header name/value pairs for a decision: [RateLimit-Policy name, value, RateLimit name, value]. */
 export function rateLimitHeaders(policy: BucketPolicy & { name?: string }, decision: Decision): [string, string, string, string] {
+  return rateLimitFormatter(policy)(decision);
+}
+
+/** The same formatting with the per-policy part computed once (the per-request hot path uses this). */
+export function rateLimitFormatter(policy: BucketPolicy & { name?: string }): (decision: Decision) => [string, string, string, string] {
   const name = sfString(policy.name ?? 'default');
   // A token bucket allows `capacity` at once and refills it in `w` seconds: the quota per window.
   const quota = `${name};q=${sfInteger(policy.capacity)};w=${sfInteger(windowSeconds(policy))}`;
-  // §4.1.2: t is the time until more quota is available. On a refusal that is exactly when one
-  // token is back, and §6 says Retry-After SHOULD NOT point earlier than t, so t = Retry-After
-  // then; when allowed, t is the time until the burst is whole again.
-  const resetSeconds = decision.allowed ? sfInteger(decision.resetSeconds) : retryAfterWholeSeconds(decision);
-  const current = `${name};r=${sfInteger(decision.remaining)};t=${resetSeconds}`;
-  return ['RateLimit-Policy', quota, 'RateLimit', current];
+  return function format(decision) {
+    // §4.1.2: t is the time until more quota is available. On a refusal that is exactly when one
+    // token is back, and §6 says Retry-After SHOULD NOT point earlier than t, so t = Retry-After
+    // then; when allowed, t is the time until the burst is whole again.
+    const resetSeconds = decision.allowed ? sfInteger(decision.resetSeconds) : retryAfterWholeSeconds(decision);
+    return ['RateLimit-Policy', quota, 'RateLimit', `${name};r=${sfInteger(decision.remaining)};t=${resetSeconds}`];
+  };
 }
 
 function retryAfterWholeSeconds(decision: Decision): number {

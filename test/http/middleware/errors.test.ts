@@ -27,7 +27,7 @@ describe('errorHandler()', () => {
           throw new Error(SECRET_MESSAGE, { cause: new Error('connection terminated unexpectedly') });
         }),
         route('GET', '/string', async () => {
-          throw 'a thrown string'; // eslint-disable-line no-throw-literal
+          throw 'a thrown string';
         }),
         route('GET', '/client', async () => {
           throw new AppError('RATE_LIMITED', { detail: 'Slow down', headers: { 'Retry-After': '7' } });
