@@ -32,8 +32,20 @@ switch (command) {
 }
 
 async function serve(): Promise<void> {
-  const running = await startServer(config, log).catch((err: unknown) => die(log, 'server failed to start', err));
+  // Signals are handled from the first moment: a SIGTERM during a slow (embedded) database start
+  // waits for the start to finish and then drains, instead of killing the process mid-write.
   let stopping = false;
+  let running: Awaited<ReturnType<typeof startServer>> | undefined;
+  const drain = (): void => {
+    running?.shutdown().then(
+      () => {
+        log.info('stopped');
+        log.flush();
+        process.exit(0);
+      },
+      (err: unknown) => die(log, 'shutdown failed', err),
+    );
+  };
   const stop = (signal: string): void => {
     if (stopping) {
       // A second signal means "now": skip the drain.
@@ -43,17 +55,12 @@ async function serve(): Promise<void> {
     }
     stopping = true;
     log.info('draining', { signal, graceMs: config.shutdownGraceMs });
-    running.shutdown().then(
-      () => {
-        log.info('stopped');
-        log.flush();
-        process.exit(0);
-      },
-      (err: unknown) => die(log, 'shutdown failed', err),
-    );
+    drain();
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+  running = await startServer(config, log).catch((err: unknown) => die(log, 'server failed to start', err));
+  if (stopping) drain();
 }
 
 async function runMigrate(): Promise<void> {

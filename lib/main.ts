@@ -85,6 +85,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     const event = (kind: SecurityEventKind) => (ctx: Context, reason?: string) =>
       security.emit(kind, { requestId: ctx.requestId, ip: ctx.clientIp, identity: ctx.identity?.id, reason });
     let draining = false;
+    let stopping: Promise<void> | undefined;
     const routes: Route[] = [
       ...healthRoutes({ pool: db.pool, timeoutMs: config.healthDbTimeoutMs, isDraining: () => draining }),
       ...chatRoutes({ pool: db.pool, chat, agents, maxBodyBytes: config.maxBodyBytes }),
@@ -143,7 +144,13 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
       slots,
       upstream,
       chat,
-      async shutdown(graceMs = config.shutdownGraceMs) {
+      shutdown(graceMs = config.shutdownGraceMs) {
+        // Idempotent: a second call (a test's cleanup after its own drain) waits for the first.
+        stopping ??= stop(graceMs);
+        return stopping;
+      },
+    };
+    async function stop(graceMs: number): Promise<void> {
         draining = true;
         await drainServer(server, graceMs);
         // Streams still open after the grace period end with `event: error` SHUTTING_DOWN and are stored incomplete.
@@ -151,8 +158,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
         await waitAtMost(chat.idle(), 2_000);
         server.closeAllConnections();
         for (const cleanup of cleanups.reverse()) await cleanup();
-      },
-    };
+    }
   } catch (err) {
     for (const cleanup of cleanups.reverse()) await cleanup();
     throw err;

@@ -22,7 +22,8 @@ const ListQuery = z.strictObject({
   limit: z.coerce.number().int().min(1).max(100).default(20),
   cursor: z.string().max(200).optional(),
 });
-const Cursor = z.strictObject({ u: z.iso.datetime(), i: z.uuid() });
+// Years PostgreSQL cannot hold (0000) would otherwise reach SQL and fail there with a 500.
+const Cursor = z.strictObject({ u: z.iso.datetime().refine((u) => u >= '1970' && u < '10000'), i: z.uuid() });
 
 function identityOf(ctx: Context): Identity {
   // The auth middleware guarantees an identity on /v1/*; this guards against a wiring mistake.

@@ -126,6 +126,7 @@ describe('DATABASE_PASSWORD_FILE on PostgreSQL', { skip: !TEST_DATABASE_URL && '
       await traffic.stop();
     }
 
+    console.log("DBG", killed.length, traffic.failures, traffic.ok, traffic.okAfterKill); if (traffic.failures.includes("HTTP 500")) console.log(app.logs().split("\n").filter((l) => l.includes("\"error\"")).join("\n"));
     assert.ok(killed.length >= 1, 'the rotation killed at least one of the server’s connections');
     // At most the one request in flight on each killed connection may fail.
     assert.ok(traffic.failures.length <= killed.length, `${traffic.failures.length} failed requests for ${killed.length} killed connections: ${traffic.failures.join(', ')}`);
