@@ -104,21 +104,10 @@ export async function streamSse(
   ctx.clearDeadline(); // a stream is bounded by its producer's timeouts and the drain timeout, not the request deadline
   res.writeHead(200, headerList(ctx, extra, SSE_HEADERS));
   res.flushHeaders();
-  // Events produced in one turn of the event loop (several chunks from one upstream read) leave
-  // in one syscall: cork on the first write, uncork once the turn's microtasks have run.
-  let corked = false;
-  const uncork = (): void => {
-    if (!corked) return;
-    corked = false;
-    res.uncork();
-  };
+  // node:http already corks the socket for the rest of the tick on each write, so events produced
+  // together leave in one syscall; an extra res.cork() here would bypass the backpressure signal.
   const write = (chunk: string): boolean => {
     ctx.bytes += Buffer.byteLength(chunk);
-    if (!corked) {
-      corked = true;
-      res.cork();
-      process.nextTick(uncork);
-    }
     return res.write(chunk);
   };
   const heartbeat = setInterval(() => {
@@ -149,8 +138,6 @@ export async function streamSse(
     } catch (err) {
       ctx.log.warn('stream producer failed to close', { err });
     }
-    // Node 24 sends only the first corked write when end() comes before uncork(): uncork first.
-    uncork();
     if (!res.destroyed) res.end();
   }
 }

@@ -8,7 +8,10 @@ import pg from 'pg';
 import { mintKey, waitFor } from '../support/chat.ts';
 import { startTestServer, TEST_DATABASE_URL, type TestServer } from '../support/server.ts';
 
+// More clients than pool connections: the pool stays full, so it opens no new connection during
+// the rotation itself, between ALTER ROLE and the file write, when neither password would work.
 const WORKERS = 6;
+const POOL_MAX = 3;
 
 /** Request outcomes of a traffic loop; `okAfterKill` counts successes of requests sent after the kill. */
 interface Traffic {
@@ -89,6 +92,7 @@ describe('DATABASE_PASSWORD_FILE on PostgreSQL', { skip: !TEST_DATABASE_URL && '
     server = await startTestServer({
       DATABASE_URL: roleUrl(),
       DATABASE_PASSWORD_FILE: passwordFile,
+      DB_POOL_MAX: String(POOL_MAX),
       RATE_LIMIT_PER_MINUTE: '1000000',
       RATE_LIMIT_BURST: '1000000',
       LOG_LEVEL: 'warn',
@@ -110,7 +114,9 @@ describe('DATABASE_PASSWORD_FILE on PostgreSQL', { skip: !TEST_DATABASE_URL && '
     const traffic = startTraffic(app.url, key);
     let killed: number[] = [];
     try {
-      await waitFor('traffic before the rotation', 10_000, () => (traffic.ok >= 30 ? true : undefined));
+      await waitFor('traffic on a full pool before the rotation', 10_000, async () =>
+        traffic.ok >= 30 && (await appBackends()).length === POOL_MAX ? true : undefined,
+      );
       // The operator's rotation: new password in PostgreSQL, then in the file; no restart.
       await admin.query(`ALTER ROLE ${role} PASSWORD '${newPassword}'`);
       await writeFile(passwordFile, `${newPassword}\n`);
@@ -126,7 +132,6 @@ describe('DATABASE_PASSWORD_FILE on PostgreSQL', { skip: !TEST_DATABASE_URL && '
       await traffic.stop();
     }
 
-    console.log("DBG", killed.length, traffic.failures, traffic.ok, traffic.okAfterKill); if (traffic.failures.includes("HTTP 500")) console.log(app.logs().split("\n").filter((l) => l.includes("\"error\"")).join("\n"));
     assert.ok(killed.length >= 1, 'the rotation killed at least one of the server’s connections');
     // At most the one request in flight on each killed connection may fail.
     assert.ok(traffic.failures.length <= killed.length, `${traffic.failures.length} failed requests for ${killed.length} killed connections: ${traffic.failures.join(', ')}`);
