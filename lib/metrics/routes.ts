@@ -12,6 +12,8 @@ export interface MetricsRouteOptions {
   onDenied?: (ctx: Context) => void;
 }
 
+/** Headers a reverse proxy adds to what it relays (RFC 7239 Forwarded, RFC 9110 §7.6.3 Via, and the de facto ones). */
+const RELAY_HEADERS = ['x-forwarded-for', 'forwarded', 'x-real-ip', 'via'] as const;
 const LOOPBACK = /^(127\.\d{1,3}\.\d{1,3}\.\d{1,3}|::1|::ffff:127\.\d{1,3}\.\d{1,3}\.\d{1,3})$/;
 
 function digest(value: string): Buffer {
@@ -27,8 +29,9 @@ export function metricsRoutes(options: MetricsRouteOptions): Route[] {
       const header = ctx.req.headers.authorization;
       return header !== undefined && timingSafeEqual(digest(header), expected);
     }
-    // The socket peer, never X-Forwarded-For; and a request relayed by a local proxy is not local.
-    const forwarded = ctx.req.headers['x-forwarded-for'] !== undefined || ctx.req.headers['forwarded'] !== undefined;
+    // The socket peer, never X-Forwarded-For; and a request relayed by a local proxy is not local
+    // (nginx's usual `proxy_set_header X-Real-IP` sends no X-Forwarded-For).
+    const forwarded = RELAY_HEADERS.some((name) => ctx.req.headers[name] !== undefined);
     return !forwarded && LOOPBACK.test(ctx.req.socket.remoteAddress ?? '');
   }
   return [

@@ -47,12 +47,12 @@ describe('POST /v1/chat', () => {
 
   /** Sends one streamed turn and returns its events and the upstream request body it caused. */
   async function turn(body: object): Promise<{ events: Awaited<ReturnType<typeof readEvents>>; upstream: UpstreamBody }> {
-    const before = h.fake.requests.length;
+    const sent = h.fake.requests.length;
     const res = await h.chat(body);
     assert.equal(res.status, 200);
     const events = await readEvents(res);
-    assert.equal(h.fake.requests.length, before + 1, 'one upstream request per turn');
-    return { events, upstream: h.fake.requests[before]?.body as UpstreamBody };
+    assert.equal(h.fake.requests.length, sent + 1, 'one upstream request per turn');
+    return { events, upstream: h.fake.requests[sent]?.body as UpstreamBody };
   }
 
   it('streams start, the deltas Hel, lo, world and done with finish reason and usage', async () => {
@@ -154,9 +154,9 @@ describe('POST /v1/chat', () => {
   });
 
   it('authenticates upstream with the configured key, not the client key', async () => {
-    const before = h.fake.requests.length;
+    const sent = h.fake.requests.length;
     await readEvents(await h.chat({ message: 'Whose key?' }));
-    assert.equal(h.fake.requests[before]?.headers.authorization, `Bearer ${CANARY}`);
+    assert.equal(h.fake.requests[sent]?.headers.authorization, `Bearer ${CANARY}`);
   });
 
   it('stores the user message and the complete assistant answer with usage', async () => {
@@ -188,7 +188,7 @@ describe('POST /v1/chat', () => {
   });
 
   it('answers one JSON object with stream false and stores the answer', async () => {
-    const before = h.fake.requests.length;
+    const sent = h.fake.requests.length;
     const res = await h.chat({ message: 'No stream', stream: false });
     assert.equal(res.status, 200);
     assert.match(res.headers.get('content-type') ?? '', /^application\/json/);
@@ -197,7 +197,7 @@ describe('POST /v1/chat', () => {
       { text: body['text'], finishReason: body['finishReason'], usage: body['usage'], agent: body['agent'] },
       { text: 'Hello world', finishReason: 'stop', usage: { promptTokens: 12, completionTokens: 3 }, agent: 'default' },
     );
-    assert.equal((h.fake.requests[before]?.body as UpstreamBody).stream, false);
+    assert.equal((h.fake.requests[sent]?.body as UpstreamBody).stream, false);
     const stored = (await (await h.call('GET', `/v1/conversations/${String(body['conversationId'])}`)).json()) as { messages: Array<Record<string, unknown>> };
     assert.deepEqual(
       stored.messages.map((m) => [m['role'], m['content'], m['status']]),
@@ -232,7 +232,7 @@ describe('POST /v1/chat', () => {
   ];
   for (const [what, body] of invalid) {
     it(`refuses ${what} with 400 VALIDATION_FAILED and calls no upstream`, async () => {
-      const before = h.fake.requests.length;
+      const sent = h.fake.requests.length;
       const res = await h.chat(body);
       assert.equal(res.status, 400);
       assert.match(res.headers.get('content-type') ?? '', /^application\/problem\+json/);
@@ -240,7 +240,7 @@ describe('POST /v1/chat', () => {
       assert.equal(problem.code, 'VALIDATION_FAILED');
       assert.equal(problem.status, 400);
       assert.ok(Array.isArray(problem.issues) && problem.issues.length > 0, 'the problem lists the issues');
-      assert.equal(h.fake.requests.length, before);
+      assert.equal(h.fake.requests.length, sent);
     });
   }
 
@@ -258,12 +258,12 @@ describe('POST /v1/chat', () => {
   });
 
   it('refuses a chunked body over MAX_BODY_BYTES with 413 and calls no upstream', async () => {
-    const before = h.fake.requests.length;
+    const sent = h.fake.requests.length;
     const { status, body, chunked } = await postChunked(`${h.server.url}/v1/chat`, h.key, 4 * MAX_BODY_BYTES);
     assert.equal(chunked, true, 'sent without content-length');
     assert.equal(status, 413);
     assert.equal((JSON.parse(body) as { code: string }).code, 'BODY_TOO_LARGE');
-    assert.equal(h.fake.requests.length, before);
+    assert.equal(h.fake.requests.length, sent);
   });
 
   it('never writes the upstream key or message contents to the logs', async () => {

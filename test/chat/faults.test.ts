@@ -220,7 +220,7 @@ describe('POST /v1/chat during a drain', () => {
     const start = await stream.next();
     assert.equal((await stream.next())?.event, 'delta');
     const started = Date.now();
-    const shutdown = h.shutdown(graceMs);
+    const shutdown = h.server.shutdown(graceMs);
     const frames: SseFrame[] = [];
     for (let f = await stream.next(); f !== undefined; f = await stream.next()) frames.push(f);
     await shutdown;

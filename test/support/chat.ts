@@ -1,7 +1,6 @@
 // Shared helpers for the chat integration tests: the real app in front of the fake upstream,
 // API keys minted straight into the database, and an SSE frame reader for response bodies.
 import { randomUUID } from 'node:crypto';
-import { rm } from 'node:fs/promises';
 import { request, type IncomingMessage } from 'node:http';
 import { join } from 'node:path';
 import pg from 'pg';
@@ -39,8 +38,6 @@ export interface ChatHarness {
   chat(body: unknown, options?: { key?: string; headers?: Record<string, string>; raw?: string }): Promise<Response>;
   /** GET or DELETE on a path, authenticated. */
   call(method: 'GET' | 'DELETE', path: string, key?: string): Promise<Response>;
-  /** Drains the server as SIGTERM does; its data directory stays until close(). */
-  shutdown(graceMs: number): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -56,7 +53,6 @@ export async function startChat(env: Record<string, string | undefined> = {}): P
   }
   const key = await mintKey(server.db.pool);
   const authorised = (k: string | undefined): Record<string, string> => ({ authorization: `Bearer ${k ?? key}` });
-  let drained = false;
   return {
     fake,
     server,
@@ -72,15 +68,9 @@ export async function startChat(env: Record<string, string | undefined> = {}): P
     call(method, path, k) {
       return fetch(`${server.url}${path}`, { method, headers: authorised(k) });
     },
-    shutdown(graceMs) {
-      drained = true;
-      return server.shutdown(graceMs);
-    },
     async close() {
       try {
-        // A drained server has closed its pool and upstream already; closing them twice throws.
-        if (drained) await rm(server.config.dataDir, { recursive: true, force: true });
-        else await server.close();
+        await server.close(); // after a test's own drain too: shutdown() is idempotent
       } finally {
         await fake.close();
       }
