@@ -1,5 +1,4 @@
 // The chat turn: store the question, call the model, stream the answer, store the answer whatever happens.
-import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import type pg from 'pg';
 import * as z from 'zod';
@@ -44,7 +43,9 @@ export interface ChatService {
   idle(): Promise<void>;
 }
 
-const SAVE_ATTEMPTS = 3;
+// Backoff 250 ms, 0.5 s, 1 s, 2 s, 4 s: rides out a database blip of several seconds. The row
+// already exists as `incomplete`, so even a failure past this leaves the question paired.
+const SAVE_ATTEMPTS = 6;
 const FOREIGN_KEY_VIOLATION = '23503';
 
 /** Validates the body strictly: clients choose an agent and nothing else about the model. */
@@ -95,7 +96,7 @@ export function createChatService(options: ChatServiceOptions): ChatService {
           log.error('could not store the assistant message', { err, requestId: ctx.requestId, messageId: message.id, conversationId: message.conversationId });
           return;
         }
-        await new Promise((r) => setTimeout(r, 250 * attempt));
+        await new Promise((r) => setTimeout(r, 250 * 2 ** (attempt - 1)));
       }
     }
   }
@@ -133,7 +134,7 @@ export function createChatService(options: ChatServiceOptions): ChatService {
       const signal = AbortSignal.any([ctx.signal, options.shutdownSignal]);
       // A non-streamed answer may take longer than the request deadline; the upstream timeouts bound it.
       ctx.clearDeadline();
-      const answer: AssistantMessage = { id: randomUUID(), conversationId: turn.conversationId, content: '', status: 'error' };
+      const answer: AssistantMessage = { id: turn.assistantMessageId, conversationId: turn.conversationId, content: '', status: 'error' };
       const head = { conversationId: turn.conversationId, messageId: answer.id, agent: agent.id };
       if (!input.stream) return await completeTurn(ctx, request, signal, answer, head);
       const started = performance.now();
@@ -146,7 +147,22 @@ export function createChatService(options: ChatServiceOptions): ChatService {
         throw failure.toAppError();
       }
       handedOver = true;
-      return { kind: 'sse', events: relay(ctx, stream, answer, head, started, slot) };
+      const events = relay(ctx, stream, answer, head, started, slot);
+      // A generator closed before its first next() skips its own finally: do that cleanup here.
+      const closeUnstarted = async (): Promise<void> => {
+        try {
+          await stream[Symbol.asyncIterator]().return?.();
+        } finally {
+          answer.status = 'incomplete';
+          try {
+            await save(answer, ctx);
+          } finally {
+            slot.release();
+            finishTurn();
+          }
+        }
+      };
+      return { kind: 'sse', events: startedOnce(events, closeUnstarted) };
     } finally {
       if (!handedOver) {
         slot.release();
@@ -233,6 +249,25 @@ export function createChatService(options: ChatServiceOptions): ChatService {
     active: () => inProgress,
     idle: () => (inProgress === 0 ? Promise.resolve() : new Promise<void>((resolve) => waiters.push(resolve))),
   };
+}
+
+/** Wraps a generator so that return() before the first next() runs `onUnstarted` once. */
+function startedOnce<T>(gen: AsyncGenerator<T>, onUnstarted: () => Promise<void>): AsyncIterable<T> {
+  let started = false;
+  const iterator: AsyncIterator<T> = {
+    next() {
+      started = true;
+      return gen.next();
+    },
+    async return(value?: unknown) {
+      if (!started) {
+        started = true;
+        await onUnstarted();
+      }
+      return gen.return(value as T);
+    },
+  };
+  return { [Symbol.asyncIterator]: () => iterator };
 }
 
 function usageFields(usage: UpstreamUsage | undefined): Partial<AssistantMessage> {

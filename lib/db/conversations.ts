@@ -13,6 +13,8 @@ export interface HistoryMessage {
 export interface StartedTurn {
   conversationId: string;
   userMessageId: string;
+  /** The answer's row, inserted as `incomplete` in the same transaction and updated when the answer ends. */
+  assistantMessageId: string;
   agent: string;
   /** Earlier messages, oldest first, within the character budget (the new message excluded). */
   history: HistoryMessage[];
@@ -44,11 +46,18 @@ export async function startTurn(
     }
     const history = input.conversationId === undefined ? [] : await loadHistory(client, conversationId, input.historyMaxChars);
     const userMessageId = randomUUID();
+    const assistantMessageId = randomUUID();
     await client.query(
       "INSERT INTO messages (id, conversation_id, role, content, status, completed_at) VALUES ($1, $2, 'user', $3, 'complete', now())",
       [userMessageId, conversationId, input.message],
     );
-    return { conversationId, userMessageId, agent, history };
+    // The answer's row exists from the start, as `incomplete`: if the database is unreachable when
+    // the answer ends, the question still has its answer row instead of standing alone.
+    await client.query(
+      "INSERT INTO messages (id, conversation_id, role, content, status) VALUES ($1, $2, 'assistant', '', 'incomplete')",
+      [assistantMessageId, conversationId],
+    );
+    return { conversationId, userMessageId, assistantMessageId, agent, history };
   });
 }
 
@@ -80,13 +89,14 @@ export interface AssistantMessage {
   errorCode?: string | undefined;
 }
 
-/** Stores the assistant's answer (whatever state it reached). */
+/** Stores the assistant's answer (whatever state it reached) into the row startTurn made; safe to repeat. */
 export async function saveAssistantMessage(pool: pg.Pool, m: AssistantMessage): Promise<void> {
   // PostgreSQL text cannot hold NUL (22021); one from the upstream must not cost the whole answer.
   const content = m.content.includes('\u0000') ? m.content.replaceAll('\u0000', '\uFFFD') : m.content;
   await pool.query(
-    `INSERT INTO messages (id, conversation_id, role, content, status, finish_reason, prompt_tokens, completion_tokens, error_code, completed_at)
-     VALUES ($1, $2, 'assistant', $3, $4, $5, $6, $7, $8, now())`,
+    `UPDATE messages SET content = $3, status = $4, finish_reason = $5, prompt_tokens = $6, completion_tokens = $7,
+       error_code = $8, completed_at = now()
+     WHERE id = $1 AND conversation_id = $2 AND role = 'assistant'`,
     [m.id, m.conversationId, content, m.status, m.finishReason ?? null, m.promptTokens ?? null, m.completionTokens ?? null, m.errorCode ?? null],
   );
 }
