@@ -80,7 +80,13 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
       maxMessageChars: config.maxMessageChars,
       historyMaxChars: config.historyMaxChars,
       shutdownSignal: shutdown.signal,
-      observer: metrics,
+      observer: {
+        upstreamOutcome: (outcome) => metrics.upstreamOutcome(outcome),
+        firstToken: (seconds) => metrics.firstToken(seconds),
+        streamOpened: () => metrics.streamOpened(),
+        streamClosed: () => metrics.streamClosed(),
+        streamRejected: () => metrics.rateLimitRejected('streams'),
+      },
     });
     const event = (kind: SecurityEventKind) => (ctx: Context, reason?: string) =>
       security.emit(kind, { requestId: ctx.requestId, ip: ctx.clientIp, identity: ctx.identity?.id, reason });

@@ -15,6 +15,8 @@ export interface ChatObserver {
   firstToken(seconds: number): void;
   streamOpened(): void;
   streamClosed(): void;
+  /** An identity hit its stream cap (429 TOO_MANY_STREAMS). */
+  streamRejected?(): void;
 }
 
 /** A per-identity stream cap (lib/limits/concurrency.ts). */
@@ -110,6 +112,7 @@ export function createChatService(options: ChatServiceOptions): ChatService {
     const identity = ctx.identity;
     if (identity === undefined) throw new AppError('UNAUTHORIZED', { headers: { 'WWW-Authenticate': 'Bearer' } });
     const slot = slots.acquire(identity.id);
+    if (slot === undefined) observer?.streamRejected?.();
     if (slot === undefined) throw new AppError('TOO_MANY_STREAMS', { detail: 'Too many concurrent answers for this identity; wait for one to finish' });
     inProgress++;
     let handedOver = false;
