@@ -23,20 +23,7 @@ export interface RateLimitOptions {
 /** One bucket per identity on protected paths; 429 with Retry-After when it is empty. */
 export function rateLimit(options: RateLimitOptions): Middleware {
   const { prefix, take, headers } = options;
-  return async function rateLimitMiddleware(ctx: Context, next: Next): Promise<void> {
-    if (ctx.identity === undefined || !ctx.path.startsWith(prefix)) {
-      await next();
-      return;
-    }
-    let decision: RateDecision;
-    try {
-      const result = take(ctx.identity.id);
-      decision = result instanceof Promise ? await result : result;
-    } catch (err) {
-      // Fail closed: without the store we cannot tell a flood from normal traffic.
-      options.onStoreError?.(ctx, err);
-      throw new AppError('RATE_LIMIT_UNAVAILABLE', { cause: err, headers: { 'Retry-After': '1' } });
-    }
+  function decide(ctx: Context, decision: RateDecision, next: Next): Promise<void> {
     ctx.headers.push(...headers(decision));
     if (!decision.allowed) {
       options.onRejected?.(ctx);
@@ -46,6 +33,28 @@ export function rateLimit(options: RateLimitOptions): Middleware {
         headers: { 'Retry-After': String(decision.retryAfterSeconds) },
       });
     }
-    await next();
+    return next();
+  }
+  function storeFailed(ctx: Context, err: unknown): never {
+    // Fail closed: without the store we cannot tell a flood from normal traffic.
+    options.onStoreError?.(ctx, err);
+    throw new AppError('RATE_LIMIT_UNAVAILABLE', { cause: err, headers: { 'Retry-After': '1' } });
+  }
+  // Not async: with the memory store the whole decision is synchronous and adds no promise hop.
+  return function rateLimitMiddleware(ctx: Context, next: Next): Promise<void> {
+    if (ctx.identity === undefined || !ctx.path.startsWith(prefix)) return next();
+    let result: RateDecision | Promise<RateDecision>;
+    try {
+      result = take(ctx.identity.id);
+    } catch (err) {
+      storeFailed(ctx, err);
+    }
+    if (result instanceof Promise) {
+      return result.then(
+        (decision) => decide(ctx, decision, next),
+        (err: unknown) => storeFailed(ctx, err),
+      );
+    }
+    return decide(ctx, result, next);
   };
 }

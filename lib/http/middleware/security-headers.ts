@@ -26,8 +26,8 @@ export function securityHeaderList(options: SecurityHeaderOptions): string[] {
 /** Sets the precomputed headers as the base of every response, errors and 404s included. */
 export function securityHeaders(options: SecurityHeaderOptions): Middleware {
   const list = securityHeaderList(options);
-  return async function securityHeadersMiddleware(ctx: Context, next: Next): Promise<void> {
-    ctx.baseHeaders = list; // shared, never mutated: respond concatenates into a new array
-    await next();
+  return function securityHeadersMiddleware(ctx: Context, next: Next): Promise<void> {
+    ctx.baseHeaders = list; // shared, never mutated: respond copies it into each response's headers
+    return next();
   };
 }
