@@ -8,7 +8,6 @@ import { createServer } from 'node:http';
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { randomBytes } from 'node:crypto';
-import { once } from 'node:events';
 
 /** What the fake does with the next request. */
 export type Behaviour =
@@ -266,7 +265,16 @@ async function write(ex: Exchange, text: string): Promise<boolean> {
   const { res } = ex;
   if (res.destroyed) return false;
   if (res.write(text)) return true;
-  await Promise.race([once(res, 'drain'), once(res, 'close')]);
+  await new Promise<void>((resolve) => {
+    // Both listeners go away whichever fires, so a long burst does not pile them up.
+    const done = (): void => {
+      res.off('drain', done);
+      res.off('close', done);
+      resolve();
+    };
+    res.on('drain', done);
+    res.on('close', done);
+  });
   return !res.destroyed;
 }
 
