@@ -28,34 +28,39 @@ export async function startTurn(
   pool: pg.Pool,
   input: { owner: string; agent: string; conversationId?: string; message: string; historyMaxChars: number },
 ): Promise<StartedTurn | undefined> {
-  return withTransaction(pool, async (client) => {
-    let conversationId = input.conversationId;
-    let agent = input.agent;
-    if (conversationId === undefined) {
-      conversationId = randomUUID();
-      // Cut at 80 UTF-16 units without splitting a surrogate pair (a lone half is stored as U+FFFD).
-      const title = input.message.slice(0, 80).replace(/[\uD800-\uDBFF]$/, '');
-      await client.query('INSERT INTO conversations (id, owner, agent, title) VALUES ($1, $2, $3, $4)', [conversationId, input.owner, agent, title]);
-    } else {
-      const found = await client.query<{ agent: string }>(
-        'UPDATE conversations SET updated_at = now() WHERE id = $1 AND owner = $2 RETURNING agent',
-        [conversationId, input.owner],
-      );
-      if (found.rowCount === 0) return undefined;
-      agent = found.rows[0]?.agent ?? agent;
-    }
-    const history = input.conversationId === undefined ? [] : await loadHistory(client, conversationId, input.historyMaxChars);
-    const userMessageId = randomUUID();
-    const assistantMessageId = randomUUID();
-    await client.query(
-      "INSERT INTO messages (id, conversation_id, role, content, status, completed_at) VALUES ($1, $2, 'user', $3, 'complete', now())",
-      [userMessageId, conversationId, input.message],
+  const userMessageId = randomUUID();
+  // The answer's row exists from the start, as `incomplete`: if the database is unreachable when
+  // the answer ends, the question still has its answer row instead of standing alone.
+  const assistantMessageId = randomUUID();
+  if (input.conversationId === undefined) {
+    const conversationId = randomUUID();
+    // Cut at 80 UTF-16 units without splitting a surrogate pair (a lone half is stored as U+FFFD).
+    const title = input.message.slice(0, 80).replace(/[\uD800-\uDBFF]$/, '');
+    // One statement is atomic on its own: no BEGIN/COMMIT round trips on the first turn, the common
+    // one. Foreign keys are checked at the end of the statement, when the conversation row exists.
+    await pool.query(
+      `WITH c AS (INSERT INTO conversations (id, owner, agent, title) VALUES ($1, $2, $3, $4) RETURNING id)
+       INSERT INTO messages (id, conversation_id, role, content, status, completed_at)
+       SELECT $5::uuid, c.id, 'user', $6::text, 'complete', now() FROM c
+       UNION ALL SELECT $7::uuid, c.id, 'assistant', '', 'incomplete', NULL FROM c`,
+      [conversationId, input.owner, input.agent, title, userMessageId, input.message, assistantMessageId],
     );
-    // The answer's row exists from the start, as `incomplete`: if the database is unreachable when
-    // the answer ends, the question still has its answer row instead of standing alone.
+    return { conversationId, userMessageId, assistantMessageId, agent: input.agent, history: [] };
+  }
+  const conversationId = input.conversationId;
+  return withTransaction(pool, async (client) => {
+    const found = await client.query<{ agent: string }>(
+      'UPDATE conversations SET updated_at = now() WHERE id = $1 AND owner = $2 RETURNING agent',
+      [conversationId, input.owner],
+    );
+    if (found.rowCount === 0) return undefined;
+    // A follow-up that names no agent continues with the conversation's own.
+    const agent = found.rows[0]?.agent ?? input.agent;
+    const history = await loadHistory(client, conversationId, input.historyMaxChars);
     await client.query(
-      "INSERT INTO messages (id, conversation_id, role, content, status) VALUES ($1, $2, 'assistant', '', 'incomplete')",
-      [assistantMessageId, conversationId],
+      `INSERT INTO messages (id, conversation_id, role, content, status, completed_at)
+       VALUES ($1, $3, 'user', $4, 'complete', now()), ($2, $3, 'assistant', '', 'incomplete', NULL)`,
+      [userMessageId, assistantMessageId, conversationId, input.message],
     );
     return { conversationId, userMessageId, assistantMessageId, agent, history };
   });
