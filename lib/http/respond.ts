@@ -103,7 +103,6 @@ export async function streamSse(
   ctx.status = 200;
   ctx.clearDeadline(); // a stream is bounded by its producer's timeouts and the drain timeout, not the request deadline
   res.writeHead(200, headerList(ctx, extra, SSE_HEADERS));
-  res.flushHeaders();
   // node:http already corks the socket for the rest of the tick on each write, so events produced
   // together leave in one syscall; an extra res.cork() here would bypass the backpressure signal.
   const write = (chunk: string): boolean => {
@@ -115,13 +114,19 @@ export async function streamSse(
   }, heartbeatMs);
   heartbeat.unref();
   const iterator = events[Symbol.asyncIterator]();
+  let frames = 0;
   try {
     for (;;) {
       if (ctx.signal.aborted || res.destroyed) break;
       const step = await iterator.next();
       if (step.done === true) break;
       if (ctx.signal.aborted || res.destroyed) break;
-      if (!write(formatSse(step.value)) && !(await drained(res, ctx.signal))) {
+      const ok = write(formatSse(step.value));
+      // node:http corks the socket until the current tick's microtasks are done, and a fast upstream
+      // keeps that chain busy parsing every buffered chunk: the first frames (headers + start, the
+      // first delta) would wait for all of it. Send them at once; later frames coalesce as before.
+      if (++frames <= 2 && res.socket !== null && res.socket.writableCorked > 0) res.socket.uncork();
+      if (!ok && !(await drained(res, ctx.signal))) {
         res.destroy(); // a client that stops reading must not make us buffer without bound
         break;
       }
