@@ -1,6 +1,5 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -9,26 +8,9 @@ import { createDatabase, type Database } from '../../lib/db/database.ts';
 import { loadMigrations, migrate, type Migration } from '../../lib/db/migrate.ts';
 import { createLogger } from '../../lib/log.ts';
 import { TEST_DATABASE_URL, testConfig } from '../support/server.ts';
+import { scratchDatabase } from '../support/database.ts';
 
 const log = createLogger({ level: 'silent' });
-
-/** A throw-away database on the real server (the dev user is a superuser); `drop()` removes it. */
-async function scratchDatabase(adminUrl: string): Promise<{ url: string; drop(): Promise<void> }> {
-  const name = `t_${randomBytes(6).toString('hex')}`;
-  const admin = async (sql: string): Promise<void> => {
-    const client = new pg.Client({ connectionString: adminUrl });
-    await client.connect();
-    try {
-      await client.query(sql);
-    } finally {
-      await client.end();
-    }
-  };
-  await admin(`CREATE DATABASE ${name}`);
-  const url = new URL(adminUrl);
-  url.pathname = `/${name}`;
-  return { url: url.toString(), drop: () => admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`) };
-}
 
 /** An empty database of either engine, opened the way the server opens it. */
 interface Fresh {
