@@ -7,7 +7,8 @@ import { AppError } from '../errors.ts';
 import type { Context, Reply, SseEvent } from '../http/types.ts';
 import type { Logger } from '../log.ts';
 import type { AgentRegistry } from './agents.ts';
-import { classifyUpstreamError, type Upstream, type UpstreamError, type UpstreamRequest, type UpstreamUsage } from './upstream.ts';
+import type { Upstream, UpstreamRequest, UpstreamUsage } from './upstream.ts';
+import { classifyUpstreamError, type UpstreamError } from './upstream-errors.ts';
 
 /** Optional hooks for metrics; the service works without them. */
 export interface ChatObserver {
