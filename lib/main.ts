@@ -69,6 +69,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     cleanups.push(() => metrics.close());
     metrics.setPoolSource(() => ({ total: db.pool.totalCount, idle: db.pool.idleCount, waiting: db.pool.waitingCount }));
     metrics.setStreamSlotsSource(() => slots.inUse());
+    const authenticate = createAuthenticator({ pool: db.pool, jwt });
     const security = createSecurityEvents(log, { onEvent: (kind) => metrics.securityEvent(kind) });
     const shutdown = new AbortController();
     const chat = createChatService({
@@ -111,7 +112,8 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
         cors({ origins: config.corsOrigins, onReject: event('cors_rejected') }),
         auth({
           prefix: '/v1/',
-          authenticate: createAuthenticator({ pool: db.pool, jwt }),
+          authenticate,
+          cached: authenticate.cached,
           throttle: createFailureThrottle(config.authFailuresPerMinute),
           addressKey: addressGroup,
           onFailure: (ctx, reason) => {

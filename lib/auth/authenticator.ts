@@ -24,7 +24,10 @@ interface CacheEntry {
 const DEFAULT_CACHE_TTL_MS = 2_000;
 
 /** Rejects with AppError INVALID_TOKEN; never says which part of a credential was wrong beyond its kind. */
-export function createAuthenticator(options: AuthenticatorOptions): (token: string) => Promise<Identity> {
+/** Resolves a bearer token to an identity; `cached` answers synchronously when the key is cached. */
+export type Authenticate = ((token: string) => Promise<Identity>) & { cached(token: string): Identity | undefined };
+
+export function createAuthenticator(options: AuthenticatorOptions): Authenticate {
   const ttl = options.cacheTtlMs ?? DEFAULT_CACHE_TTL_MS;
   const maxEntries = options.maxCacheEntries ?? 10_000;
   // Monotonic: a wall clock stepped back would stretch every cached entry, and with it revocation lag.
@@ -64,12 +67,19 @@ export function createAuthenticator(options: AuthenticatorOptions): (token: stri
     return inFlight;
   }
 
-  return async function authenticate(token: string): Promise<Identity> {
+  async function authenticate(token: string): Promise<Identity> {
     if (looksLikeApiKey(token)) return apiKey(token);
     if (options.jwt !== undefined && looksLikeJwt(token)) {
       const claims = await options.jwt.verify(token);
       return { id: `jwt:${claims.sub}`, kind: 'jwt' };
     }
     throw new AppError('INVALID_TOKEN', { detail: 'Unrecognised credential' });
-  };
+  }
+  /** A still-valid cached API key identity, without a promise (the per-request fast path). */
+  function cached(token: string): Identity | undefined {
+    if (!looksLikeApiKey(token)) return undefined;
+    const hit = cache.get(hash('sha256', token, 'base64'));
+    return hit !== undefined && hit.expiresAtMs > now() ? hit.identity : undefined;
+  }
+  return Object.assign(authenticate, { cached });
 }
