@@ -10,9 +10,9 @@ export interface HealthOptions {
   isDraining: () => boolean;
 }
 
-const OK: Reply = { kind: 'json', status: 200, body: { status: 'ok' } };
-const UNAVAILABLE: Reply = { kind: 'json', status: 503, body: { status: 'unavailable' } };
-const LIVE: Reply = { kind: 'json', status: 200, body: { status: 'ok' } };
+const OK: Reply = Object.freeze({ kind: 'json', status: 200, body: { status: 'ok' } });
+const UNAVAILABLE: Reply = Object.freeze({ kind: 'json', status: 503, body: { status: 'unavailable' } });
+const LIVE: Reply = Object.freeze({ kind: 'json', status: 200, body: { status: 'ok' } });
 
 /** The health routes; bodies never say why a check failed. */
 export function healthRoutes(options: HealthOptions): Route[] {

@@ -57,7 +57,7 @@ function decodeCursor(cursor: string): { updatedAt: string; id: string } {
 /** The /v1 routes. */
 export function chatRoutes(options: ChatRoutesOptions): Route[] {
   const { pool, chat } = options;
-  const agentsReply: Reply = { kind: 'json', status: 200, body: { agents: options.agents.list() } };
+  const agentsReply: Reply = Object.freeze({ kind: 'json', status: 200, body: { agents: options.agents.list() } });
   return [
     {
       method: 'POST',

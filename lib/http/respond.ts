@@ -70,11 +70,24 @@ export function sendEmpty(ctx: Context, status: number, extra?: Record<string, s
   ctx.res.end();
 }
 
+// A frozen reply is a constant (health, the agents list): serialise it once, not per request.
+const serialisedReplies = new WeakMap<object, string>();
+
+function serialised(reply: Reply & { kind: 'json' }): string {
+  if (!Object.isFrozen(reply)) return JSON.stringify(reply.body);
+  let text = serialisedReplies.get(reply);
+  if (text === undefined) {
+    text = JSON.stringify(reply.body);
+    serialisedReplies.set(reply, text);
+  }
+  return text;
+}
+
 /** Writes a reply returned by a handler. SSE replies resolve when the stream has ended. */
 export async function sendReply(ctx: Context, reply: Reply): Promise<void> {
   switch (reply.kind) {
     case 'json':
-      sendJson(ctx, reply.status, reply.body, reply.headers);
+      writeBody(ctx, reply.status, serialised(reply), JSON_TYPE, reply.headers);
       return;
     case 'text':
       writeBody(ctx, reply.status, reply.body, reply.contentType, reply.headers);
