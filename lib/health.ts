@@ -26,7 +26,7 @@ export function healthRoutes(options: HealthOptions): Route[] {
         return (await check()) ? OK : UNAVAILABLE;
       },
     },
-    { method: 'GET', pattern: '/health/live', handler: async () => LIVE },
+    { method: 'GET', pattern: '/health/live', handler: () => LIVE },
   ];
 }
 

@@ -68,7 +68,7 @@ export function chatRoutes(options: ChatRoutesOptions): Route[] {
         return chat.handle(ctx, body);
       },
     },
-    { method: 'GET', pattern: '/v1/agents', handler: async () => agentsReply },
+    { method: 'GET', pattern: '/v1/agents', handler: () => agentsReply },
     {
       method: 'GET',
       pattern: '/v1/conversations',

@@ -21,6 +21,8 @@ export interface AppOptions {
 /** Route label for requests that matched no route (bounded label sets in logs and metrics). */
 export const UNMATCHED_ROUTE = 'unmatched';
 
+const NO_HEADERS: string[] = [];
+
 /** The per-request context; the abort signal and state map are created only when asked for. */
 export class RequestContext implements Context {
   readonly req: IncomingMessage;
@@ -35,7 +37,7 @@ export class RequestContext implements Context {
   identity: Identity | undefined = undefined;
   log: Logger;
   readonly startMs: number;
-  baseHeaders: string[] = [];
+  baseHeaders: string[] = NO_HEADERS; // replaced by the security-headers middleware, never mutated
   readonly headers: string[] = [];
   status = 0;
   bytes = 0;
@@ -112,7 +114,7 @@ export function createApp(options: AppOptions): (req: IncomingMessage, res: Serv
       ctx.route = found.pattern;
       ctx.allow = found.allow;
     }
-    run(ctx).catch((err: unknown) => {
+    run(ctx)?.catch((err: unknown) => {
       // The errors middleware answers every error; reaching here means the chain itself broke.
       ctx.log.error('request failed outside the error handler', { err, requestId: ctx.requestId });
       if (!res.headersSent) {
@@ -124,8 +126,8 @@ export function createApp(options: AppOptions): (req: IncomingMessage, res: Serv
   };
 }
 
-/** The last step of the chain: run the matched handler, or answer 404/405. */
-async function dispatch(context: Context): Promise<void> {
+/** The last step of the chain: run the matched handler, or answer 404/405. Synchronous when the handler is. */
+function dispatch(context: Context): Promise<void> | undefined {
   const ctx = context as RequestContext;
   if (ctx.handler === undefined) {
     if (ctx.allow !== undefined) {
@@ -134,8 +136,9 @@ async function dispatch(context: Context): Promise<void> {
     }
     throw new AppError('NOT_FOUND', { detail: 'No such resource' });
   }
-  const reply = await ctx.handler(ctx);
-  await sendReply(ctx, reply);
+  const reply = ctx.handler(ctx);
+  if (reply instanceof Promise) return reply.then((r) => sendReply(ctx, r));
+  return sendReply(ctx, reply);
 }
 
 /** Parses the query string (only routes that need it pay for it). */

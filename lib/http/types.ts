@@ -64,6 +64,9 @@ export interface Context {
   readonly state: Map<string, unknown>;
 }
 
-export type Next = () => Promise<void>;
-export type Middleware = (ctx: Context, next: Next) => Promise<void>;
-export type Handler = (ctx: Context) => Promise<Reply>;
+// A step that finished synchronously returns undefined: a request whose whole chain is synchronous
+// (a cached key, the memory rate-limit store, a constant reply) is answered without one promise.
+// Errors always travel as rejections (compose() turns a synchronous throw into one).
+export type Next = () => Promise<void> | undefined;
+export type Middleware = (ctx: Context, next: Next) => Promise<void> | undefined;
+export type Handler = (ctx: Context) => Reply | Promise<Reply>;

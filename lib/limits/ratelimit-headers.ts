@@ -28,7 +28,7 @@ export function windowSeconds(policy: BucketPolicy): number {
   return Math.max(1, Math.ceil(policy.capacity / policy.refillPerSecond));
 }
 
-/** Header name/value pairs for a decision: [RateLimit-Policy name, value, RateLimit name, value]. */
+/** Header name/value pairs for a decision: [ratelimit-policy, value, ratelimit, value]. */
 export function rateLimitHeaders(policy: BucketPolicy & { name?: string }, decision: Decision): [string, string, string, string] {
   return rateLimitFormatter(policy)(decision);
 }
@@ -43,7 +43,8 @@ export function rateLimitFormatter(policy: BucketPolicy & { name?: string }): (d
     // token is back, and §6 says Retry-After SHOULD NOT point earlier than t, so t = Retry-After
     // then; when allowed, t is the time until the burst is whole again.
     const resetSeconds = decision.allowed ? sfInteger(decision.resetSeconds) : retryAfterWholeSeconds(decision);
-    return ['RateLimit-Policy', quota, 'RateLimit', `${name};r=${sfInteger(decision.remaining)};t=${resetSeconds}`];
+    // Lowercase like every other field we send: the list goes to writeHead as is.
+    return ['ratelimit-policy', quota, 'ratelimit', `${name};r=${sfInteger(decision.remaining)};t=${resetSeconds}`];
   };
 }
 

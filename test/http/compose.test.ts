@@ -37,7 +37,7 @@ describe('compose()', () => {
     await compose([
       async (_ctx, next) => {
         await next();
-        second = await next().catch((err: unknown) => err);
+        second = await next()?.catch((err: unknown) => err);
       },
       async () => {
         runs++;
@@ -58,13 +58,13 @@ describe('compose()', () => {
         runs++;
       },
     ]);
-    await assert.rejects(chain(ctx), /next\(\) called multiple times/);
+    await assert.rejects(chain(ctx) as Promise<void>, /next\(\) called multiple times/);
     assert.equal(runs, 1);
   });
 
   it('compose() propagates an error thrown inside the chain to the caller', async () => {
     const chain = compose([async (_ctx, next) => next(), async () => Promise.reject(new RangeError('deep'))]);
-    await assert.rejects(chain(ctx), RangeError);
+    await assert.rejects(chain(ctx) as Promise<void>, RangeError);
   });
 
   it('compose() turns a synchronous throw into a rejection', async () => {
@@ -92,6 +92,40 @@ describe('compose()', () => {
     ])(ctx);
     assert.ok(caught instanceof Error);
     assert.equal(caught.message, 'inner');
+  });
+
+  it('compose() runs a fully synchronous chain without a promise, in onion order', () => {
+    const seen: string[] = [];
+    const layer =
+      (name: string): Middleware =>
+      (_ctx, next) => {
+        seen.push(`${name} in`);
+        const pending = next();
+        seen.push(`${name} out`);
+        return pending;
+      };
+    const result = compose([layer('a'), layer('b')])(ctx);
+    assert.equal(result, undefined);
+    assert.deepEqual(seen, ['a in', 'b in', 'b out', 'a out']);
+  });
+
+  it('compose() returns the promise of the first step that went asynchronous', async () => {
+    const seen: string[] = [];
+    const result = compose([(_ctx, next) => next(), async () => void seen.push('async')])(ctx);
+    assert.ok(result instanceof Promise);
+    await result;
+    assert.deepEqual(seen, ['async']);
+  });
+
+  it('compose() turns a synchronous throw deep in a synchronous chain into a rejection', async () => {
+    const result = compose([
+      (_ctx, next) => next(),
+      () => {
+        throw new RangeError('deep sync');
+      },
+    ])(ctx);
+    assert.ok(result instanceof Promise);
+    await assert.rejects(result, RangeError);
   });
 
   it('compose() of no middleware resolves', async () => {

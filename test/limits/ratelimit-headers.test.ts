@@ -12,7 +12,7 @@ describe('rateLimitHeaders()', () => {
   it('rateLimitHeaders() formats the policy and the current limit as draft-10 structured fields', () => {
     const policy = bucketPolicy(60, 10); // 10 at once, refilled in 10 s
     const headers = rateLimitHeaders(policy, { allowed: true, remaining: 7, resetSeconds: 3, retryAfterSeconds: 0 });
-    assert.deepEqual(headers, ['RateLimit-Policy', '"default";q=10;w=10', 'RateLimit', '"default";r=7;t=3']);
+    assert.deepEqual(headers, ['ratelimit-policy', '"default";q=10;w=10', 'ratelimit', '"default";r=7;t=3']);
     assert.match(headers[1], POLICY_ITEM);
     assert.match(headers[3], LIMIT_ITEM);
   });

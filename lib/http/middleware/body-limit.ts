@@ -4,11 +4,11 @@ import type { Context, Middleware, Next } from '../types.ts';
 
 /** 413 for a declared length over `maxBytes`; chunked bodies are cut by the counting reader in body.ts. */
 export function bodyLimit(maxBytes: number): Middleware {
-  return async function bodyLimitMiddleware(ctx: Context, next: Next): Promise<void> {
+  return function bodyLimitMiddleware(ctx: Context, next: Next): Promise<void> | undefined {
     const declared = ctx.req.headers['content-length'];
     if (declared !== undefined && Number(declared) > maxBytes) {
       throw new AppError('BODY_TOO_LARGE', { detail: `Body exceeds ${maxBytes} bytes`, headers: { connection: 'close' } });
     }
-    await next();
+    return next();
   };
 }

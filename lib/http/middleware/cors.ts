@@ -19,18 +19,18 @@ const EXPOSE_HEADERS = 'x-request-id, ratelimit, ratelimit-policy, retry-after';
 export function cors(options: CorsOptions): Middleware {
   const allowed = new Set(options.origins);
   const maxAge = String(options.maxAgeSeconds ?? 600);
-  return async function corsMiddleware(ctx: Context, next: Next): Promise<void> {
+  return function corsMiddleware(ctx: Context, next: Next): Promise<void> | undefined {
     const origin = ctx.req.headers.origin;
     if (ctx.method === 'OPTIONS') {
       answerOptions(ctx, origin, allowed.has(origin ?? ''), maxAge, options.onReject);
-      return;
+      return undefined;
     }
     // Responses differ by Origin, so caches must key on it (Fetch standard, CORS protocol and HTTP caches).
     ctx.headers.push('vary', 'origin');
     if (origin !== undefined && allowed.has(origin)) {
       ctx.headers.push('access-control-allow-origin', origin, 'access-control-expose-headers', EXPOSE_HEADERS);
     }
-    await next();
+    return next();
   };
 }
 

@@ -11,24 +11,31 @@ export interface ErrorHandlerOptions {
 /** Catches what the rest of the chain throws and answers it (or cuts the connection if headers are gone). */
 export function errorHandler(options: ErrorHandlerOptions = {}): Middleware {
   const { classify } = options;
-  return async function errorMiddleware(ctx: Context, next: Next): Promise<void> {
-    try {
-      await next();
-    } catch (thrown) {
-      const err = thrown instanceof AppError ? thrown : (classify?.(thrown) ?? thrown);
-      const appErr = toAppError(err);
-      if (!(err instanceof AppError)) {
-        // The cause chain goes to the log with the request id; the client gets a generic 500.
-        ctx.log.error('unhandled error', { err, requestId: ctx.requestId, route: ctx.route });
-      } else if (appErr.status >= 500 && appErr.cause !== undefined) {
-        ctx.log.error('request failed', { code: appErr.code, err: appErr.cause, requestId: ctx.requestId, route: ctx.route });
-      }
-      if (!ctx.res.headersSent) {
-        sendProblem(ctx, appErr);
-      } else if (!ctx.res.writableEnded) {
-        // A body is half-written; appending an error would corrupt it. Cut the connection.
-        ctx.res.destroy();
-      }
+  function handle(ctx: Context, thrown: unknown): void {
+    const err = thrown instanceof AppError ? thrown : (classify?.(thrown) ?? thrown);
+    const appErr = toAppError(err);
+    if (!(err instanceof AppError)) {
+      // The cause chain goes to the log with the request id; the client gets a generic 500.
+      ctx.log.error('unhandled error', { err, requestId: ctx.requestId, route: ctx.route });
+    } else if (appErr.status >= 500 && appErr.cause !== undefined) {
+      ctx.log.error('request failed', { code: appErr.code, err: appErr.cause, requestId: ctx.requestId, route: ctx.route });
     }
+    if (!ctx.res.headersSent) {
+      sendProblem(ctx, appErr);
+    } else if (!ctx.res.writableEnded) {
+      // A body is half-written; appending an error would corrupt it. Cut the connection.
+      ctx.res.destroy();
+    }
+  }
+  // Not async: a chain that finished synchronously costs no promise here.
+  return function errorMiddleware(ctx: Context, next: Next): Promise<void> | undefined {
+    let pending: Promise<void> | undefined;
+    try {
+      pending = next();
+    } catch (thrown) {
+      handle(ctx, thrown);
+      return undefined;
+    }
+    return pending?.then(undefined, (thrown: unknown) => handle(ctx, thrown));
   };
 }

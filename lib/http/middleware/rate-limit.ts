@@ -23,7 +23,7 @@ export interface RateLimitOptions {
 /** One bucket per identity on protected paths; 429 with Retry-After when it is empty. */
 export function rateLimit(options: RateLimitOptions): Middleware {
   const { prefix, take, headers } = options;
-  function decide(ctx: Context, decision: RateDecision, next: Next): Promise<void> {
+  function decide(ctx: Context, decision: RateDecision, next: Next): Promise<void> | undefined {
     ctx.headers.push(...headers(decision));
     if (!decision.allowed) {
       options.onRejected?.(ctx);
@@ -41,7 +41,7 @@ export function rateLimit(options: RateLimitOptions): Middleware {
     throw new AppError('RATE_LIMIT_UNAVAILABLE', { cause: err, headers: { 'Retry-After': '1' } });
   }
   // Not async: with the memory store the whole decision is synchronous and adds no promise hop.
-  return function rateLimitMiddleware(ctx: Context, next: Next): Promise<void> {
+  return function rateLimitMiddleware(ctx: Context, next: Next): Promise<void> | undefined {
     if (ctx.identity === undefined || !ctx.path.startsWith(prefix)) return next();
     let result: RateDecision | Promise<RateDecision>;
     try {

@@ -26,7 +26,7 @@ export function securityHeaderList(options: SecurityHeaderOptions): string[] {
 /** Sets the precomputed headers as the base of every response, errors and 404s included. */
 export function securityHeaders(options: SecurityHeaderOptions): Middleware {
   const list = securityHeaderList(options);
-  return function securityHeadersMiddleware(ctx: Context, next: Next): Promise<void> {
+  return function securityHeadersMiddleware(ctx: Context, next: Next): Promise<void> | undefined {
     ctx.baseHeaders = list; // shared, never mutated: respond copies it into each response's headers
     return next();
   };
