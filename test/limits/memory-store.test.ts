@@ -75,6 +75,22 @@ describe('createMemoryStore()', () => {
     assert.equal(store.takeSync('spent', slow).allowed, false, 'the spent bucket must not have been reset');
   });
 
+  it('memoryStore keeps a bucket used again within a second in place and still evicts refilled ones', () => {
+    const clock = manualClock();
+    const store = createMemoryStore({ maxKeys: 2, now: clock.now });
+    store.takeSync('busy', twoPerSecond); // inserted first: the head
+    store.takeSync('idle', twoPerSecond);
+    clock.advance(1100);
+    store.takeSync('busy', twoPerSecond); // used a second later: moves behind 'idle'
+    clock.advance(100);
+    assert.equal(store.takeSync('busy', twoPerSecond).remaining, 0, 'used again at once: counted, not moved');
+    clock.advance(1000); // both have refilled
+    assert.equal(store.takeSync('new', twoPerSecond).allowed, true);
+    assert.equal(store.size(), 2);
+    assert.equal(store.takeSync('busy', twoPerSecond).allowed, true);
+    assert.equal(store.size(), 2);
+  });
+
   it('memoryStore refuses a new key rather than reset a partly spent bucket when full', () => {
     const clock = manualClock();
     const store = createMemoryStore({ maxKeys: 2, now: clock.now });
