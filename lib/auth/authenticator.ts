@@ -25,7 +25,7 @@ const DEFAULT_CACHE_TTL_MS = 2_000;
 
 /** Rejects with AppError INVALID_TOKEN; never says which part of a credential was wrong beyond its kind. */
 /** Resolves a bearer token to an identity; `cached` answers synchronously when the key is cached. */
-export type Authenticate = ((token: string) => Promise<Identity>) & { cached(token: string): Identity | undefined };
+export type Authenticate = ((token: string) => Promise<Identity>) & { cached(token: string, connection?: object): Identity | undefined };
 
 export function createAuthenticator(options: AuthenticatorOptions): Authenticate {
   const ttl = options.cacheTtlMs ?? DEFAULT_CACHE_TTL_MS;
@@ -75,11 +75,34 @@ export function createAuthenticator(options: AuthenticatorOptions): Authenticate
     }
     throw new AppError('INVALID_TOKEN', { detail: 'Unrecognised credential' });
   }
+  // The last key each keep-alive connection authenticated with, and its cache entry: the next
+  // request on that connection with the same token skips the hash. Per connection, so a lookup only
+  // ever compares a client's token with what that same connection sent before; the entry's expiry
+  // still bounds revocation lag. Gone with the socket (WeakMap).
+  const byConnection = new WeakMap<object, { token: string; entry: CacheEntry }>();
+
   /** A still-valid cached API key identity, without a promise (the per-request fast path). */
-  function cached(token: string): Identity | undefined {
+  function cached(token: string, connection?: object): Identity | undefined {
+    if (connection !== undefined) {
+      const last = byConnection.get(connection);
+      if (last !== undefined && sameText(last.token, token) && last.entry.expiresAtMs > now()) return last.entry.identity;
+    }
     if (!looksLikeApiKey(token)) return undefined;
     const hit = cache.get(hash('sha256', token, 'base64'));
-    return hit !== undefined && hit.expiresAtMs > now() ? hit.identity : undefined;
+    if (hit === undefined || hit.expiresAtMs <= now()) return undefined;
+    if (connection !== undefined) byConnection.set(connection, { token, entry: hit });
+    return hit.identity;
   }
   return Object.assign(authenticate, { cached });
+}
+
+/**
+ * String equality without an early exit: behind a proxy one connection carries many clients'
+ * tokens, and `===` would stop at the first differing character. Lengths are public (fixed by format).
+ */
+function sameText(a: string, b: string): boolean {
+  if (a.length !== b.length) return false;
+  let diff = 0;
+  for (let i = 0; i < a.length; i++) diff |= a.charCodeAt(i) ^ b.charCodeAt(i);
+  return diff === 0;
 }

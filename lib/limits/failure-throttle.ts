@@ -7,6 +7,8 @@ export interface FailureThrottle {
   blockedFor(address: string): number;
   /** Records one failed attempt. */
   fail(address: string): void;
+  /** False while no address is blocked: callers may skip computing the address key. */
+  anyBlocked(): boolean;
 }
 
 /** `perMinute` failures per address, refilling continuously; bounded memory. */
@@ -19,6 +21,7 @@ export function createFailureThrottle(perMinute: number, options: { now?: () => 
   const tokenMs = 1000 / policy.refillPerSecond;
 
   return {
+    anyBlocked: () => blocked.size > 0,
     blockedFor(address) {
       const until = blocked.get(address);
       if (until === undefined) return 0;

@@ -225,3 +225,24 @@ test('authenticate() refuses a JWT when no JWT key is configured', async () => {
     .sign(new TextEncoder().encode(JWT_SECRET));
   await assert.rejects(authenticate(token), isInvalidToken);
 });
+
+test('cached() remembers the last key per connection, and still forgets it when the TTL passes', async () => {
+  const table = fakeKeyTable();
+  const key = table.add('k1');
+  const other = table.add('k2');
+  const clock = manualClock();
+  const authenticate = createAuthenticator({ pool: table.pool, jwt: undefined, cacheTtlMs: 2_000, now: clock.now });
+  const connection = {};
+  assert.equal(authenticate.cached(key, connection), undefined, 'nothing is cached before the first lookup');
+  await authenticate(key);
+  assert.equal(authenticate.cached(key, connection)?.id, 'key:k1');
+  assert.equal(authenticate.cached(key, connection)?.id, 'key:k1', 'the per-connection memo answers the same');
+  // A different client's token on the same (proxied) connection gets its own answer, never the memo's.
+  assert.equal(authenticate.cached(other, connection), undefined);
+  await authenticate(other);
+  assert.equal(authenticate.cached(other, connection)?.id, 'key:k2');
+  assert.equal(authenticate.cached(key, connection)?.id, 'key:k1');
+  assert.equal(authenticate.cached(`${key.slice(0, -1)}x`, connection), undefined, 'a token one character off is not the memo');
+  clock.advance(2_000);
+  assert.equal(authenticate.cached(key, connection), undefined, 'the memo expires with the cache entry');
+});

@@ -95,3 +95,16 @@ test('failureThrottle blocks a new address at once when its bounded store is ful
   assert.ok(throttle.blockedFor('192.0.2.3') > 0);
   assert.equal(throttle.blockedFor('192.0.2.1'), 0);
 });
+
+test('failureThrottle.anyBlocked() is true only while some address is blocked', () => {
+  const clock = manualClock();
+  const throttle = createFailureThrottle(10, { now: clock.now });
+  assert.equal(throttle.anyBlocked(), false);
+  failTimes(throttle, '192.0.2.1', 9);
+  assert.equal(throttle.anyBlocked(), false, 'failures that block nobody do not count');
+  throttle.fail('192.0.2.1');
+  assert.equal(throttle.anyBlocked(), true);
+  clock.advance(60_000);
+  assert.equal(throttle.blockedFor('192.0.2.1'), 0);
+  assert.equal(throttle.anyBlocked(), false, 'an expired block is forgotten once looked at');
+});

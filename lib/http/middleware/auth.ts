@@ -6,11 +6,16 @@ export interface AuthOptions {
   /** Paths under this prefix need an identity. */
   prefix: string;
   authenticate: (token: string) => Promise<Identity>;
-  /** Optional synchronous lookup of an already verified token (skips a promise per request). */
-  cached?: (token: string) => Identity | undefined;
+  /**
+   * Optional synchronous lookup of an already verified token (skips a promise per request);
+   * `connection` lets it remember the last token seen on a keep-alive connection.
+   */
+  cached?: (token: string, connection: object) => Identity | undefined;
   throttle: {
     blockedFor(address: string): number;
     fail(address: string): void;
+    /** When given and false, the address key is not even computed (the usual case). */
+    anyBlocked?(): boolean;
   };
   /** Maps the client address to the throttle's key (IPv6 /64 grouping). */
   addressKey: (address: string) => string;
@@ -38,10 +43,10 @@ export function auth(options: AuthOptions): Middleware {
     }
     return next();
   }
-  return function authMiddleware(ctx: Context, next: Next): Promise<void> {
+  return function authMiddleware(ctx: Context, next: Next): Promise<void> | undefined {
     if (!ctx.path.startsWith(prefix)) return next();
-    const address = addressKey(ctx.clientIp);
-    const wait = throttle.blockedFor(address);
+    const address = throttle.anyBlocked?.() === false ? undefined : addressKey(ctx.clientIp);
+    const wait = address === undefined ? 0 : throttle.blockedFor(address);
     if (wait > 0) {
       // Refused before the credentials are even looked at: guessing costs the attacker, not us.
       options.onThrottled?.(ctx);
@@ -52,12 +57,12 @@ export function auth(options: AuthOptions): Middleware {
       throw new AppError('UNAUTHORIZED', { detail: 'Send Authorization: Bearer <API key or JWT>', headers: CHALLENGE });
     }
     // A key verified moments ago: no promise, no await.
-    const known = cached !== undefined && /^bearer /i.test(header) ? cached(header.slice(7).trim()) : undefined;
+    const known = cached !== undefined && /^bearer /i.test(header) ? cached(header.slice(7).trim(), ctx.req.socket) : undefined;
     if (known !== undefined) {
       ctx.identity = known;
       return next();
     }
-    return slowPath(ctx, next, address, header);
+    return slowPath(ctx, next, address ?? addressKey(ctx.clientIp), header);
   };
 }
 
