@@ -106,7 +106,16 @@ function jsonEscaped(text: string): string {
 }
 
 function writeAll(fd: number, chunk: string): void {
-  let buf = Buffer.from(chunk);
+  // The string goes straight to write(2) without a Buffer copy; only a partial write needs the bytes.
+  let written: number;
+  try {
+    written = writeSync(fd, chunk);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EAGAIN') return; // stdout is gone (EPIPE): nothing left to tell
+    written = 0;
+  }
+  if (written >= Buffer.byteLength(chunk)) return;
+  let buf = Buffer.from(chunk).subarray(written);
   while (buf.length > 0) {
     try {
       const n = writeSync(fd, buf);

@@ -1,12 +1,24 @@
 // One access-log line per request: method, route pattern, status, bytes, duration, client, ids.
 import { performance } from 'node:perf_hooks';
 import type { Logger } from '../../log.ts';
-import type { Context, Middleware, Next } from '../types.ts';
+import type { Context, Identity, Middleware, Next } from '../types.ts';
 
 export interface AccessLogOptions {
   log: Logger;
   /** Called once per request after it ended (metrics). */
   observe?: (ctx: Context, durationMs: number) => void;
+}
+
+// A cached key's identity is one frozen object reused across requests: escape its id once.
+const identityFields = new WeakMap<Identity, string>();
+
+function identityField(identity: Identity): string {
+  let field = identityFields.get(identity);
+  if (field === undefined) {
+    field = `,"identity":${JSON.stringify(identity.id)}`;
+    if (Object.isFrozen(identity)) identityFields.set(identity, field);
+  }
+  return field;
 }
 
 /** Logs after the response; the route pattern, never the raw URL with its query string. */
@@ -17,12 +29,13 @@ export function accessLog(options: AccessLogOptions): Middleware {
     const durationMs = performance.now() - ctx.startMs;
     observe?.(ctx, durationMs);
     if (enabled) {
-      // Built by hand: every field is a known-safe scalar (request id and route are from fixed alphabets).
-      const identity = ctx.identity === undefined ? '' : `,"identity":${JSON.stringify(ctx.identity.id)}`;
+      // Built by hand: every field is a known-safe scalar (request id and route are from fixed
+      // alphabets, node's parser accepts only known method names); the rest is JSON-escaped.
+      const identity = ctx.identity === undefined ? '' : identityField(ctx.identity);
       log.line(
         'info',
         'request',
-        `,"requestId":"${ctx.requestId}","method":${JSON.stringify(ctx.method)},"route":"${ctx.route}","status":${ctx.status || (ctx.res.headersSent ? ctx.res.statusCode : 0)},"bytes":${ctx.bytes},"ms":${Math.round(durationMs * 100) / 100},"ip":${JSON.stringify(ctx.clientIp)}${identity}`,
+        `,"requestId":"${ctx.requestId}","method":"${ctx.method}","route":"${ctx.route}","status":${ctx.status || (ctx.res.headersSent ? ctx.res.statusCode : 0)},"bytes":${ctx.bytes},"ms":${Math.round(durationMs * 100) / 100},"ip":${JSON.stringify(ctx.clientIp)}${identity}`,
       );
     }
   }
