@@ -1,6 +1,7 @@
 import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { closeSync, constants, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createLogger, type LoggerOptions } from '../lib/log.ts';
@@ -303,6 +304,34 @@ describe('createLogger() buffering', () => {
         Array.from({ length: 1000 }, (_, i) => i),
       );
       assert.ok(!lines.join('').includes(CANARY));
+    });
+
+    it('logger loses nothing on a non-blocking pipe that accepts only part of a write', async () => {
+      const fifo = join(dir, 'pipe');
+      const out = join(dir, 'pipe.out');
+      execFileSync('mkfifo', [fifo]);
+      // Our own idle reader keeps the FIFO open so the writer can open it non-blocking; `cat` drains it.
+      const idleReader = openSync(fifo, constants.O_RDONLY | constants.O_NONBLOCK);
+      const writer = openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK);
+      const cat = spawn('sh', ['-c', `cat "${fifo}" > "${out}"`], { stdio: 'ignore' });
+      const exited = new Promise((resolve) => cat.once('exit', resolve));
+      try {
+        // 2 MB in one flush, far over the 64 KiB a pipe takes at once; multi-byte text so a partial
+        // write can end inside a character.
+        const log = createLogger({ sink: writer, maxBufferBytes: 4 * 1024 * 1024 });
+        for (let i = 0; i < 8000; i++) log.info('línea ✓ 日本', { i, pad: 'é'.repeat(100) });
+        log.flush();
+      } finally {
+        closeSync(writer);
+      }
+      await exited;
+      closeSync(idleReader);
+      const lines = readFileSync(out, 'utf8').split('\n').filter((l) => l !== '');
+      assert.equal(lines.length, 8000);
+      assert.deepEqual(
+        lines.map((l) => (JSON.parse(l) as { i: number }).i),
+        Array.from({ length: 8000 }, (_, i) => i),
+      );
     });
   });
 });
