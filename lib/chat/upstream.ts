@@ -7,10 +7,11 @@
 // pretending the answer was complete. Upstream error text goes to the log, never to clients.
 import OpenAI from 'openai';
 import type { ChatCompletionChunk } from 'openai/resources/chat/completions';
-import { Agent as UndiciAgent, fetch as undiciFetch } from 'undici';
+import { Agent as UndiciAgent } from 'undici';
 import type { Config } from '../config.ts';
 import type { Logger } from '../log.ts';
 import { classifyUpstreamError, describeCause, UpstreamError, type AbortReason } from './upstream-errors.ts';
+import { createUpstreamFetch } from './upstream-fetch.ts';
 
 export { classifyUpstreamError, parseRetryAfter, UpstreamError, type AbortReason, type UpstreamErrorKind } from './upstream-errors.ts';
 
@@ -140,8 +141,8 @@ export function createUpstream(config: Config, log: Logger): Upstream {
     timeout: timeoutMs,
     maxRetries: config.upstream.maxRetries,
     logLevel: 'off',
-    fetch: undiciFetch as unknown as typeof fetch, // undici 8's Request type differs from @types/node's
-    fetchOptions: { dispatcher: agent },
+    // undici.request on our Agent instead of undici's fetch: far less memory per open stream (upstream-fetch.ts).
+    fetch: createUpstreamFetch(agent),
   });
   const upLog = log.child({ component: 'upstream' });
 

@@ -1,0 +1,148 @@
+// The `fetch` the openai SDK calls: undici.request on our Agent, answered with a small
+// Response-shaped object whose body is undici's Node Readable.
+//
+// Why not undici's fetch: per open stream it keeps a WHATWG Request and Response, two header
+// lists, a byte ReadableStream with its controller and a chain of pending promises, about
+// 20 KiB more live heap a stream than undici.request, and more garbage per chunk (measured
+// with bench/sse.ts, BENCH_SSE_PARTS=memory, and scripts/heap-diff.ts). The SDK needs only
+// what it reads: status, ok, url, headers.get/entries, text()/json() for errors and buffered
+// answers, and `body`, which its SSE reader iterates with for-await when the body has no
+// getReader() (openai/internal/shims.js ReadableStreamToAsyncIterable).
+//
+// Behaviour kept from fetch: an aborted signal rejects with the signal's reason (an AbortError,
+// which the SDK turns into a timeout or APIUserAbortError); other failures before the response
+// reject with TypeError('fetch failed', { cause }), so the SDK's APIConnectionError wrapping and
+// our classifier see the same chain as before. Mid-body failures surface as undici's own errors
+// (SocketError, BodyTimeoutError with their UND_ERR codes), which the classifier reads from the
+// cause chain either way. Not kept: redirects are not followed (the API answers, it does not
+// redirect), and bodies are requested uncompressed instead of being decoded here.
+import { request, type Dispatcher } from 'undici';
+
+type Body = Dispatcher.ResponseData['body'];
+type RawHeaders = Dispatcher.ResponseData['headers'];
+
+/** The response headers as the SDK reads them (get, has, entries, iteration), over undici's record. */
+export class UpstreamHeaders {
+  readonly #raw: RawHeaders;
+
+  constructor(raw: RawHeaders) {
+    this.#raw = raw;
+  }
+
+  get(name: string): string | null {
+    const value = this.#raw[name.toLowerCase()];
+    if (value === undefined) return null;
+    // RFC 9110 §5.3: repeated field lines combine into one comma-separated value.
+    return Array.isArray(value) ? value.join(', ') : value;
+  }
+
+  has(name: string): boolean {
+    return this.#raw[name.toLowerCase()] !== undefined;
+  }
+
+  *entries(): IterableIterator<[string, string]> {
+    for (const name of Object.keys(this.#raw)) {
+      const value = this.get(name);
+      if (value !== null) yield [name, value];
+    }
+  }
+
+  *keys(): IterableIterator<string> {
+    for (const [name] of this.entries()) yield name;
+  }
+
+  *values(): IterableIterator<string> {
+    for (const [, value] of this.entries()) yield value;
+  }
+
+  forEach(fn: (value: string, name: string, headers: UpstreamHeaders) => void): void {
+    for (const [name, value] of this.entries()) fn(value, name, this);
+  }
+
+  [Symbol.iterator](): IterableIterator<[string, string]> {
+    return this.entries();
+  }
+}
+
+/** What the SDK uses of a fetch Response. */
+export class UpstreamResponse {
+  readonly status: number;
+  readonly statusText: string;
+  readonly url: string;
+  readonly headers: UpstreamHeaders;
+  readonly body: Body;
+
+  constructor(url: string, data: Dispatcher.ResponseData) {
+    this.status = data.statusCode;
+    this.statusText = data.statusText ?? '';
+    this.url = url;
+    this.headers = new UpstreamHeaders(data.headers);
+    this.body = data.body;
+  }
+
+  get ok(): boolean {
+    return this.status >= 200 && this.status < 300;
+  }
+
+  get bodyUsed(): boolean {
+    return this.body.bodyUsed;
+  }
+
+  text(): Promise<string> {
+    return this.body.text();
+  }
+
+  json(): Promise<unknown> {
+    return this.body.json();
+  }
+
+  arrayBuffer(): Promise<ArrayBuffer> {
+    return this.body.arrayBuffer();
+  }
+}
+
+/** A fetch for the openai SDK that sends every request through `dispatcher` (our pooled Agent). */
+export function createUpstreamFetch(dispatcher: Dispatcher): typeof fetch {
+  async function upstreamFetch(input: string | URL | Request, init: RequestInit = {}): Promise<Response> {
+    const url = typeof input === 'string' ? input : input instanceof URL ? input.href : input.url;
+    const signal = init.signal ?? undefined;
+    let data: Dispatcher.ResponseData;
+    try {
+      data = await request(url, {
+        dispatcher,
+        method: (init.method ?? 'GET') as Dispatcher.HttpMethod,
+        headers: requestHeaders(init.headers),
+        body: requestBody(init.body),
+        ...(signal === undefined ? {} : { signal }),
+      });
+    } catch (err) {
+      // Like fetch: an abort rejects with the signal's reason, anything else is a network error.
+      if (signal?.aborted) throw err;
+      throw new TypeError('fetch failed', { cause: err });
+    }
+    const encoding = data.headers['content-encoding'];
+    if (encoding !== undefined && encoding !== 'identity') {
+      // Destroying an unread body emits 'error' (RequestAbortedError): nobody else listens, so we do.
+      data.body.on('error', () => {}).destroy();
+      throw new TypeError('fetch failed', { cause: new Error(`Unsupported content-encoding: ${String(encoding).slice(0, 40)}`) });
+    }
+    // Only the fields the SDK reads exist; the cast is where this object stands in for a Response.
+    return new UpstreamResponse(url, data) as unknown as Response;
+  }
+  return upstreamFetch;
+}
+
+/** Lower-cased name/value pairs; we always ask for an uncompressed body (fetch decoded it, we do not). */
+function requestHeaders(init: RequestInit['headers']): Record<string, string> {
+  const out: Record<string, string> = {};
+  if (init !== undefined) (init instanceof Headers ? init : new Headers(init)).forEach((value, name) => (out[name] = value));
+  out['accept-encoding'] = 'identity';
+  return out;
+}
+
+/** The SDK sends JSON as a string; multipart and streamed uploads are not used by the chat client. */
+function requestBody(body: RequestInit['body']): string | Uint8Array | undefined {
+  if (body === undefined || body === null) return undefined;
+  if (typeof body === 'string' || body instanceof Uint8Array) return body;
+  throw new TypeError(`Unsupported request body for the upstream fetch: ${Object.prototype.toString.call(body)}`);
+}
