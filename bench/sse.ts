@@ -7,6 +7,7 @@
 // overhead figure (see /work/shared/notes/performance-anchors.md).
 import { join } from 'node:path';
 import { BENCH_DIR, CLIENT_CPU, NODE, REPO_ROOT, SERVER_CPU, fmt, fmtInt, freePort, median, processCpuSeconds, quantile, rssKiB, sleep, startPinned, table, waitForLine, type Proc } from './support/harness.ts';
+import { heapAfterGc, heapNow, inspectorUrl, writeHeapSnapshot, type HeapFigures } from './support/inspector.ts';
 import { ORIGIN, oursCommand, startOurs, type OursPrep } from './support/ours.ts';
 
 export interface SseOptions {
@@ -121,36 +122,79 @@ async function measureThroughput(t: Target, server: Proc, upstream: Proc, o: Sse
   return { ...r, serverCpuUsPerStream: (sCpu * 1e6) / n, serverUtil: sCpu / wall, upstreamCpuUsPerStream: server === upstream ? Number.NaN : (uCpu * 1e6) / n };
 }
 
-/** Runs the whole SSE part; never throws for an unavailable server, only for a broken harness. */
+/** The parts of the SSE benchmark to run: BENCH_SSE_PARTS=throughput,ttfb,memory (default: all). */
+export type SsePart = 'throughput' | 'ttfb' | 'memory';
+const ALL_PARTS: readonly SsePart[] = ['throughput', 'ttfb', 'memory'];
+
+export function ssePartsFromEnv(raw = process.env.BENCH_SSE_PARTS): Set<SsePart> {
+  if (raw === undefined || raw.trim() === '') return new Set(ALL_PARTS);
+  const parts = raw.split(',').map((x) => x.trim());
+  for (const p of parts) if (!ALL_PARTS.includes(p as SsePart)) throw new Error(`BENCH_SSE_PARTS: unknown part '${p}' (use ${ALL_PARTS.join(',')})`);
+  return new Set(parts as SsePart[]);
+}
+
+/** Runs the SSE parts BENCH_SSE_PARTS selects; never throws for an unavailable server, only for a broken harness. */
 export async function runSse(o: SseOptions, prep: OursPrep): Promise<SseReport> {
+  const parts = ssePartsFromEnv();
   const commands: string[] = [];
   const procs: Proc[] = [];
   let oursUnavailable: string | undefined = prep.ok ? undefined : prep.reason;
   const sections: string[] = [];
   let ttfbAddedMs: number | undefined;
   let kibPerStream: number | undefined;
+  if (parts.size < ALL_PARTS.length) commands.push(`BENCH_SSE_PARTS=${[...parts].join(',')}`);
   try {
-    const direct = await startUpstream('upstream-direct', SERVER_CPU, 'burst', o.chunks, o.upstream);
-    const feed = await startUpstream('upstream-feed', CLIENT_CPU, 'burst', o.chunks, o.upstream);
-    procs.push(direct.proc, feed.proc);
-    commands.push(`direct upstream: ${direct.cmd}`, `upstream feeding ours: ${feed.cmd}`);
-    let ours: Proc | undefined;
-    let oursT: Target | undefined;
-    if (prep.ok) {
-      const port = await freePort();
-      try {
-        ours = await startOurs(prep, port, `http://127.0.0.1:${feed.port}/v1`);
-        procs.push(ours);
-        oursT = oursTarget(port, prep.keys[0] as string);
-        commands.push(oursCommand(prep));
-      } catch (err) {
-        oursUnavailable = `server did not start: ${(err as Error).message.slice(0, 300)}`;
-      }
+    if (parts.has('throughput') || parts.has('ttfb')) {
+      const r = await runRelayParts(o, prep, parts, procs, commands);
+      sections.push(...r.sections);
+      ttfbAddedMs = r.ttfbAddedMs;
+      oursUnavailable ??= r.oursUnavailable;
     }
-    const directT = directTarget(direct.port);
-    commands.push(`client: taskset -c ${CLIENT_CPU} node sse-client.ts '{"mode":"throughput","concurrency":${o.concurrency},"durationMs":${o.durationS * 1000},…}' (node:http keep-alive Agent)`);
 
-    // (a) throughput, alternated round by round
+    // (c) memory per open stream, on a fresh server process
+    if (!parts.has('memory')) {
+      sections.push('### Memory per open stream\n\nnot run (BENCH_SSE_PARTS)');
+    } else if (prep.ok && !oursUnavailable) {
+      const mem = await measureMemory(prep, o, procs, commands);
+      sections.push(mem.markdown);
+      kibPerStream = mem.kibPerStream;
+      if (mem.unavailable) oursUnavailable = mem.unavailable;
+    } else {
+      sections.push(`### Memory per open stream\n\nunavailable: ${oursUnavailable}`);
+    }
+  } finally {
+    for (const p of procs.reverse()) await p.stop(5000);
+  }
+  return { markdown: sections.join('\n\n'), commands, ttfbAddedMs, kibPerStream, oursUnavailable };
+}
+
+/** (a) relay throughput and (b) added time to first token, against burst upstreams. */
+async function runRelayParts(o: SseOptions, prep: OursPrep, parts: Set<SsePart>, procs: Proc[], commands: string[]): Promise<{ sections: string[]; ttfbAddedMs: number | undefined; oursUnavailable: string | undefined }> {
+  const sections: string[] = [];
+  let oursUnavailable: string | undefined = prep.ok ? undefined : prep.reason;
+  let ttfbAddedMs: number | undefined;
+  const direct = await startUpstream('upstream-direct', SERVER_CPU, 'burst', o.chunks, o.upstream);
+  const feed = await startUpstream('upstream-feed', CLIENT_CPU, 'burst', o.chunks, o.upstream);
+  procs.push(direct.proc, feed.proc);
+  commands.push(`direct upstream: ${direct.cmd}`, `upstream feeding ours: ${feed.cmd}`);
+  let ours: Proc | undefined;
+  let oursT: Target | undefined;
+  if (prep.ok) {
+    const port = await freePort();
+    try {
+      ours = await startOurs(prep, port, `http://127.0.0.1:${feed.port}/v1`);
+      procs.push(ours);
+      oursT = oursTarget(port, prep.keys[0] as string);
+      commands.push(oursCommand(prep));
+    } catch (err) {
+      oursUnavailable = `server did not start: ${(err as Error).message.slice(0, 300)}`;
+    }
+  }
+  const directT = directTarget(direct.port);
+
+  // (a) throughput, alternated round by round
+  if (parts.has('throughput')) {
+    commands.push(`client: taskset -c ${CLIENT_CPU} node sse-client.ts '{"mode":"throughput","concurrency":${o.concurrency},"durationMs":${o.durationS * 1000},…}' (node:http keep-alive Agent)`);
     const configs: Array<{ t: Target; server: Proc; upstream: Proc }> = [{ t: directT, server: direct.proc, upstream: direct.proc }];
     if (ours && oursT) configs.push({ t: oursT, server: ours, upstream: feed.proc });
     o.log(`SSE throughput: warm-up ${o.warmupS} s per target`);
@@ -166,32 +210,22 @@ export async function runSse(o: SseOptions, prep: OursPrep): Promise<SseReport> 
       }
     }
     sections.push(throughputTable(configs.map((c) => c.t.name), samples, o));
-
-    // (b) added time to first token, sequential and interleaved
-    if (ours && oursT) {
-      o.log(`SSE time to first token: ${o.ttfbRequests} sequential requests per target, interleaved`);
-      const r = await client<{ targets: TtfbTarget[] }>({ mode: 'ttfb', targets: [directT, oursT], n: o.ttfbRequests, warmup: 20 }, 300_000);
-      const [d, u] = r.targets as [TtfbTarget, TtfbTarget];
-      ttfbAddedMs = median(u.tokenMs) - median(d.tokenMs);
-      sections.push(ttfbTable(d, u));
-      await ours.stop(5000);
-    } else {
-      sections.push(`### Added time to first token\n\nunavailable: ${oursUnavailable}`);
-    }
-
-    // (c) memory per open stream, on a fresh server process
-    if (prep.ok && !oursUnavailable) {
-      const mem = await measureMemory(prep, o, procs, commands);
-      sections.push(mem.markdown);
-      kibPerStream = mem.kibPerStream;
-      if (mem.unavailable) oursUnavailable = mem.unavailable;
-    } else {
-      sections.push(`### Memory per open stream\n\nunavailable: ${oursUnavailable}`);
-    }
-  } finally {
-    for (const p of procs.reverse()) await p.stop(5000);
   }
-  return { markdown: sections.join('\n\n'), commands, ttfbAddedMs, kibPerStream, oursUnavailable };
+
+  // (b) added time to first token, sequential and interleaved
+  if (!parts.has('ttfb')) {
+    sections.push('### Added time to first token\n\nnot run (BENCH_SSE_PARTS)');
+  } else if (ours && oursT) {
+    o.log(`SSE time to first token: ${o.ttfbRequests} sequential requests per target, interleaved`);
+    const r = await client<{ targets: TtfbTarget[] }>({ mode: 'ttfb', targets: [directT, oursT], n: o.ttfbRequests, warmup: 20 }, 300_000);
+    const [d, u] = r.targets as [TtfbTarget, TtfbTarget];
+    ttfbAddedMs = median(u.tokenMs) - median(d.tokenMs);
+    sections.push(ttfbTable(d, u));
+  } else {
+    sections.push(`### Added time to first token\n\nunavailable: ${oursUnavailable}`);
+  }
+  await ours?.stop(5000);
+  return { sections, ttfbAddedMs, oursUnavailable };
 }
 
 function throughputTable(names: string[], samples: TputSample[][], o: SseOptions): string {
@@ -251,45 +285,74 @@ function ttfbTable(d: TtfbTarget, u: TtfbTarget): string {
   ].join('\n');
 }
 
+/** V8 figures read over the inspector (KiB); each is undefined without an inspector. */
+interface HeapPoint {
+  /** Right after the RSS samples with the streams open, no GC forced. */
+  now?: HeapFigures;
+  /** BENCH_SETTLE_S later, still no GC forced: what V8's own heuristics keep for idle streams. */
+  settled?: HeapFigures;
+  afterGc?: HeapFigures;
+}
+
+/** One inspector reading; a failure leaves the figures out instead of failing the run. */
+async function readHeap(url: string | undefined, o: SseOptions, how: 'now' | 'afterGc'): Promise<HeapFigures | undefined> {
+  if (url === undefined) return undefined;
+  try {
+    return how === 'now' ? await heapNow(url) : await heapAfterGc(url);
+  } catch (err) {
+    o.log(`SSE memory: inspector reading failed: ${(err as Error).message}`);
+    return undefined;
+  }
+}
+
+/**
+ * BENCH_SERVER_NODE_ARGS (space-separated) adds Node flags to the memory test's server, for experiments
+ * such as --max-semi-space-size. Production starts with none (package.json, deploy/), so leave it unset
+ * for figures that stand for production; the command list in the report records it when set.
+ */
+function extraNodeArgs(): string[] {
+  return (process.env.BENCH_SERVER_NODE_ARGS ?? '').split(' ').filter((a) => a !== '');
+}
+
+/** Seconds to keep the streams open after the headline samples before the settled reading (0 skips it). */
+function settleSeconds(): number {
+  const raw = process.env.BENCH_SETTLE_S;
+  const v = raw === undefined || raw === '' ? 20 : Number(raw);
+  if (!Number.isFinite(v) || v < 0) throw new Error(`invalid BENCH_SETTLE_S: ${raw}`);
+  return v;
+}
+
+/** BENCH_HEAP_SNAPSHOT_DIR=dir writes idle/open heap snapshots there (for scripts/heap-diff.ts). */
+async function maybeSnapshot(url: string | undefined, name: string, o: SseOptions): Promise<void> {
+  const dir = process.env.BENCH_HEAP_SNAPSHOT_DIR;
+  if (dir === undefined || dir === '' || url === undefined) return;
+  const path = join(dir, `${name}.heapsnapshot`);
+  await writeHeapSnapshot(url, path);
+  o.log(`SSE memory: heap snapshot written to ${path}`);
+}
+
 async function measureMemory(prep: Extract<OursPrep, { ok: true }>, o: SseOptions, procs: Proc[], commands: string[]): Promise<{ markdown: string; kibPerStream: number | undefined; unavailable?: string }> {
   const holdUp = await startUpstream('upstream-hold', CLIENT_CPU, 'hold', o.chunks);
   procs.push(holdUp.proc);
-  commands.push(`memory: upstream ${holdUp.cmd}; fresh server process; client opens ${o.streams} streams over ${prep.keys.length} keys`);
+  const extra = extraNodeArgs().join(' ');
+  commands.push(`memory: upstream ${holdUp.cmd}; fresh server process (node --inspect=127.0.0.1:0 ${extra === '' ? '' : `${extra} `}server.ts, read over the inspector only at the measuring points); client opens ${o.streams} streams over ${prep.keys.length} keys`);
   const port = await freePort();
   let ours: Proc;
   try {
-    ours = await startOurs(prep, port, `http://127.0.0.1:${holdUp.port}/v1`);
+    ours = await startOurs(prep, port, `http://127.0.0.1:${holdUp.port}/v1`, ['--inspect=127.0.0.1:0', ...extraNodeArgs()]);
   } catch (err) {
     const why = `server did not start for the memory test: ${(err as Error).message.slice(0, 300)}`;
     return { markdown: `### Memory per open stream\n\nunavailable: ${why}`, kibPerStream: undefined, unavailable: why };
   }
   procs.push(ours);
+  const inspector = inspectorUrl(ours.output());
+  if (inspector === undefined) o.log('SSE memory: no inspector URL in the server output; heap columns left out');
   const targets = prep.keys.map((k) => oursTarget(port, k));
   const hold = (n: number) => {
     const job = { mode: 'hold', targets, n, openConcurrency: 50, openTimeoutMs: 60_000, holdMaxMs: 120_000 };
     const p = startPinned('sse-client-hold', CLIENT_CPU, NODE, [join(BENCH_DIR, 'sse-client.ts'), JSON.stringify(job)]);
     procs.push(p);
     return p;
-  };
-  const openLine = (p: Proc) =>
-    new Promise<{ open: number; failed: number; failures: Record<string, number>; openMs: number }>((resolve, reject) => {
-      let buf = '';
-      const timer = setTimeout(() => reject(new Error('hold client: streams did not open within 150 s')), 150_000);
-      p.child.stdout?.on('data', (c: Buffer) => {
-        buf += c.toString('utf8');
-        const line = buf.split('\n').find((l) => l.includes('"event":"open"'));
-        if (line) {
-          clearTimeout(timer);
-          resolve(JSON.parse(line));
-        }
-      });
-      p.child.once('exit', () => reject(new Error(`hold client exited early: ${p.output().slice(-500)}`)));
-    });
-  const closeHold = async (p: Proc) => {
-    p.child.stdin?.end('close\n');
-    const timer = setTimeout(() => void p.stop(1000), 30_000);
-    await p.exited;
-    clearTimeout(timer);
   };
   const samplesFor = async (ms: number) => {
     const xs: number[] = [];
@@ -305,29 +368,124 @@ async function measureMemory(prep: Extract<OursPrep, { ok: true }>, o: SseOption
   const w = await openLine(warm);
   await closeHold(warm);
   await sleep(2000);
+  // The idle baseline is taken after a forced GC when the inspector is there, so that garbage left
+  // by the warm-up cannot be collected later and make the per-stream figure look smaller.
+  // Snapshots come after the RSS samples: writing one grows the process's native memory for a while.
+  const idleHeap: HeapPoint = { afterGc: await readHeap(inspector, o, 'afterGc') };
   const idle = median(await samplesFor(1000));
+  await maybeSnapshot(inspector, 'idle', o);
   o.log(`SSE memory: idle RSS ${fmt(idle / 1024, 1)} MiB; opening ${o.streams} streams`);
   const big = hold(o.streams);
   const opened = await openLine(big);
   await sleep(1000);
   const withOpen = await samplesFor(2000);
   const atOpen = median(withOpen);
+  const openHeap: HeapPoint = { now: await readHeap(inspector, o, 'now') };
+  // The young generation grows while 1,000 streams open within a second or two and V8 shrinks it
+  // only after a quiet spell; the settled reading shows what the same open streams hold then.
+  const settleS = settleSeconds();
+  let settled: number | undefined;
+  if (settleS > 0) {
+    o.log(`SSE memory: holding the streams ${settleS} s more for the settled reading (no forced GC)`);
+    await sleep(settleS * 1000);
+    settled = median(await samplesFor(2000));
+    openHeap.settled = await readHeap(inspector, o, 'now');
+  }
+  openHeap.afterGc = await readHeap(inspector, o, 'afterGc');
+  const afterGcRss = openHeap.afterGc === undefined ? undefined : openHeap.afterGc.rss;
+  await maybeSnapshot(inspector, 'open', o);
   await closeHold(big);
   await sleep(3000);
   const after = median(await samplesFor(1000));
   await ours.stop(5000);
-  const kib = opened.open > 0 ? (atOpen - idle) / opened.open : Number.NaN;
-  o.log(`SSE memory: ${opened.open} open (failed ${opened.failed}) in ${fmtInt(opened.openMs)} ms; RSS ${fmt(atOpen / 1024, 1)} MiB → ${fmt(kib, 1)} KiB/stream`);
+  const n = opened.open;
+  const kib = n > 0 ? (atOpen - idle) / n : Number.NaN;
+  const perStream = (rss: number | undefined) => (rss === undefined || n === 0 ? '–' : fmt((rss - idle) / n, 1));
+  o.log(`SSE memory: ${n} open (failed ${opened.failed}) in ${fmtInt(opened.openMs)} ms; RSS ${fmt(atOpen / 1024, 1)} MiB → ${fmt(kib, 1)} KiB/stream`);
   const failNote = opened.failed > 0 ? ` ${opened.failed} failed to open: ${JSON.stringify(opened.failures)}.` : '';
   const markdown = [
     `### Memory per open stream (${o.streams} concurrent streams held open; upstream sends one chunk and stays open)`,
     '',
     table(
-      ['process measured', 'streams open', 'idle RSS MiB (after warm-up)', `RSS MiB with streams open (median of ${withOpen.length} samples)`, 'KiB per stream', 'RSS MiB 3 s after closing', 'time to open all, ms'],
-      [['ours (node server.ts, embedded DB in-process unless BENCH_DATABASE_URL)', String(opened.open), fmt(idle / 1024, 1), fmt(atOpen / 1024, 1), fmt(kib, 1), fmt(after / 1024, 1), fmtInt(opened.openMs)]],
+      [
+        'process measured',
+        'streams open',
+        'idle RSS MiB (after warm-up)',
+        `RSS MiB with streams open (median of ${withOpen.length} samples)`,
+        '**KiB per stream**',
+        `KiB per stream ${settleS} s later (no forced GC)`,
+        'KiB per stream after forced GC',
+        'RSS MiB 3 s after closing',
+        'time to open all, ms',
+      ],
+      [['ours (node server.ts, embedded DB in-process unless BENCH_DATABASE_URL)', String(n), fmt(idle / 1024, 1), fmt(atOpen / 1024, 1), `**${fmt(kib, 1)}**`, perStream(settled), perStream(afterGcRss), fmt(after / 1024, 1), fmtInt(opened.openMs)]],
     ),
     '',
-    `VmRSS from /proc/<pid>/status. Warm-up: ${w.open} streams opened and closed first.${failNote} With the embedded database the figure includes PGlite's memory growth from storing ${opened.open} conversations.`,
+    `VmRSS from /proc/<pid>/status; per stream = (RSS with the streams open − idle RSS) ÷ streams open. The idle RSS is sampled after a forced GC (over the inspector), so warm-up garbage collected later cannot make the figure look smaller. ` +
+      `The headline column is sampled 1–3 s after the last stream opened; the next two are the same streams ${settleS} s later without any forced GC, and then right after a forced GC. Warm-up: ${w.open} streams opened and closed first.${failNote} With the embedded database the figure includes PGlite's memory growth from storing ${n} conversations.`,
+    heapTable(idleHeap, openHeap, n),
   ].join('\n');
-  return { markdown, kibPerStream: opened.open > 0 ? kib : undefined, unavailable: opened.open === 0 ? 'no stream could be opened' : undefined };
+  return { markdown, kibPerStream: n > 0 ? kib : undefined, unavailable: n === 0 ? 'no stream could be opened' : undefined };
+}
+
+type OpenLine = { open: number; failed: number; failures: Record<string, number>; openMs: number };
+
+/** Resolves with the hold client's `open` report once every stream has shown its first token. */
+function openLine(p: Proc): Promise<OpenLine> {
+  return new Promise((resolve, reject) => {
+    let buf = '';
+    const timer = setTimeout(() => reject(new Error('hold client: streams did not open within 150 s')), 150_000);
+    p.child.stdout?.on('data', (c: Buffer) => {
+      buf += c.toString('utf8');
+      const line = buf.split('\n').find((l) => l.includes('"event":"open"'));
+      if (line) {
+        clearTimeout(timer);
+        resolve(JSON.parse(line) as OpenLine);
+      }
+    });
+    p.child.once('exit', () => reject(new Error(`hold client exited early: ${p.output().slice(-500)}`)));
+  });
+}
+
+async function closeHold(p: Proc): Promise<void> {
+  p.child.stdin?.end('close\n');
+  const timer = setTimeout(() => void p.stop(1000), 30_000);
+  await p.exited;
+  clearTimeout(timer);
+}
+
+/** The V8 breakdown: per stream = (with streams open − idle) / streams, idle always after a forced GC. */
+function heapTable(idle: HeapPoint, open: HeapPoint, n: number): string {
+  const base = idle.afterGc;
+  if (base === undefined || n === 0) return '';
+  const keys = ['rss', 'heapUsed', 'heapTotal', 'external', 'arrayBuffers'] as const;
+  const mib = (f: HeapFigures) => keys.map((k) => fmt(f[k] / 1024, 1));
+  const per = (f: HeapFigures) => keys.map((k) => fmt((f[k] - base[k]) / n, 1));
+  const points: Array<[string, HeapFigures | undefined]> = [
+    ['streams open, 1–3 s after opening', open.now],
+    ['streams open, settled (no forced GC)', open.settled],
+    ['streams open, after forced GC', open.afterGc],
+  ];
+  const rows = [['idle, after forced GC (MiB)', ...mib(base)]];
+  const spaceLines = [`idle after GC: ${spaces(base)}`];
+  for (const [label, f] of points) {
+    if (f === undefined) continue;
+    rows.push([`${label} (MiB)`, ...mib(f)], [`**KiB per stream, ${label}**`, ...per(f)]);
+    spaceLines.push(`${label}: ${spaces(f)}`);
+  }
+  return [
+    '',
+    'Where it goes: `process.memoryUsage()` read over the inspector (Runtime.evaluate; for "after forced GC", HeapProfiler.collectGarbage twice first).',
+    '',
+    table(['point', 'rss', 'heapUsed', 'heapTotal', 'external', 'arrayBuffers'], rows),
+    '',
+    `Committed V8 heap spaces ≥ 1 MiB, in MiB: ${spaceLines.join('; ')}.`,
+  ].join('\n');
+}
+
+function spaces(f: HeapFigures): string {
+  return Object.entries(f.spaces)
+    .filter(([, kib]) => kib >= 1024)
+    .map(([name, kib]) => `${name} ${fmt(kib / 1024, 1)}`)
+    .join(', ');
 }

@@ -83,10 +83,13 @@ export async function prepareOurs(count: number): Promise<OursPrep> {
   return { ok: true, dataDir, env, keys, keyNames, external };
 }
 
-/** Starts the server on CPU 0 and checks that GET /v1/agents answers 200 with the first key. */
-export async function startOurs(prep: OursPrepared, port: number, upstreamBaseUrl: string): Promise<Proc> {
+/**
+ * Starts the server on CPU 0 and checks that GET /v1/agents answers 200 with the first key.
+ * `nodeArgs` go before the entry point (the memory test adds `--inspect=127.0.0.1:0`).
+ */
+export async function startOurs(prep: OursPrepared, port: number, upstreamBaseUrl: string, nodeArgs: readonly string[] = []): Promise<Proc> {
   const env = { ...prep.env, PORT: String(port), OPENAI_BASE_URL: upstreamBaseUrl };
-  const proc = startPinned('ours', SERVER_CPU, NODE, [ENTRY], { cwd: REPO_ROOT, env, stdout: 'null' });
+  const proc = startPinned('ours', SERVER_CPU, NODE, [...nodeArgs, ENTRY], { cwd: REPO_ROOT, env, stdout: 'null' });
   try {
     await waitForHttp(proc, `http://127.0.0.1:${port}/health/live`, 60_000);
     const res = await fetch(`http://127.0.0.1:${port}/v1/agents`, {
