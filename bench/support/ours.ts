@@ -84,12 +84,19 @@ export async function prepareOurs(count: number): Promise<OursPrep> {
 }
 
 /**
+ * The V8 flags production runs with (deploy/chat-server.service sets them as NODE_OPTIONS, `npm start`
+ * on the command line; test/deploy/systemd.test.ts keeps the three in agreement). Node 24 lets the
+ * young generation grow to 64 MiB per semi-space; 4 MiB bounds it without costing throughput here.
+ */
+export const PRODUCTION_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=4'];
+
+/**
  * Starts the server on CPU 0 and checks that GET /v1/agents answers 200 with the first key.
  * `nodeArgs` go before the entry point (the memory test adds `--inspect=127.0.0.1:0`).
  */
 export async function startOurs(prep: OursPrepared, port: number, upstreamBaseUrl: string, nodeArgs: readonly string[] = []): Promise<Proc> {
   const env = { ...prep.env, PORT: String(port), OPENAI_BASE_URL: upstreamBaseUrl };
-  const proc = startPinned('ours', SERVER_CPU, NODE, [...nodeArgs, ENTRY], { cwd: REPO_ROOT, env, stdout: 'null' });
+  const proc = startPinned('ours', SERVER_CPU, NODE, [...PRODUCTION_NODE_FLAGS, ...nodeArgs, ENTRY], { cwd: REPO_ROOT, env, stdout: 'null' });
   try {
     await waitForHttp(proc, `http://127.0.0.1:${port}/health/live`, 60_000);
     const res = await fetch(`http://127.0.0.1:${port}/v1/agents`, {

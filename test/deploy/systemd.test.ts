@@ -50,6 +50,15 @@ describe('deploy/chat-server.service', () => {
     assert.equal(one('WorkingDirectory'), '/opt/chat-server');
   });
 
+  it('bounds the young generation with the same V8 flag as npm start and the benchmark', () => {
+    const flag = '--max-semi-space-size=4';
+    assert.ok(settings.get('Environment')?.includes(`NODE_OPTIONS=${flag}`), 'Environment=NODE_OPTIONS in the unit');
+    const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { scripts: Record<string, string> };
+    assert.ok(pkg.scripts['start']?.split(' ').includes(flag), 'npm start');
+    const bench = readFileSync(new URL('../../bench/support/ours.ts', import.meta.url), 'utf8');
+    assert.match(bench, /PRODUCTION_NODE_FLAGS: readonly string\[\] = \['--max-semi-space-size=4'\]/, 'bench/support/ours.ts');
+  });
+
   it('TimeoutStopSec outlasts the default SHUTDOWN_GRACE_MS drain, and SIGTERM starts it', () => {
     const graceMs = ENV_SCHEMA.SHUTDOWN_GRACE_MS.parse(undefined);
     const stopMs = timeSpanMs(one('TimeoutStopSec') ?? '');
