@@ -22,6 +22,7 @@ export interface AppOptions {
 export const UNMATCHED_ROUTE = 'unmatched';
 
 const NO_HEADERS: string[] = [];
+const NO_PARAMS: Record<string, string> = Object.freeze({});
 
 /** The per-request context; the abort signal and state map are created only when asked for. */
 export class RequestContext implements Context {
@@ -31,7 +32,7 @@ export class RequestContext implements Context {
   readonly path: string;
   readonly rawQuery: string;
   route: string;
-  params: Record<string, string> = {};
+  params: Record<string, string> = NO_PARAMS; // the router's own object when a route matched
   requestId = '';
   clientIp: string;
   identity: Identity | undefined = undefined;

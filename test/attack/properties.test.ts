@@ -6,6 +6,7 @@ import type { IncomingMessage } from 'node:http';
 import fc from 'fast-check';
 import { AppError, ERROR_CODES, problemBody, type ErrorCode } from '../../lib/errors.ts';
 import { isJsonContentType, parseJson } from '../../lib/http/body.ts';
+import { isIP } from 'node:net';
 import { addressGroup, createClientIp } from '../../lib/http/client-ip.ts';
 import { createRouter, type Route } from '../../lib/http/router.ts';
 import { formatSse } from '../../lib/http/sse.ts';
@@ -243,6 +244,9 @@ describe('client address properties', () => {
         const req = { socket: { remoteAddress: peer }, headers: { 'x-forwarded-for': xff } } as unknown as IncomingMessage;
         const ip = clientIp(req);
         assert.ok(ip === peer || xff.includes(ip) || `::ffff:${ip}` === peer || xff.includes(`::ffff:${ip}`), `answered ${ip}`);
+        // The access log writes the address into JSON unescaped: it must be an address, never free text.
+        assert.ok(isIP(ip) !== 0, `not an address: ${JSON.stringify(ip)}`);
+        assert.match(ip, /^[0-9A-Za-z.:%_-]+$/);
       }),
       { numRuns: 1000 },
     );

@@ -30,12 +30,13 @@ export function accessLog(options: AccessLogOptions): Middleware {
     observe?.(ctx, durationMs);
     if (enabled) {
       // Built by hand: every field is a known-safe scalar (request id and route are from fixed
-      // alphabets, node's parser accepts only known method names); the rest is JSON-escaped.
+      // alphabets, node's parser accepts only known method names, the client address is a socket
+      // address or an X-Forwarded-For hop that passed net.isIP); the identity is JSON-escaped.
       const identity = ctx.identity === undefined ? '' : identityField(ctx.identity);
       log.line(
         'info',
         'request',
-        `,"requestId":"${ctx.requestId}","method":"${ctx.method}","route":"${ctx.route}","status":${ctx.status || (ctx.res.headersSent ? ctx.res.statusCode : 0)},"bytes":${ctx.bytes},"ms":${Math.round(durationMs * 100) / 100},"ip":${JSON.stringify(ctx.clientIp)}${identity}`,
+        `,"requestId":"${ctx.requestId}","method":"${ctx.method}","route":"${ctx.route}","status":${ctx.status || (ctx.res.headersSent ? ctx.res.statusCode : 0)},"bytes":${ctx.bytes},"ms":${Math.round(durationMs * 100) / 100},"ip":"${ctx.clientIp}"${identity}`,
       );
     }
   }

@@ -24,7 +24,8 @@ export interface RateLimitOptions {
 export function rateLimit(options: RateLimitOptions): Middleware {
   const { prefix, take, headers } = options;
   function decide(ctx: Context, decision: RateDecision, next: Next): Promise<void> | undefined {
-    ctx.headers.push(...headers(decision));
+    const fields = headers(decision);
+    for (let i = 0; i < fields.length; i++) ctx.headers.push(fields[i] as string);
     if (!decision.allowed) {
       options.onRejected?.(ctx);
       throw new AppError('RATE_LIMITED', {
