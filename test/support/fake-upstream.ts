@@ -69,6 +69,10 @@ export async function startFakeUpstream(options: { host?: string; port?: number;
   const server = createServer((req, res) => {
     void handle(req, res).catch(() => res.destroy());
   });
+  // Tests run with UPSTREAM_MAX_RETRIES=0, so the classic keep-alive race (the server closes an
+  // idle socket just as the client reuses it; production's SDK retries cover it) would surface as a
+  // rare 502 under load. Idle sockets here outlive the client's own keep-alive timer instead.
+  server.keepAliveTimeout = 65_000;
   server.on('connection', (socket) => {
     sockets.add(socket);
     socket.on('close', () => sockets.delete(socket));
