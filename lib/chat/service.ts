@@ -104,6 +104,37 @@ export function createChatService(options: ChatServiceOptions): ChatService {
     }
   }
 
+  // Each turn has its own controller, aborted when its client goes away or the server drains. One
+  // listener on the shutdown signal serves all of them: an AbortSignal.any() per turn kept WeakRefs,
+  // WeakCells and FinalizationRegistry entries alive for the whole stream (about 1 KiB each).
+  const turnControllers = new Set<AbortController>();
+  options.shutdownSignal.addEventListener(
+    'abort',
+    () => {
+      for (const controller of turnControllers) controller.abort(options.shutdownSignal.reason);
+    },
+    { once: true },
+  );
+
+  /** A signal for one turn: the client leaving or a drain aborts it. `dispose()` when the turn ends. */
+  function turnSignal(ctx: Context): TurnSignal {
+    const controller = new AbortController();
+    const onClientGone = (): void => controller.abort(ctx.signal.reason);
+    if (options.shutdownSignal.aborted) controller.abort(options.shutdownSignal.reason);
+    else if (ctx.signal.aborted) onClientGone();
+    else {
+      turnControllers.add(controller);
+      ctx.signal.addEventListener('abort', onClientGone, { once: true });
+    }
+    return {
+      signal: controller.signal,
+      dispose() {
+        turnControllers.delete(controller);
+        ctx.signal.removeEventListener('abort', onClientGone);
+      },
+    };
+  }
+
   async function handle(ctx: Context, body: unknown): Promise<Reply> {
     const parsed = schema.safeParse(body);
     if (!parsed.success) throw validationError(parsed.error);
@@ -117,6 +148,7 @@ export function createChatService(options: ChatServiceOptions): ChatService {
     if (slot === undefined) throw new AppError('TOO_MANY_STREAMS', { detail: 'Too many concurrent answers for this identity; wait for one to finish' });
     inProgress++;
     let handedOver = false;
+    let link: TurnSignal | undefined;
     try {
       const turn = await startTurn(pool, {
         owner: identity.id,
@@ -135,7 +167,9 @@ export function createChatService(options: ChatServiceOptions): ChatService {
         ...(agent.temperature === undefined ? {} : { temperature: agent.temperature }),
         ...(agent.maxOutputTokens === undefined ? {} : { maxOutputTokens: agent.maxOutputTokens }),
       };
-      const signal = AbortSignal.any([ctx.signal, options.shutdownSignal]);
+      const turnLink = turnSignal(ctx);
+      link = turnLink;
+      const { signal } = turnLink;
       // A non-streamed answer may take longer than the request deadline; the upstream timeouts bound it.
       ctx.clearDeadline();
       const answer: AssistantMessage = { id: turn.assistantMessageId, conversationId: turn.conversationId, content: '', status: 'error' };
@@ -151,7 +185,7 @@ export function createChatService(options: ChatServiceOptions): ChatService {
         throw failure.toAppError();
       }
       handedOver = true;
-      const events = relay(ctx, stream, answer, head, started, slot);
+      const events = relay(ctx, stream, answer, head, started, slot, turnLink);
       // A generator closed before its first next() skips its own finally: do that cleanup here.
       const closeUnstarted = async (): Promise<void> => {
         try {
@@ -162,6 +196,7 @@ export function createChatService(options: ChatServiceOptions): ChatService {
             await save(answer, ctx);
           } finally {
             slot.release();
+            turnLink.dispose();
             finishTurn();
           }
         }
@@ -169,6 +204,7 @@ export function createChatService(options: ChatServiceOptions): ChatService {
       return { kind: 'sse', events: startedOnce(events, closeUnstarted) };
     } finally {
       if (!handedOver) {
+        link?.dispose();
         slot.release();
         finishTurn();
       }
@@ -204,6 +240,7 @@ export function createChatService(options: ChatServiceOptions): ChatService {
     head: object,
     started: number,
     slot: { release(): void },
+    link: TurnSignal,
   ): AsyncGenerator<SseEvent> {
     observer?.streamOpened();
     let first = true;
@@ -243,6 +280,7 @@ export function createChatService(options: ChatServiceOptions): ChatService {
         await save(answer, ctx);
       } finally {
         slot.release();
+        link.dispose();
         finishTurn();
       }
     }
@@ -253,6 +291,11 @@ export function createChatService(options: ChatServiceOptions): ChatService {
     active: () => inProgress,
     idle: () => (inProgress === 0 ? Promise.resolve() : new Promise<void>((resolve) => waiters.push(resolve))),
   };
+}
+
+interface TurnSignal {
+  readonly signal: AbortSignal;
+  dispose(): void;
 }
 
 /** Wraps a generator so that return() before the first next() runs `onUnstarted` once. */

@@ -152,11 +152,12 @@ export function createUpstream(config: Config, log: Logger): Upstream {
       const { data, request_id } = await client.chat.completions
         .create({ ...requestBody(req), stream: true, stream_options: { include_usage: true } }, { signal: call.signal })
         .withResponse();
-      const events = iterate(data, call, req, upLog);
+      // Only the request id travels with the stream: the messages (the whole history) can go.
+      const events = iterate(data, call, req.requestId, upLog);
       return { upstreamRequestId: request_id ?? undefined, [Symbol.asyncIterator]: () => events };
     } catch (err) {
       call.dispose();
-      throw report(upLog, classifyUpstreamError(err, call.reason(), call.callerReason()), req);
+      throw report(upLog, classifyUpstreamError(err, call.reason(), call.callerReason()), req.requestId);
     }
   }
 
@@ -173,7 +174,7 @@ export function createUpstream(config: Config, log: Logger): Upstream {
         ...(request_id ? { upstreamRequestId: request_id } : {}),
       };
     } catch (err) {
-      throw report(upLog, classifyUpstreamError(err, call.reason(), call.callerReason()), req);
+      throw report(upLog, classifyUpstreamError(err, call.reason(), call.callerReason()), req.requestId);
     } finally {
       call.dispose();
     }
@@ -202,7 +203,7 @@ function requestBody(req: UpstreamRequest) {
 }
 
 /** Turns SDK chunks into our events; ends with `done` only after a finish, otherwise throws. */
-async function* iterate(sdk: AsyncIterable<ChatCompletionChunk>, call: Call, req: UpstreamRequest, log: Logger): AsyncGenerator<UpstreamEvent> {
+async function* iterate(sdk: AsyncIterable<ChatCompletionChunk>, call: Call, requestId: string | undefined, log: Logger): AsyncGenerator<UpstreamEvent> {
   const it = sdk[Symbol.asyncIterator]();
   let finishReason: string | null = null;
   let usage: UpstreamUsage | undefined;
@@ -210,7 +211,12 @@ async function* iterate(sdk: AsyncIterable<ChatCompletionChunk>, call: Call, req
   try {
     for (;;) {
       call.armIdle();
-      const step = await it.next().finally(() => call.disarmIdle());
+      let step: IteratorResult<ChatCompletionChunk>;
+      try {
+        step = await it.next();
+      } finally {
+        call.disarmIdle(); // not .finally(): that is one more promise and closure held per open stream
+      }
       if (step.done === true) break;
       const chunk = step.value;
       if (chunk.usage) usage = { promptTokens: chunk.usage.prompt_tokens, completionTokens: chunk.usage.completion_tokens };
@@ -229,7 +235,7 @@ async function* iterate(sdk: AsyncIterable<ChatCompletionChunk>, call: Call, req
     completed = true;
     yield usage === undefined ? { type: 'done', finishReason } : { type: 'done', finishReason, usage };
   } catch (err) {
-    throw report(log, classifyUpstreamError(err, call.reason(), call.callerReason()), req);
+    throw report(log, classifyUpstreamError(err, call.reason(), call.callerReason()), requestId);
   } finally {
     call.dispose();
     if (!completed) {
@@ -242,11 +248,11 @@ async function* iterate(sdk: AsyncIterable<ChatCompletionChunk>, call: Call, req
 const reported = new WeakSet<UpstreamError>();
 
 /** Logs a failure once, with the upstream's own message and request id (logs only, never clients). */
-function report(log: Logger, err: UpstreamError, req: UpstreamRequest): UpstreamError {
+function report(log: Logger, err: UpstreamError, requestId: string | undefined): UpstreamError {
   if (reported.has(err)) return err;
   reported.add(err);
   const fields = {
-    requestId: req.requestId,
+    requestId,
     kind: err.kind,
     upstreamStatus: err.upstreamStatus,
     upstreamRequestId: err.upstreamRequestId,
