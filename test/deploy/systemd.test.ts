@@ -50,13 +50,17 @@ describe('deploy/chat-server.service', () => {
     assert.equal(one('WorkingDirectory'), '/opt/chat-server');
   });
 
-  it('bounds the young generation with the same V8 flag as npm start and the benchmark', () => {
+  it('bounds the young generation and malloc arenas as npm start and the benchmark do', () => {
     const flag = '--max-semi-space-size=4';
     assert.ok(settings.get('Environment')?.includes(`NODE_OPTIONS=${flag}`), 'Environment=NODE_OPTIONS in the unit');
+    assert.ok(settings.get('Environment')?.includes('MALLOC_ARENA_MAX=2'), 'Environment=MALLOC_ARENA_MAX in the unit');
     const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { scripts: Record<string, string> };
-    assert.ok(pkg.scripts['start']?.split(' ').includes(flag), 'npm start');
+    const start = pkg.scripts['start']?.split(' ') ?? [];
+    assert.ok(start.includes(flag), 'npm start passes the flag');
+    assert.equal(start[0], 'MALLOC_ARENA_MAX=2', 'npm start sets the arena count');
     const bench = readFileSync(new URL('../../bench/support/ours.ts', import.meta.url), 'utf8');
-    assert.match(bench, /PRODUCTION_NODE_FLAGS: readonly string\[\] = \['--max-semi-space-size=4'\]/, 'bench/support/ours.ts');
+    assert.match(bench, /PRODUCTION_NODE_FLAGS: readonly string\[\] = \['--max-semi-space-size=4'\]/, 'bench/support/ours.ts flags');
+    assert.match(bench, /PRODUCTION_ENV: Readonly<Record<string, string>> = \{ MALLOC_ARENA_MAX: '2' \}/, 'bench/support/ours.ts environment');
   });
 
   it('TimeoutStopSec outlasts the default SHUTDOWN_GRACE_MS drain, and SIGTERM starts it', () => {
