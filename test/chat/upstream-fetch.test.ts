@@ -146,6 +146,33 @@ describe('createUpstreamFetch()', () => {
   });
 });
 
+describe('createUpstreamFetch() requests', () => {
+  it('asks for an uncompressed body even when the caller asks for gzip, and does not follow a redirect', async () => {
+    const seen: Array<{ url: string | undefined; encoding: string | undefined }> = [];
+    const server: Server = createServer((req, res) => {
+      seen.push({ url: req.url, encoding: req.headers['accept-encoding'] });
+      if (req.url === '/moved') {
+        res.writeHead(302, { location: '/elsewhere', 'content-type': 'text/plain' }).end('moved');
+        return;
+      }
+      res.writeHead(200, { 'content-type': 'text/plain' }).end('here');
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    try {
+      const { port } = server.address() as AddressInfo;
+      const res = await upstreamFetch(`http://127.0.0.1:${port}/moved`, { method: 'POST', headers: { 'accept-encoding': 'gzip, br' }, body: '{}' });
+      assert.equal(res.status, 302, 'the redirect is handed back, not followed');
+      assert.equal(res.ok, false);
+      assert.equal(res.headers.get('location'), '/elsewhere');
+      assert.equal(await res.text(), 'moved');
+      assert.deepEqual(seen, [{ url: '/moved', encoding: 'identity' }]);
+    } finally {
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    }
+  });
+});
+
 describe('the openai SDK over createUpstreamFetch()', () => {
   function client(baseURL = fake.url): OpenAI {
     return new OpenAI({ apiKey: 'test-key', baseURL, maxRetries: 0, timeout: 2000, logLevel: 'off', fetch: upstreamFetch });
