@@ -144,6 +144,12 @@ function isoNow(): string {
 export class Logger {
   readonly #out: Output;
   readonly #bindings: string; // pre-serialised `,"k":v` pairs
+  // The fast path's line head (time, level, message, bindings), reused while the millisecond,
+  // level and message stay the same: under load many access-log lines share one.
+  #headTime = '';
+  #headLevel = '';
+  #headMsg = '';
+  #head = '';
 
   constructor(options: LoggerOptions = {}, out?: Output, bindings = '') {
     this.#out = out ?? new Output(options);
@@ -175,7 +181,14 @@ export class Logger {
   /** Writes a line whose fields are already known to be flat and safe (the access log's fast path). */
   line(level: Exclude<LogLevel, 'silent'>, msg: string, flatFields: string): void {
     if (LEVEL_VALUE[level] < this.#out.level) return;
-    this.#out.push(`{"time":"${isoNow()}","level":"${level}","msg":${JSON.stringify(msg)}${this.#bindings}${flatFields}}\n`);
+    const time = isoNow();
+    if (time !== this.#headTime || level !== this.#headLevel || msg !== this.#headMsg) {
+      this.#head = `{"time":"${time}","level":"${level}","msg":${JSON.stringify(msg)}${this.#bindings}`;
+      this.#headTime = time;
+      this.#headLevel = level;
+      this.#headMsg = msg;
+    }
+    this.#out.push(`${this.#head}${flatFields}}\n`);
   }
 
   /** Writes everything buffered now, synchronously (on exit, before a crash). */
