@@ -23,8 +23,10 @@ interface CacheEntry {
 
 const DEFAULT_CACHE_TTL_MS = 2_000;
 
-/** Rejects with AppError INVALID_TOKEN; never says which part of a credential was wrong beyond its kind. */
-/** Resolves a bearer token to an identity; `cached` answers synchronously when the key is cached. */
+/**
+ * Resolves a bearer token to an identity, or rejects with AppError INVALID_TOKEN (never saying which
+ * part of a credential was wrong beyond its kind); `cached` answers synchronously when the key is cached.
+ */
 export type Authenticate = ((token: string) => Promise<Identity>) & { cached(token: string, connection?: object): Identity | undefined };
 
 export function createAuthenticator(options: AuthenticatorOptions): Authenticate {

@@ -148,7 +148,7 @@ export function createChatService(options: ChatServiceOptions): ChatService {
     if (slot === undefined) throw new AppError('TOO_MANY_STREAMS', { detail: 'Too many concurrent answers for this identity; wait for one to finish' });
     inProgress++;
     let handedOver = false;
-    let link: TurnSignal | undefined;
+    const link = turnSignal(ctx);
     try {
       const turn = await startTurn(pool, {
         owner: identity.id,
@@ -167,9 +167,7 @@ export function createChatService(options: ChatServiceOptions): ChatService {
         ...(agent.temperature === undefined ? {} : { temperature: agent.temperature }),
         ...(agent.maxOutputTokens === undefined ? {} : { maxOutputTokens: agent.maxOutputTokens }),
       };
-      const turnLink = turnSignal(ctx);
-      link = turnLink;
-      const { signal } = turnLink;
+      const { signal } = link;
       // A non-streamed answer may take longer than the request deadline; the upstream timeouts bound it.
       ctx.clearDeadline();
       const answer: AssistantMessage = { id: turn.assistantMessageId, conversationId: turn.conversationId, content: '', status: 'error' };
@@ -185,7 +183,7 @@ export function createChatService(options: ChatServiceOptions): ChatService {
         throw failure.toAppError();
       }
       handedOver = true;
-      const events = relay(ctx, stream, answer, head, started, slot, turnLink);
+      const events = relay(ctx, stream, answer, head, started, slot, link);
       // A generator closed before its first next() skips its own finally: do that cleanup here.
       const closeUnstarted = async (): Promise<void> => {
         try {
@@ -196,7 +194,7 @@ export function createChatService(options: ChatServiceOptions): ChatService {
             await save(answer, ctx);
           } finally {
             slot.release();
-            turnLink.dispose();
+            link.dispose();
             finishTurn();
           }
         }
@@ -204,7 +202,7 @@ export function createChatService(options: ChatServiceOptions): ChatService {
       return { kind: 'sse', events: startedOnce(events, closeUnstarted) };
     } finally {
       if (!handedOver) {
-        link?.dispose();
+        link.dispose();
         slot.release();
         finishTurn();
       }

@@ -21,7 +21,7 @@ import { request, type Dispatcher } from 'undici';
 type Body = Dispatcher.ResponseData['body'];
 type RawHeaders = Dispatcher.ResponseData['headers'];
 
-/** The response headers as the SDK reads them (get, has, entries, iteration), over undici's record. */
+/** The response headers as the SDK reads them (get, entries, iteration), over undici's record. */
 export class UpstreamHeaders {
   readonly #raw: RawHeaders;
 
@@ -36,27 +36,11 @@ export class UpstreamHeaders {
     return Array.isArray(value) ? value.join(', ') : value;
   }
 
-  has(name: string): boolean {
-    return this.#raw[name.toLowerCase()] !== undefined;
-  }
-
   *entries(): IterableIterator<[string, string]> {
     for (const name of Object.keys(this.#raw)) {
       const value = this.get(name);
       if (value !== null) yield [name, value];
     }
-  }
-
-  *keys(): IterableIterator<string> {
-    for (const [name] of this.entries()) yield name;
-  }
-
-  *values(): IterableIterator<string> {
-    for (const [, value] of this.entries()) yield value;
-  }
-
-  forEach(fn: (value: string, name: string, headers: UpstreamHeaders) => void): void {
-    for (const [name, value] of this.entries()) fn(value, name, this);
   }
 
   [Symbol.iterator](): IterableIterator<[string, string]> {
@@ -84,20 +68,12 @@ export class UpstreamResponse {
     return this.status >= 200 && this.status < 300;
   }
 
-  get bodyUsed(): boolean {
-    return this.body.bodyUsed;
-  }
-
   text(): Promise<string> {
     return this.body.text();
   }
 
   json(): Promise<unknown> {
     return this.body.json();
-  }
-
-  arrayBuffer(): Promise<ArrayBuffer> {
-    return this.body.arrayBuffer();
   }
 }
 

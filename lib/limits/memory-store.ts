@@ -7,9 +7,9 @@
 // dropping it would hand its owner a fresh burst. If no bucket can be evicted, the request for
 // the new key is refused (fail closed): the flood of new keys is itself what is being limited.
 // The Map is kept in touch order (to within TOUCH_INTERVAL_MS), so the head is the least recently
-// used bucket and the likeliest to be full; a full scan happens only when the head is not, and at most once per
-// `minSweepIntervalMs` and not before some bucket can have refilled, so a key flood cannot turn
-// each request into an O(n) scan.
+// used bucket and the likeliest to be full; a full scan happens only when the head is not, at most
+// once per `minSweepIntervalMs` and not before some bucket can have refilled, so a key flood
+// cannot turn each request into an O(n) scan.
 import { takeToken, type BucketPolicy, type BucketStore, type Decision, msUntilFull } from './token-bucket.ts';
 
 export interface MemoryStoreOptions {

@@ -159,23 +159,14 @@ export function createAppMetrics(registry: Registry = createRegistry()): AppMetr
   // Exported as 0 from the start, so rate() and ratio alerts have a series before the first event.
   const rejectionChildren = new Map<string, CounterChild>(RATE_LIMIT_REASONS.map((r) => [r, rateLimitRejections.labels(r)]));
   const outcomeChildren = new Map<string, CounterChild>(UPSTREAM_OUTCOMES.map((o) => [o, upstreamRequests.labels(o)]));
-  // route → method → status: three lookups of strings V8 has already hashed (route patterns and
-  // node's method names are constants) cost less than building one composite key per request.
-  const requestChildren = new Map<string, Map<string, Map<number, RequestChildren>>>();
-  let cachedChildren = 0;
+  const requestChildren = new Map<string, RequestChildren>();
 
   function childrenFor(method: string, route: string, status: number): RequestChildren {
-    let byMethod = requestChildren.get(route);
-    let byStatus = byMethod?.get(method);
-    let children = byStatus?.get(status);
+    const key = `${method}\u0001${route}\u0001${status}`;
+    let children = requestChildren.get(key);
     if (children === undefined) {
       children = { count: httpRequests.labels(method, route, status), duration: httpRequestDuration.labels(route) };
-      if (cachedChildren < MAX_CACHED_REQUEST_CHILDREN) {
-        cachedChildren++;
-        if (byMethod === undefined) requestChildren.set(route, (byMethod = new Map()));
-        if (byStatus === undefined) byMethod.set(method, (byStatus = new Map()));
-        byStatus.set(status, children);
-      }
+      if (requestChildren.size < MAX_CACHED_REQUEST_CHILDREN) requestChildren.set(key, children);
     }
     return children;
   }
