@@ -10,7 +10,7 @@
 import { Agent, request, type IncomingMessage } from 'node:http';
 import { createInterface } from 'node:readline';
 
-interface Target {
+export interface Target {
   name: string;
   url: string;
   headers: Record<string, string>;

@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { BENCH_DIR, CLIENT_CPU, NODE, REPO_ROOT, SERVER_CPU, fmt, fmtInt, freePort, median, processCpuSeconds, quantile, rssKiB, sleep, startPinned, table, waitForLine, type Proc } from './support/harness.ts';
 import { heapAfterGc, heapNow, inspectorUrl, writeHeapSnapshot, type HeapFigures } from './support/inspector.ts';
 import { ORIGIN, oursCommand, startOurs, type OursPrep } from './support/ours.ts';
+import type { Target } from './sse-client.ts';
 
 export interface SseOptions {
   rounds: number;
@@ -30,15 +31,6 @@ export interface SseReport {
   ttfbAddedMs: number | undefined;
   kibPerStream: number | undefined;
   oursUnavailable: string | undefined;
-}
-
-interface Target {
-  name: string;
-  url: string;
-  headers: Record<string, string>;
-  body: string;
-  okMarker: string;
-  tokenMarker: string;
 }
 
 function directTarget(port: number): Target {

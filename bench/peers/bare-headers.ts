@@ -4,9 +4,8 @@
 // length) as constants. The gap between this and bare.ts is what node:http charges for
 // validating, assembling and sending ~18 more header fields; the gap between this and ours is
 // our chain.
-import { createServer } from 'node:http';
 import { securityHeaderList } from '../../lib/http/middleware/security-headers.ts';
-import { AGENTS, ALLOWED_ORIGIN, announce, EXPECTED_AUTHORIZATION, HOST, peerPort } from './common.ts';
+import { AGENTS, ALLOWED_ORIGIN, serveAgentsBare } from './common.ts';
 
 const body = JSON.stringify(AGENTS);
 const headers = [
@@ -21,17 +20,4 @@ const headers = [
   'content-length', String(Buffer.byteLength(body)),
 ];
 
-const server = createServer((req, res) => {
-  if (req.method !== 'GET' || req.url !== '/v1/agents') {
-    res.writeHead(404).end();
-    return;
-  }
-  if (req.headers.authorization !== EXPECTED_AUTHORIZATION) {
-    res.writeHead(401).end();
-    return;
-  }
-  res.writeHead(200, headers).end(body);
-});
-
-server.listen(peerPort(), HOST, announce);
-process.on('SIGTERM', () => server.close(() => process.exit(0)));
+serveAgentsBare(headers, body);

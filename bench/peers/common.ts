@@ -1,4 +1,5 @@
 // Shared settings of the peer servers: port, the bearer token they expect, the allowlisted origin, the reply.
+import { createServer, type OutgoingHttpHeaders } from 'node:http';
 
 /** Port from argv[2] or PORT; 0 is refused because the harness must know where to send load. */
 export function peerPort(): number {
@@ -26,4 +27,24 @@ export const AGENTS = { agents: [{ id: 'default', description: 'General assistan
 /** Tells the harness the peer accepts connections. */
 export function announce(): void {
   process.stdout.write('listening\n');
+}
+
+/**
+ * The bare node:http peers: GET /v1/agents with the fixed bearer, answered with `headers`
+ * (content-type and content-length included) and no middleware.
+ */
+export function serveAgentsBare(headers: OutgoingHttpHeaders | string[], body: string): void {
+  const server = createServer((req, res) => {
+    if (req.method !== 'GET' || req.url !== '/v1/agents') {
+      res.writeHead(404).end();
+      return;
+    }
+    if (req.headers.authorization !== EXPECTED_AUTHORIZATION) {
+      res.writeHead(401).end();
+      return;
+    }
+    res.writeHead(200, headers).end(body);
+  });
+  server.listen(peerPort(), HOST, announce);
+  process.on('SIGTERM', () => server.close(() => process.exit(0)));
 }

@@ -4,31 +4,10 @@ import { once } from 'node:events';
 import { connect, type Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { startChat, type ChatHarness } from '../support/chat.ts';
+import { assertSecurityProfile } from '../support/security-profile.ts';
 
-// The API profile of DESIGN.md; HSTS is on by default.
-const SECURITY_HEADERS: Record<string, string> = {
-  'content-security-policy': "default-src 'none'; frame-ancestors 'none'",
-  'x-content-type-options': 'nosniff',
-  'x-frame-options': 'DENY',
-  'referrer-policy': 'no-referrer',
-  'cross-origin-resource-policy': 'same-origin',
-  'cross-origin-opener-policy': 'same-origin',
-  'cache-control': 'no-store',
-  'x-xss-protection': '0',
-  'strict-transport-security': 'max-age=31536000; includeSubDomains',
-};
 const ALLOWED_ORIGIN = 'https://app.example';
 const PROBLEM_TYPE = 'application/problem+json; charset=utf-8';
-
-type HeaderGetter = { get(name: string): string | null };
-
-function assertSecurityHeaders(headers: HeaderGetter): void {
-  for (const [name, value] of Object.entries(SECURITY_HEADERS)) assert.equal(headers.get(name), value, name);
-  const permissions = headers.get('permissions-policy') ?? '';
-  assert.ok(permissions !== '' && permissions.split(',').every((d) => /^\s*[a-z-]+=\(\)$/.test(d)), `permissions-policy denies all: ${permissions}`);
-  assert.equal(headers.get('x-powered-by'), null);
-  assert.equal(headers.get('server'), null);
-}
 
 /** A response read off a raw socket. */
 interface RawResponse {
@@ -99,14 +78,14 @@ describe('the HTTP server', () => {
     it('GET /health/live answers 200 with the security headers and no x-powered-by or server', async () => {
       const res = await fetch(`${url}/health/live`);
       assert.equal(res.status, 200);
-      assertSecurityHeaders(res.headers);
+      assertSecurityProfile(res.headers, true /* HSTS is on by default */);
       assert.deepEqual(await res.json(), { status: 'ok' });
     });
 
     it('GET on an unknown path answers 404 problem+json with the security headers', async () => {
       const res = await fetch(`${url}/no-such-thing`);
       assert.equal(res.status, 404);
-      assertSecurityHeaders(res.headers);
+      assertSecurityProfile(res.headers, true /* HSTS is on by default */);
       assert.equal((await problem(res))['code'], 'NOT_FOUND');
     });
 
@@ -114,14 +93,14 @@ describe('the HTTP server', () => {
       const res = await fetch(`${url}/health`, { method: 'POST' });
       assert.equal(res.status, 405);
       assert.equal(res.headers.get('allow'), 'GET, HEAD, OPTIONS');
-      assertSecurityHeaders(res.headers);
+      assertSecurityProfile(res.headers, true /* HSTS is on by default */);
       assert.equal((await problem(res))['code'], 'METHOD_NOT_ALLOWED');
     });
 
     it('POST /v1/chat with a text/plain body answers 415 with the security headers', async () => {
       const res = await h.chat(undefined, { raw: 'hello', headers: { 'content-type': 'text/plain' } });
       assert.equal(res.status, 415);
-      assertSecurityHeaders(res.headers);
+      assertSecurityProfile(res.headers, true /* HSTS is on by default */);
       assert.equal((await problem(res))['code'], 'UNSUPPORTED_MEDIA_TYPE');
     });
 
@@ -136,7 +115,7 @@ describe('the HTTP server', () => {
       });
       const res = await fetch(`${url}/v1/conversations`, { headers: auth });
       assert.equal(res.status, 500);
-      assertSecurityHeaders(res.headers);
+      assertSecurityProfile(res.headers, true /* HSTS is on by default */);
       const requestId = res.headers.get('x-request-id');
       assert.deepEqual(await problem(res), { type: 'about:blank', title: 'Internal server error', status: 500, code: 'INTERNAL', requestId });
       const logged = h.server.logs().split('\n').find((line) => line.includes('SQL-DETAIL-MARKER'));
@@ -149,7 +128,7 @@ describe('the HTTP server', () => {
       const body = JSON.stringify({ message: 'x'.repeat(20_000) });
       const res = await fetch(`${url}/v1/no-such-route`, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
       assert.equal(res.status, 413);
-      assertSecurityHeaders(res.headers);
+      assertSecurityProfile(res.headers, true /* HSTS is on by default */);
       assert.deepEqual(await problem(res), {
         type: 'about:blank',
         title: 'Request body too large',
@@ -192,7 +171,7 @@ describe('the HTTP server', () => {
     it('a 20 kB header answers 431 problem+json with the security headers', async () => {
       const res = await rawExchange(url, `GET /health/live HTTP/1.1\r\nHost: test\r\nX-Big: ${'a'.repeat(20_000)}\r\n\r\n`);
       assert.equal(res.status, 431);
-      assertSecurityHeaders(res.headers);
+      assertSecurityProfile(res.headers, true /* HSTS is on by default */);
       assert.equal(res.headers.get('content-type'), PROBLEM_TYPE);
       assert.equal(JSON.parse(res.body).code, 'HEADERS_TOO_LARGE');
     });
@@ -204,7 +183,7 @@ describe('the HTTP server', () => {
           'Transfer-Encoding: chunked\r\n\r\n4\r\n{}{}\r\n0\r\n\r\n',
       );
       assert.equal(res.status, 400);
-      assertSecurityHeaders(res.headers);
+      assertSecurityProfile(res.headers, true /* HSTS is on by default */);
       assert.equal(res.headers.get('connection'), 'close');
       assert.equal(JSON.parse(res.body).code, 'BAD_FRAMING');
     });
@@ -267,7 +246,7 @@ describe('the HTTP server', () => {
         assert.ok(elapsedMs >= 1_900 && elapsedMs < 3_500, `cut after ${Math.round(elapsedMs)} ms`);
         const res = parseRaw(raw);
         assert.equal(res.status, 408);
-        assertSecurityHeaders(res.headers);
+        assertSecurityProfile(res.headers, true /* HSTS is on by default */);
       } finally {
         clearInterval(drip);
         clearTimeout(timer);
@@ -306,7 +285,7 @@ describe('the HTTP server', () => {
       assert.equal(res.status, 200);
       assert.equal(res.headers.get('content-type'), 'application/json; charset=utf-8');
       assert.equal(res.headers.get('content-length'), String('{"status":"ok"}'.length));
-      assertSecurityHeaders(res.headers);
+      assertSecurityProfile(res.headers, true /* HSTS is on by default */);
       assert.equal(res.body, '');
     });
 
@@ -314,14 +293,14 @@ describe('the HTTP server', () => {
       const res = await fetch(`${url}/health`, { method: 'OPTIONS' });
       assert.equal(res.status, 204);
       assert.equal(res.headers.get('allow'), 'GET, HEAD, OPTIONS');
-      assertSecurityHeaders(res.headers);
+      assertSecurityProfile(res.headers, true /* HSTS is on by default */);
       assert.equal(await res.text(), '');
     });
 
     it('OPTIONS on an unknown path answers 404', async () => {
       const res = await fetch(`${url}/no-such-thing`, { method: 'OPTIONS' });
       assert.equal(res.status, 404);
-      assertSecurityHeaders(res.headers);
+      assertSecurityProfile(res.headers, true /* HSTS is on by default */);
     });
 
     it('a preflight from an allowed origin answers 204 with the CORS grant', async () => {
@@ -342,7 +321,7 @@ describe('the HTTP server', () => {
         headers: { origin: 'https://evil.example', 'access-control-request-method': 'POST' },
       });
       assert.equal(res.status, 403);
-      assertSecurityHeaders(res.headers);
+      assertSecurityProfile(res.headers, true /* HSTS is on by default */);
       assert.deepEqual([...res.headers.keys()].filter((name) => name.startsWith('access-control-')), []);
     });
 

@@ -6,30 +6,7 @@ import { errorHandler } from '../../../lib/http/middleware/errors.ts';
 import { requestId } from '../../../lib/http/middleware/request-id.ts';
 import { securityHeaderList, securityHeaders } from '../../../lib/http/middleware/security-headers.ts';
 import { ok, rawRequest, route, serve, type Served } from '../../support/http.ts';
-
-// DESIGN.md, "The HTTP contract": the API profile every response carries.
-const EXPECTED: Record<string, string> = {
-  'content-security-policy': "default-src 'none'; frame-ancestors 'none'",
-  'x-content-type-options': 'nosniff',
-  'x-frame-options': 'DENY',
-  'referrer-policy': 'no-referrer',
-  'cross-origin-resource-policy': 'same-origin',
-  'cross-origin-opener-policy': 'same-origin',
-  'cache-control': 'no-store',
-  'x-xss-protection': '0',
-};
-
-function assertProfile(headers: Headers, hsts: boolean): void {
-  for (const [name, value] of Object.entries(EXPECTED)) assert.equal(headers.get(name), value, name);
-  const permissions = headers.get('permissions-policy') ?? '';
-  assert.match(permissions, /camera=\(\)/);
-  assert.match(permissions, /geolocation=\(\)/);
-  assert.match(permissions, /microphone=\(\)/);
-  assert.equal(headers.get('x-powered-by'), null);
-  assert.equal(headers.get('server'), null);
-  if (hsts) assert.equal(headers.get('strict-transport-security'), 'max-age=31536000; includeSubDomains');
-  else assert.equal(headers.get('strict-transport-security'), null);
-}
+import { assertSecurityProfile } from '../../support/security-profile.ts';
 
 describe('securityHeaders()', () => {
   let served: Served;
@@ -53,37 +30,37 @@ describe('securityHeaders()', () => {
   it('securityHeaders() sets the API profile on a 200', async () => {
     const res = await fetch(`${served.url}/ok`);
     assert.equal(res.status, 200);
-    assertProfile(res.headers, true);
+    assertSecurityProfile(res.headers, true);
   });
 
   it('securityHeaders() sets the API profile on a 404', async () => {
     const res = await fetch(`${served.url}/missing`);
     assert.equal(res.status, 404);
-    assertProfile(res.headers, true);
+    assertSecurityProfile(res.headers, true);
   });
 
   it('securityHeaders() sets the API profile on a 405', async () => {
     const res = await fetch(`${served.url}/ok`, { method: 'DELETE' });
     assert.equal(res.status, 405);
-    assertProfile(res.headers, true);
+    assertSecurityProfile(res.headers, true);
   });
 
   it('securityHeaders() sets the API profile on a 413', async () => {
     const res = await fetch(`${served.url}/upload`, { method: 'POST', body: 'x'.repeat(65) });
     assert.equal(res.status, 413);
-    assertProfile(res.headers, true);
+    assertSecurityProfile(res.headers, true);
   });
 
   it('securityHeaders() sets the API profile on a 429', async () => {
     const res = await fetch(`${served.url}/teapot`);
     assert.equal(res.status, 429);
-    assertProfile(res.headers, true);
+    assertSecurityProfile(res.headers, true);
   });
 
   it('securityHeaders() sets the API profile on a 500', async () => {
     const res = await fetch(`${served.url}/boom`);
     assert.equal(res.status, 500);
-    assertProfile(res.headers, true);
+    assertSecurityProfile(res.headers, true);
   });
 
   it('securityHeaders() sends each header once', async () => {
@@ -105,7 +82,7 @@ describe('securityHeaders()', () => {
 
     it('securityHeaders({hsts: false}) sends no strict-transport-security', async () => {
       const res = await fetch(`${plain.url}/ok`);
-      assertProfile(res.headers, false);
+      assertSecurityProfile(res.headers, false);
     });
   });
 });
