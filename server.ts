@@ -27,7 +27,9 @@ switch (command) {
     break;
   }
   default:
-    process.stderr.write(`Unknown command: ${command}\nUsage: server.ts [serve | migrate | keys create NAME | keys list | keys revoke NAME]\n`);
+    process.stderr.write(
+      `Unknown command: ${command}\nUsage: server.ts [serve | migrate | keys create NAME | keys list | keys revoke NAME]\n`,
+    );
     process.exitCode = 2;
 }
 

@@ -17,8 +17,27 @@ import { existsSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import {
-  BENCH_DIR, CLIENT_CPU, NODE, REPO_ROOT, SERVER_CPU, commandVersion, cpuBusy, cpuJiffies, fmt, fmtInt, freePort, killAll,
-  lockedVersions, machineFacts, median, processCpuSeconds, rssKiB, startPinned, table, waitForLine, type Proc,
+  BENCH_DIR,
+  CLIENT_CPU,
+  NODE,
+  REPO_ROOT,
+  SERVER_CPU,
+  commandVersion,
+  cpuBusy,
+  cpuJiffies,
+  fmt,
+  fmtInt,
+  freePort,
+  killAll,
+  lockedVersions,
+  machineFacts,
+  median,
+  processCpuSeconds,
+  rssKiB,
+  startPinned,
+  table,
+  waitForLine,
+  type Proc,
 } from './support/harness.ts';
 import { chooseGenerator, loadCommand, runLoad, type Generator, type LoadResult } from './support/load.ts';
 import { ORIGIN, cleanupOurs, oursCommand, prepareOurs, startOurs, type OursPrep } from './support/ours.ts';
@@ -79,7 +98,11 @@ interface Config {
 }
 const ALL_CONFIGS: Config[] = [
   { id: 'bare', label: 'a. bare node:http', file: 'peers/bare.ts' },
-  { id: 'bare-headers', label: "a′. bare node:http + our response's header fields (the floor for them)", file: 'peers/bare-headers.ts' },
+  {
+    id: 'bare-headers',
+    label: "a′. bare node:http + our response's header fields (the floor for them)",
+    file: 'peers/bare-headers.ts',
+  },
   { id: 'fastify', label: 'c+. fastify 5 + helmet + cors + rate-limit + logger', file: 'peers/fastify.ts' },
   { id: 'express', label: 'd+. express 5 + helmet + cors + express-rate-limit + pino-http', file: 'peers/express.ts' },
   { id: 'hono', label: 'e+. hono + secureHeaders + cors + bodyLimit + requestId', file: 'peers/hono.ts' },
@@ -143,7 +166,8 @@ async function startConfig(c: Config, prep: OursPrep): Promise<Running | { confi
     await res.arrayBuffer();
     // bare node:http has no CORS: it is the physical limit, not a peer stack
     const corsOk = c.id === 'bare' || res.headers.get('access-control-allow-origin') === ORIGIN;
-    if (res.status !== 200 || !corsOk) throw new Error(`sanity request: status ${res.status}, CORS ${res.headers.get('access-control-allow-origin')}`);
+    if (res.status !== 200 || !corsOk)
+      throw new Error(`sanity request: status ${res.status}, CORS ${res.headers.get('access-control-allow-origin')}`);
   } catch (err) {
     await proc.stop(2000);
     return { config: c, unavailable: (err as Error).message.slice(0, 300) };
@@ -174,7 +198,14 @@ async function measureOnce(gen: Generator, r: Running, durationS: number, round:
   const wall = (performance.now() - w0) / 1000;
   const sCpu = processCpuSeconds(r.proc.pid) - s0;
   const busy = cpuBusy(j0, cpuJiffies());
-  return { ...res, round, serverCpuUsPerReq: (sCpu * 1e6) / Math.max(res.requests, 1), serverUtil: sCpu / wall, cpu0Busy: busy[SERVER_CPU] ?? NaN, cpu1Busy: busy[CLIENT_CPU] ?? NaN };
+  return {
+    ...res,
+    round,
+    serverCpuUsPerReq: (sCpu * 1e6) / Math.max(res.requests, 1),
+    serverUtil: sCpu / wall,
+    cpu0Busy: busy[SERVER_CPU] ?? NaN,
+    cpu1Busy: busy[CLIENT_CPU] ?? NaN,
+  };
 }
 
 interface HttpReport {
@@ -201,12 +232,19 @@ async function runHttp(gen: Generator, prep: OursPrep): Promise<HttpReport> {
       } else {
         running.push(r);
         log(`  ${c.label}: listening (pid ${r.proc.pid}, CPU ${SERVER_CPU})`);
-        commands.push(c.id === 'ours' && prep.ok ? oursCommand(prep) : `taskset -c ${SERVER_CPU} node ${c.file} <port>   # NODE_ENV=production`);
+        commands.push(
+          c.id === 'ours' && prep.ok
+            ? oursCommand(prep)
+            : `taskset -c ${SERVER_CPU} node ${c.file} <port>   # NODE_ENV=production`,
+        );
       }
     }
-    if (!running.some((r) => r.config.id === 'bare')) throw new Error(`bare node:http did not start: ${unavailable.get('bare')}`);
+    if (!running.some((r) => r.config.id === 'bare'))
+      throw new Error(`bare node:http did not start: ${unavailable.get('bare')}`);
     const first = running[0] as Running;
-    commands.push(`load: ${loadCommand(gen, first.url.replace(/:\d+\//, ':<port>/'), opts.connections, opts.durationS, first.headers)}`);
+    commands.push(
+      `load: ${loadCommand(gen, first.url.replace(/:\d+\//, ':<port>/'), opts.connections, opts.durationS, first.headers)}`,
+    );
 
     log(`HTTP: warm-up ${opts.warmupS} s per config`);
     for (const r of running) await measure(gen, r, opts.warmupS, -1);
@@ -217,11 +255,17 @@ async function runHttp(gen: Generator, prep: OursPrep): Promise<HttpReport> {
         const s = await measure(gen, r, opts.durationS, round);
         samples.get(r.config.id)?.push(s);
         const bad = s.non2xx + s.errors > 0 ? `, non-2xx ${s.non2xx}, errors ${s.errors}` : '';
-        log(`  round ${round + 1}/${opts.rounds} ${r.config.id.padEnd(8)} ${fmtInt(s.rps).padStart(7)} rps  p50 ${fmt(s.p50ms)} ms  p99 ${fmt(s.p99ms)} ms  server ${fmtInt(s.serverUtil * 100)}% CPU${bad}`);
+        log(
+          `  round ${round + 1}/${opts.rounds} ${r.config.id.padEnd(8)} ${fmtInt(s.rps).padStart(7)} rps  p50 ${fmt(s.p50ms)} ms  p99 ${fmt(s.p99ms)} ms  server ${fmtInt(s.serverUtil * 100)}% CPU${bad}`,
+        );
       }
     }
     const rss = new Map(running.map((r) => [r.config.id, rssKiB(r.proc.pid)]));
-    return { ...httpTables(configs, samples, unavailable, rss, gen), commands, oursUnavailable: unavailable.get('ours') };
+    return {
+      ...httpTables(configs, samples, unavailable, rss, gen),
+      commands,
+      oursUnavailable: unavailable.get('ours'),
+    };
   } finally {
     for (const r of running) await r.proc.stop(5000);
   }
@@ -231,14 +275,35 @@ function perRoundRatio(a: Sample[], b: Sample[]): number[] {
   return a.map((x) => x.rps / (b.find((y) => y.round === x.round)?.rps ?? NaN)).filter(Number.isFinite);
 }
 
-function httpTables(configs: Config[], samples: Map<string, Sample[]>, unavailable: Map<string, string>, rss: Map<string, number>, gen: Generator) {
+function httpTables(
+  configs: Config[],
+  samples: Map<string, Sample[]>,
+  unavailable: Map<string, string>,
+  rss: Map<string, number>,
+  gen: Generator,
+) {
   const bare = samples.get('bare') ?? [];
   const bareMedian = median(bare.map((s) => s.rps));
   // Server CPU per request is far less sensitive to other load on the machine than throughput.
   const bareCpu = median(bare.map((s) => s.serverCpuUsPerReq));
   const rows = configs.map((c) => {
     const s = samples.get(c.id);
-    if (!s) return [c.label, '0', `unavailable: ${(unavailable.get(c.id) ?? '').replace(/\|/g, '/').replace(/\n/g, ' ')}`, '–', '–', '–', '–', '–', '–', '–', '–', '–', '–'];
+    if (!s)
+      return [
+        c.label,
+        '0',
+        `unavailable: ${(unavailable.get(c.id) ?? '').replace(/\|/g, '/').replace(/\n/g, ' ')}`,
+        '–',
+        '–',
+        '–',
+        '–',
+        '–',
+        '–',
+        '–',
+        '–',
+        '–',
+        '–',
+      ];
     const ratios = perRoundRatio(s, bare);
     const rpsMedian = median(s.map((x) => x.rps));
     const foreign = s.filter((x) => foreignLoad(x) > FOREIGN_LOAD_LIMIT).length;
@@ -267,38 +332,85 @@ function httpTables(configs: Config[], samples: Map<string, Sample[]>, unavailab
   const markdown = [
     `### HTTP: GET /v1/agents, ${opts.connections} connections, keep-alive, ${gen} (server on CPU ${SERVER_CPU}, generator on CPU ${CLIENT_CPU})`,
     '',
-    table(['config', 'n', 'rps (median)', 'ratio to bare: median of per-round ratios (ratio of medians) [min–max]', 'p50 ms', 'p99 ms', 'server CPU µs/req', 'ratio by CPU cost (bare µs ÷ config µs)', 'server CPU util', 'CPU 1 (generator) util', 'server RSS MiB at end', 'other processes on CPU 0 (median)', 'non-2xx + errors'], rows),
+    table(
+      [
+        'config',
+        'n',
+        'rps (median)',
+        'ratio to bare: median of per-round ratios (ratio of medians) [min–max]',
+        'p50 ms',
+        'p99 ms',
+        'server CPU µs/req',
+        'ratio by CPU cost (bare µs ÷ config µs)',
+        'server CPU util',
+        'CPU 1 (generator) util',
+        'server RSS MiB at end',
+        'other processes on CPU 0 (median)',
+        'non-2xx + errors',
+      ],
+      rows,
+    ),
     '',
-    ours && fastify ? `Ours ÷ fastify+ (median of per-round ratios): **${fmt(oursVsFastify ?? NaN)}** [${fmt(Math.min(...perRoundRatio(ours, fastify)))}–${fmt(Math.max(...perRoundRatio(ours, fastify)))}]` : '',
-    ours && floor ? `\nOurs ÷ a′ (bare node:http sending the same header fields; median of per-round ratios): **${fmt(median(perRoundRatio(ours, floor)))}**; a′ ÷ bare: ${fmt(median(perRoundRatio(floor, bare)))}. The 0.80 goal is judged against a, which sends two header fields.` : '',
+    ours && fastify
+      ? `Ours ÷ fastify+ (median of per-round ratios): **${fmt(oursVsFastify ?? NaN)}** [${fmt(Math.min(...perRoundRatio(ours, fastify)))}–${fmt(Math.max(...perRoundRatio(ours, fastify)))}]`
+      : '',
+    ours && floor
+      ? `\nOurs ÷ a′ (bare node:http sending the same header fields; median of per-round ratios): **${fmt(median(perRoundRatio(ours, floor)))}**; a′ ÷ bare: ${fmt(median(perRoundRatio(floor, bare)))}. The 0.80 goal is judged against a, which sends two header fields.`
+      : '',
     `\nRuns repeated because other processes used more than ${FOREIGN_LOAD_LIMIT * 100}% of CPU 0: ${retried} (budget left ${retryBudget}).`,
-    gen === 'autocannon' ? '\nautocannon reports latency in whole milliseconds; use wrk for sub-millisecond percentiles.' : '',
+    gen === 'autocannon'
+      ? '\nautocannon reports latency in whole milliseconds; use wrk for sub-millisecond percentiles.'
+      : '',
   ].join('\n');
   return { markdown, oursRatio, oursVsFastify };
 }
 
-function goal(name: string, value: number | undefined, ok: (v: number) => boolean, show: (v: number) => string, why: string | undefined): string {
+function goal(
+  name: string,
+  value: number | undefined,
+  ok: (v: number) => boolean,
+  show: (v: number) => string,
+  why: string | undefined,
+): string {
   if (value === undefined || !Number.isFinite(value)) return `- ${name}: **unavailable**${why ? ` (${why})` : ''}`;
   return `- ${name}: ${show(value)} → **${ok(value) ? 'met' : 'not met'}**`;
 }
 
 function gitState(): string {
   try {
-    const head = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: REPO_ROOT, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
-    const dirty = execFileSync('git', ['status', '--porcelain'], { cwd: REPO_ROOT, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim() !== '';
+    const head = execFileSync('git', ['rev-parse', '--short', 'HEAD'], {
+      cwd: REPO_ROOT,
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'ignore'],
+    }).trim();
+    const dirty =
+      execFileSync('git', ['status', '--porcelain'], {
+        cwd: REPO_ROOT,
+        encoding: 'utf8',
+        stdio: ['ignore', 'pipe', 'ignore'],
+      }).trim() !== '';
     return `${head}${dirty ? ' + uncommitted changes' : ''}`;
   } catch {
     return 'no commit yet (working tree)';
   }
 }
 
-function report(args: { gen: { gen: Generator; version: string; note: string } | undefined; http?: HttpReport; sse?: SseReport; prep: OursPrep; seconds: number }): string {
+function report(args: {
+  gen: { gen: Generator; version: string; note: string } | undefined;
+  http?: HttpReport;
+  sse?: SseReport;
+  prep: OursPrep;
+  seconds: number;
+}): string {
   const m = MACHINE;
   const versions = lockedVersions();
-  const npmVersion = /npm\/(\S+)/.exec(process.env.npm_config_user_agent ?? '')?.[1] ?? commandVersion('npm', ['-v']) ?? 'unknown';
+  const npmVersion =
+    /npm\/(\S+)/.exec(process.env.npm_config_user_agent ?? '')?.[1] ?? commandVersion('npm', ['-v']) ?? 'unknown';
   const argv = process.argv.slice(2).join(' ');
   const why = (u: string | undefined) => (u ? u.replace(/\s+/g, ' ').trim().slice(0, 200) : undefined);
-  const oursWhy = why(args.http?.oursUnavailable ?? args.sse?.oursUnavailable ?? (args.prep.ok ? undefined : args.prep.reason));
+  const oursWhy = why(
+    args.http?.oursUnavailable ?? args.sse?.oursUnavailable ?? (args.prep.ok ? undefined : args.prep.reason),
+  );
   const lines = [
     '# Benchmark results',
     '',
@@ -312,7 +424,10 @@ function report(args: { gen: { gen: Generator; version: string; note: string } |
     `- Load generator: ${args.gen ? `${args.gen.version} — ${args.gen.note}` : 'not used'}`,
     `- Server under test: repo root server.ts at ${gitState()}; database: ${args.prep.ok ? (args.prep.external ? 'PostgreSQL (BENCH_DATABASE_URL)' : 'embedded PGlite in a temp DATA_DIR') : 'n/a'}`,
     '',
-    table(['package (bench/package-lock.json)', 'version'], Object.entries(versions).map(([k, v]) => [k, v])),
+    table(
+      ['package (bench/package-lock.json)', 'version'],
+      Object.entries(versions).map(([k, v]) => [k, v]),
+    ),
     '',
     '## Method',
     '',
@@ -337,10 +452,34 @@ function report(args: { gen: { gen: Generator; version: string; note: string } |
     '',
     '## Goals',
     '',
-    goal('Full chain ≥ 0.80 × bare node:http (median of per-round ratios)', args.http?.oursRatio, (v) => v >= 0.8, (v) => fmt(v), args.http ? oursWhy : 'HTTP part skipped'),
-    goal('≥ 2 × fastify with its security plugins (median of per-round ratios)', args.http?.oursVsFastify, (v) => v >= 2, (v) => `${fmt(v)} ×`, args.http ? oursWhy : 'HTTP part skipped'),
-    goal('Relay overhead on time to first byte < 2 ms median (judged on the first token)', args.sse?.ttfbAddedMs, (v) => v < 2, (v) => `+${fmt(v, 3)} ms`, args.sse ? oursWhy : 'SSE part skipped'),
-    goal('≤ 64 KiB resident per open stream', args.sse?.kibPerStream, (v) => v <= 64, (v) => `${fmt(v, 1)} KiB`, args.sse ? oursWhy : 'SSE part skipped'),
+    goal(
+      'Full chain ≥ 0.80 × bare node:http (median of per-round ratios)',
+      args.http?.oursRatio,
+      (v) => v >= 0.8,
+      (v) => fmt(v),
+      args.http ? oursWhy : 'HTTP part skipped',
+    ),
+    goal(
+      '≥ 2 × fastify with its security plugins (median of per-round ratios)',
+      args.http?.oursVsFastify,
+      (v) => v >= 2,
+      (v) => `${fmt(v)} ×`,
+      args.http ? oursWhy : 'HTTP part skipped',
+    ),
+    goal(
+      'Relay overhead on time to first byte < 2 ms median (judged on the first token)',
+      args.sse?.ttfbAddedMs,
+      (v) => v < 2,
+      (v) => `+${fmt(v, 3)} ms`,
+      args.sse ? oursWhy : 'SSE part skipped',
+    ),
+    goal(
+      '≤ 64 KiB resident per open stream',
+      args.sse?.kibPerStream,
+      (v) => v <= 64,
+      (v) => `${fmt(v, 1)} KiB`,
+      args.sse ? oursWhy : 'SSE part skipped',
+    ),
     '',
   ];
   return lines.join('\n');
@@ -349,17 +488,23 @@ function report(args: { gen: { gen: Generator; version: string; note: string } |
 async function main(): Promise<void> {
   const t0 = performance.now();
   const major = Number(process.versions.node.split('.')[0]);
-  if (major !== 24) throw new Error(`this is Node ${process.version}; run through npm (npm run bench) so that bench/node_modules/.bin/node (24) is used`);
+  if (major !== 24)
+    throw new Error(
+      `this is Node ${process.version}; run through npm (npm run bench) so that bench/node_modules/.bin/node (24) is used`,
+    );
   const { nproc } = MACHINE;
   if (nproc < 2) throw new Error('needs 2 CPUs: servers on CPU 0, load on CPU 1');
   execFileSync('taskset', ['-a', '-p', '-c', String(CLIENT_CPU), String(process.pid)], { stdio: 'ignore' });
-  log(`bench: Node ${process.version}, ${nproc} CPUs; this script pinned to CPU ${CLIENT_CPU}; rounds ${opts.rounds} × ${opts.durationS} s, warm-up ${opts.warmupS} s${flags.quick ? ' (quick)' : ''}`);
+  log(
+    `bench: Node ${process.version}, ${nproc} CPUs; this script pinned to CPU ${CLIENT_CPU}; rounds ${opts.rounds} × ${opts.durationS} s, warm-up ${opts.warmupS} s${flags.quick ? ' (quick)' : ''}`,
+  );
 
   // Children raise their soft limit to the hard one (support/harness.ts); the server holds 2 sockets a stream.
   const hardFd = execFileSync('bash', ['-c', 'ulimit -Hn'], { encoding: 'utf8' }).trim();
   const needFd = opts.streams * 2 + 512;
   log(`file descriptors: hard limit ${hardFd} (children raise their soft limit to it; ${needFd} needed)`);
-  if (hardFd !== 'unlimited' && Number(hardFd) < needFd) log(`warning: the memory test may not open all ${opts.streams} streams`);
+  if (hardFd !== 'unlimited' && Number(hardFd) < needFd)
+    log(`warning: the memory test may not open all ${opts.streams} streams`);
 
   const wantHttp = !flags['skip-http'];
   const wantSse = !flags['skip-sse'];
@@ -371,7 +516,11 @@ async function main(): Promise<void> {
   if (needOurs) log('ours: creating API keys with `node server.ts keys create` before the server starts');
   const prep: OursPrep = needOurs ? await prepareOurs(2) : { ok: false, reason: 'not selected (--configs)' };
   tempPrep = prep;
-  log(prep.ok ? `ours: ${prep.keys.length} keys created (${prep.external ? 'BENCH_DATABASE_URL' : `embedded database in ${prep.dataDir}`})` : `ours: unavailable (${prep.reason})`);
+  log(
+    prep.ok
+      ? `ours: ${prep.keys.length} keys created (${prep.external ? 'BENCH_DATABASE_URL' : `embedded database in ${prep.dataDir}`})`
+      : `ours: unavailable (${prep.reason})`,
+  );
 
   let http: HttpReport | undefined;
   let sse: SseReport | undefined;
@@ -385,10 +534,24 @@ async function main(): Promise<void> {
       log('SSE: starting upstreams and server');
       const upstream = flags.upstream ?? process.env.BENCH_UPSTREAM ?? 'bench';
       if (upstream !== 'bench' && upstream !== 'test') throw new Error('--upstream must be bench or test');
-      if (upstream === 'test' && !existsSync(join(REPO_ROOT, 'test', 'support', 'fake-upstream-main.ts'))) throw new Error('--upstream test: test/support/fake-upstream-main.ts not found');
+      if (upstream === 'test' && !existsSync(join(REPO_ROOT, 'test', 'support', 'fake-upstream-main.ts')))
+        throw new Error('--upstream test: test/support/fake-upstream-main.ts not found');
       sseUpstreamLabel = upstream === 'test' ? 'test/support/fake-upstream-main.ts' : 'bench/support/upstream.ts';
       log(`SSE: burst upstream ${sseUpstreamLabel}`);
-      sse = await runSse({ upstream, rounds: opts.rounds, durationS: opts.durationS, warmupS: opts.warmupS, concurrency: opts.sseConcurrency, chunks: opts.chunks, ttfbRequests: opts.ttfbRequests, streams: opts.streams, log }, prep);
+      sse = await runSse(
+        {
+          upstream,
+          rounds: opts.rounds,
+          durationS: opts.durationS,
+          warmupS: opts.warmupS,
+          concurrency: opts.sseConcurrency,
+          chunks: opts.chunks,
+          ttfbRequests: opts.ttfbRequests,
+          streams: opts.streams,
+          log,
+        },
+        prep,
+      );
       log(`\n${sse.markdown}\n`);
     }
   } finally {

@@ -27,7 +27,8 @@ const job = JSON.parse(process.argv[2] ?? '{}') as Job;
 const targetsOf = (j: Job) => (j.mode === 'throughput' ? [j.target] : j.targets);
 for (const t of targetsOf(job)) {
   const host = new URL(t.url).hostname;
-  if (host !== '127.0.0.1' && host !== 'localhost' && host !== '[::1]') throw new Error(`refusing non-loopback URL ${t.url}`);
+  if (host !== '127.0.0.1' && host !== 'localhost' && host !== '[::1]')
+    throw new Error(`refusing non-loopback URL ${t.url}`);
 }
 
 function emit(obj: object): void {
@@ -57,7 +58,11 @@ function once(t: Target, agent: Agent, timeoutMs: number): Promise<Outcome> {
       out.ok = out.status === 200 && tail.includes(t.okMarker);
       resolve(out);
     };
-    const req = request(t.url, { method: 'POST', agent, headers: { ...t.headers, 'content-length': String(Buffer.byteLength(t.body)) } });
+    const req = request(t.url, {
+      method: 'POST',
+      agent,
+      headers: { ...t.headers, 'content-length': String(Buffer.byteLength(t.body)) },
+    });
     req.setTimeout(timeoutMs, () => req.destroy(new Error('timeout')));
     req.on('error', finish);
     req.on('response', (res: IncomingMessage) => {
@@ -110,7 +115,14 @@ async function throughput(t: Target, concurrency: number, durationMs: number): P
   await Promise.all(Array.from({ length: concurrency }, worker));
   agent.destroy();
   const elapsedS = durationMs / 1000;
-  emit({ completed, failed: Object.values(failures).reduce((a, b) => a + b, 0), failures, streamsPerSec: completed / elapsedS, p50ms: quantile(times, 0.5), p99ms: quantile(times, 0.99) });
+  emit({
+    completed,
+    failed: Object.values(failures).reduce((a, b) => a + b, 0),
+    failures,
+    streamsPerSec: completed / elapsedS,
+    p50ms: quantile(times, 0.5),
+    p99ms: quantile(times, 0.99),
+  });
 }
 
 async function ttfb(targets: Target[], n: number, warmup: number): Promise<void> {
@@ -142,7 +154,13 @@ async function ttfb(targets: Target[], n: number, warmup: number): Promise<void>
   });
 }
 
-async function hold(targets: Target[], n: number, openConcurrency: number, openTimeoutMs: number, holdMaxMs: number): Promise<void> {
+async function hold(
+  targets: Target[],
+  n: number,
+  openConcurrency: number,
+  openTimeoutMs: number,
+  holdMaxMs: number,
+): Promise<void> {
   const agent = new Agent({ keepAlive: false, maxSockets: Infinity });
   const reqs: Array<ReturnType<typeof request>> = [];
   const failures: Record<string, number> = {};
@@ -161,7 +179,11 @@ async function hold(targets: Target[], n: number, openConcurrency: number, openT
         else fail(why);
         resolve();
       };
-      const req = request(t.url, { method: 'POST', agent, headers: { ...t.headers, 'content-length': String(Buffer.byteLength(t.body)) } });
+      const req = request(t.url, {
+        method: 'POST',
+        agent,
+        headers: { ...t.headers, 'content-length': String(Buffer.byteLength(t.body)) },
+      });
       reqs.push(req);
       const timer = setTimeout(() => settle(false, 'open timeout'), openTimeoutMs);
       req.on('error', (err) => {

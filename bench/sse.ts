@@ -6,7 +6,25 @@
 // the relay's cost per stream compares with the upstream's cost of producing it: it is not an
 // overhead figure (see /work/shared/notes/performance-anchors.md).
 import { join } from 'node:path';
-import { BENCH_DIR, CLIENT_CPU, NODE, REPO_ROOT, SERVER_CPU, fmt, fmtInt, freePort, median, processCpuSeconds, quantile, rssKiB, sleep, startPinned, table, waitForLine, type Proc } from './support/harness.ts';
+import {
+  BENCH_DIR,
+  CLIENT_CPU,
+  NODE,
+  REPO_ROOT,
+  SERVER_CPU,
+  fmt,
+  fmtInt,
+  freePort,
+  median,
+  processCpuSeconds,
+  quantile,
+  rssKiB,
+  sleep,
+  startPinned,
+  table,
+  waitForLine,
+  type Proc,
+} from './support/harness.ts';
 import { heapAfterGc, heapNow, inspectorUrl, writeHeapSnapshot, type HeapFigures } from './support/inspector.ts';
 import { ORIGIN, oursCommand, startOurs, type OursPrep } from './support/ours.ts';
 import type { Target } from './sse-client.ts';
@@ -38,7 +56,12 @@ function directTarget(port: number): Target {
     name: 'upstream direct',
     url: `http://127.0.0.1:${port}/v1/chat/completions`,
     headers: { 'content-type': 'application/json', authorization: 'Bearer bench-upstream-key' },
-    body: JSON.stringify({ model: 'bench-model', stream: true, stream_options: { include_usage: true }, messages: [{ role: 'user', content: 'hi' }] }),
+    body: JSON.stringify({
+      model: 'bench-model',
+      stream: true,
+      stream_options: { include_usage: true },
+      messages: [{ role: 'user', content: 'hi' }],
+    }),
     okMarker: 'data: [DONE]',
     // Content chunks only: the role chunk is {"role":"assistant","content":""}.
     tokenMarker: '"delta":{"content":"',
@@ -73,11 +96,20 @@ async function client<T>(job: object, timeoutMs: number): Promise<T> {
 /** The test suite's fake upstream entry (used for 'burst' with --upstream test). */
 const TEST_FAKE = join(REPO_ROOT, 'test', 'support', 'fake-upstream-main.ts');
 
-async function startUpstream(name: string, cpu: number, mode: 'burst' | 'hold', chunks: number, which: 'bench' | 'test' = 'bench'): Promise<{ proc: Proc; port: number; cmd: string }> {
+async function startUpstream(
+  name: string,
+  cpu: number,
+  mode: 'burst' | 'hold',
+  chunks: number,
+  which: 'bench' | 'test' = 'bench',
+): Promise<{ proc: Proc; port: number; cmd: string }> {
   const port = await freePort();
   if (which === 'test' && mode === 'burst') {
     // Prints its base URL when listening; behaviour 'burst' writes `chunks` content chunks as fast as it can.
-    const proc = startPinned(name, cpu, NODE, [TEST_FAKE, String(port), '--burst', String(chunks)], { cwd: REPO_ROOT, env: { PATH: process.env.PATH ?? '' } });
+    const proc = startPinned(name, cpu, NODE, [TEST_FAKE, String(port), '--burst', String(chunks)], {
+      cwd: REPO_ROOT,
+      env: { PATH: process.env.PATH ?? '' },
+    });
     await waitForLine(proc, `http://127.0.0.1:${port}/v1`, 15_000);
     return { proc, port, cmd: `taskset -c ${cpu} node test/support/fake-upstream-main.ts <port> --burst ${chunks}` };
   }
@@ -102,16 +134,30 @@ interface TputSample extends TputResult {
   upstreamCpuUsPerStream: number;
 }
 
-async function measureThroughput(t: Target, server: Proc, upstream: Proc, o: SseOptions, durationS: number): Promise<TputResult & Omit<TputSample, 'round' | keyof TputResult>> {
+async function measureThroughput(
+  t: Target,
+  server: Proc,
+  upstream: Proc,
+  o: SseOptions,
+  durationS: number,
+): Promise<TputResult & Omit<TputSample, 'round' | keyof TputResult>> {
   const s0 = processCpuSeconds(server.pid);
   const u0 = processCpuSeconds(upstream.pid);
   const w0 = performance.now();
-  const r = await client<TputResult>({ mode: 'throughput', target: t, concurrency: o.concurrency, durationMs: durationS * 1000 }, (durationS + 90) * 1000);
+  const r = await client<TputResult>(
+    { mode: 'throughput', target: t, concurrency: o.concurrency, durationMs: durationS * 1000 },
+    (durationS + 90) * 1000,
+  );
   const wall = (performance.now() - w0) / 1000;
   const sCpu = processCpuSeconds(server.pid) - s0;
   const uCpu = processCpuSeconds(upstream.pid) - u0;
   const n = Math.max(r.completed, 1);
-  return { ...r, serverCpuUsPerStream: (sCpu * 1e6) / n, serverUtil: sCpu / wall, upstreamCpuUsPerStream: server === upstream ? Number.NaN : (uCpu * 1e6) / n };
+  return {
+    ...r,
+    serverCpuUsPerStream: (sCpu * 1e6) / n,
+    serverUtil: sCpu / wall,
+    upstreamCpuUsPerStream: server === upstream ? Number.NaN : (uCpu * 1e6) / n,
+  };
 }
 
 /** The parts of the SSE benchmark to run: BENCH_SSE_PARTS=throughput,ttfb,memory (default: all). */
@@ -121,7 +167,9 @@ const ALL_PARTS: readonly SsePart[] = ['throughput', 'ttfb', 'memory'];
 export function ssePartsFromEnv(raw = process.env.BENCH_SSE_PARTS): Set<SsePart> {
   if (raw === undefined || raw.trim() === '') return new Set(ALL_PARTS);
   const parts = raw.split(',').map((x) => x.trim());
-  for (const p of parts) if (!ALL_PARTS.includes(p as SsePart)) throw new Error(`BENCH_SSE_PARTS: unknown part '${p}' (use ${ALL_PARTS.join(',')})`);
+  for (const p of parts)
+    if (!ALL_PARTS.includes(p as SsePart))
+      throw new Error(`BENCH_SSE_PARTS: unknown part '${p}' (use ${ALL_PARTS.join(',')})`);
   return new Set(parts as SsePart[]);
 }
 
@@ -161,7 +209,13 @@ export async function runSse(o: SseOptions, prep: OursPrep): Promise<SseReport> 
 }
 
 /** (a) relay throughput and (b) added time to first token, against burst upstreams. */
-async function runRelayParts(o: SseOptions, prep: OursPrep, parts: Set<SsePart>, procs: Proc[], commands: string[]): Promise<{ sections: string[]; ttfbAddedMs: number | undefined; oursUnavailable: string | undefined }> {
+async function runRelayParts(
+  o: SseOptions,
+  prep: OursPrep,
+  parts: Set<SsePart>,
+  procs: Proc[],
+  commands: string[],
+): Promise<{ sections: string[]; ttfbAddedMs: number | undefined; oursUnavailable: string | undefined }> {
   const sections: string[] = [];
   let oursUnavailable: string | undefined = prep.ok ? undefined : prep.reason;
   let ttfbAddedMs: number | undefined;
@@ -186,8 +240,12 @@ async function runRelayParts(o: SseOptions, prep: OursPrep, parts: Set<SsePart>,
 
   // (a) throughput, alternated round by round
   if (parts.has('throughput')) {
-    commands.push(`client: taskset -c ${CLIENT_CPU} node sse-client.ts '{"mode":"throughput","concurrency":${o.concurrency},"durationMs":${o.durationS * 1000},…}' (node:http keep-alive Agent)`);
-    const configs: Array<{ t: Target; server: Proc; upstream: Proc }> = [{ t: directT, server: direct.proc, upstream: direct.proc }];
+    commands.push(
+      `client: taskset -c ${CLIENT_CPU} node sse-client.ts '{"mode":"throughput","concurrency":${o.concurrency},"durationMs":${o.durationS * 1000},…}' (node:http keep-alive Agent)`,
+    );
+    const configs: Array<{ t: Target; server: Proc; upstream: Proc }> = [
+      { t: directT, server: direct.proc, upstream: direct.proc },
+    ];
     if (ours && oursT) configs.push({ t: oursT, server: ours, upstream: feed.proc });
     o.log(`SSE throughput: warm-up ${o.warmupS} s per target`);
     for (const c of configs) await measureThroughput(c.t, c.server, c.upstream, o, o.warmupS);
@@ -198,10 +256,18 @@ async function runRelayParts(o: SseOptions, prep: OursPrep, parts: Set<SsePart>,
         const c = configs[i] as (typeof configs)[number];
         const s = await measureThroughput(c.t, c.server, c.upstream, o, o.durationS);
         (samples[i] as TputSample[]).push({ ...s, round });
-        o.log(`  round ${round + 1}/${o.rounds} ${c.t.name}: ${fmtInt(s.streamsPerSec)} streams/s, p50 ${fmt(s.p50ms)} ms, failed ${s.failed}`);
+        o.log(
+          `  round ${round + 1}/${o.rounds} ${c.t.name}: ${fmtInt(s.streamsPerSec)} streams/s, p50 ${fmt(s.p50ms)} ms, failed ${s.failed}`,
+        );
       }
     }
-    sections.push(throughputTable(configs.map((c) => c.t.name), samples, o));
+    sections.push(
+      throughputTable(
+        configs.map((c) => c.t.name),
+        samples,
+        o,
+      ),
+    );
   }
 
   // (b) added time to first token, sequential and interleaved
@@ -209,7 +275,10 @@ async function runRelayParts(o: SseOptions, prep: OursPrep, parts: Set<SsePart>,
     sections.push('### Added time to first token\n\nnot run (BENCH_SSE_PARTS)');
   } else if (ours && oursT) {
     o.log(`SSE time to first token: ${o.ttfbRequests} sequential requests per target, interleaved`);
-    const r = await client<{ targets: TtfbTarget[] }>({ mode: 'ttfb', targets: [directT, oursT], n: o.ttfbRequests, warmup: 20 }, 300_000);
+    const r = await client<{ targets: TtfbTarget[] }>(
+      { mode: 'ttfb', targets: [directT, oursT], n: o.ttfbRequests, warmup: 20 },
+      300_000,
+    );
     const [d, u] = r.targets as [TtfbTarget, TtfbTarget];
     ttfbAddedMs = median(u.tokenMs) - median(d.tokenMs);
     sections.push(ttfbTable(d, u));
@@ -242,7 +311,21 @@ function throughputTable(names: string[], samples: TputSample[][], o: SseOptions
   return [
     `### SSE relay throughput (${o.concurrency} concurrent clients, ${o.chunks} chunks a stream, upstream 'burst')`,
     '',
-    table(['target', 'n', 'streams/s (median)', 'ratio to direct: median of per-round ratios [min–max]', 'p50 stream ms', 'p99 stream ms', 'CPU µs/stream of the process on CPU 0', 'upstream CPU µs/stream', 'CPU 0 process util', 'failed'], rows),
+    table(
+      [
+        'target',
+        'n',
+        'streams/s (median)',
+        'ratio to direct: median of per-round ratios [min–max]',
+        'p50 stream ms',
+        'p99 stream ms',
+        'CPU µs/stream of the process on CPU 0',
+        'upstream CPU µs/stream',
+        'CPU 0 process util',
+        'failed',
+      ],
+      rows,
+    ),
     '',
     "Ours relays from an identical upstream on CPU 1 (shared with the client); 'direct' is that upstream alone on CPU 0. Ours also writes the conversation to its database per stream.",
   ].join('\n');
@@ -265,12 +348,33 @@ interface TtfbTarget {
 }
 
 function ttfbTable(d: TtfbTarget, u: TtfbTarget): string {
-  const row = (t: TtfbTarget) => [t.name, String(t.n), String(t.failed), fmt(median(t.headersMs), 3), fmt(median(t.firstByteMs), 3), fmt(median(t.tokenMs), 3), fmt(quantile(t.tokenMs, 0.9), 3), fmt(median(t.totalMs), 3)];
+  const row = (t: TtfbTarget) => [
+    t.name,
+    String(t.n),
+    String(t.failed),
+    fmt(median(t.headersMs), 3),
+    fmt(median(t.firstByteMs), 3),
+    fmt(median(t.tokenMs), 3),
+    fmt(quantile(t.tokenMs, 0.9), 3),
+    fmt(median(t.totalMs), 3),
+  ];
   const added = (k: 'headersMs' | 'firstByteMs' | 'tokenMs') => median(u[k]) - median(d[k]);
   return [
     `### Added time to first byte / first token (sequential requests, targets interleaved one request at a time)`,
     '',
-    table(['target', 'n', 'failed', 'headers ms (p50)', 'first body byte ms (p50)', 'first token ms (p50)', 'first token ms (p90)', 'whole stream ms (p50)'], [row(d), row(u)]),
+    table(
+      [
+        'target',
+        'n',
+        'failed',
+        'headers ms (p50)',
+        'first body byte ms (p50)',
+        'first token ms (p50)',
+        'first token ms (p90)',
+        'whole stream ms (p50)',
+      ],
+      [row(d), row(u)],
+    ),
     '',
     `Added by the relay (median ours − median direct): headers ${fmt(added('headersMs'), 3)} ms, first body byte ${fmt(added('firstByteMs'), 3)} ms, **first token ${fmt(added('tokenMs'), 3)} ms**. ` +
       "Ours' first body byte is its `event: start` (sent after the user's message is stored); the first token is the first `event: delta`. The goal is judged on the first token.",
@@ -287,7 +391,11 @@ interface HeapPoint {
 }
 
 /** One inspector reading; a failure leaves the figures out instead of failing the run. */
-async function readHeap(url: string | undefined, o: SseOptions, how: 'now' | 'afterGc'): Promise<HeapFigures | undefined> {
+async function readHeap(
+  url: string | undefined,
+  o: SseOptions,
+  how: 'now' | 'afterGc',
+): Promise<HeapFigures | undefined> {
   if (url === undefined) return undefined;
   try {
     return how === 'now' ? await heapNow(url) : await heapAfterGc(url);
@@ -323,15 +431,25 @@ async function maybeSnapshot(url: string | undefined, name: string, o: SseOption
   o.log(`SSE memory: heap snapshot written to ${path}`);
 }
 
-async function measureMemory(prep: Extract<OursPrep, { ok: true }>, o: SseOptions, procs: Proc[], commands: string[]): Promise<{ markdown: string; kibPerStream: number | undefined; unavailable?: string }> {
+async function measureMemory(
+  prep: Extract<OursPrep, { ok: true }>,
+  o: SseOptions,
+  procs: Proc[],
+  commands: string[],
+): Promise<{ markdown: string; kibPerStream: number | undefined; unavailable?: string }> {
   const holdUp = await startUpstream('upstream-hold', CLIENT_CPU, 'hold', o.chunks);
   procs.push(holdUp.proc);
   const extra = extraNodeArgs().join(' ');
-  commands.push(`memory: upstream ${holdUp.cmd}; fresh server process (node --inspect=127.0.0.1:0 ${extra === '' ? '' : `${extra} `}server.ts, read over the inspector only at the measuring points); client opens ${o.streams} streams over ${prep.keys.length} keys`);
+  commands.push(
+    `memory: upstream ${holdUp.cmd}; fresh server process (node --inspect=127.0.0.1:0 ${extra === '' ? '' : `${extra} `}server.ts, read over the inspector only at the measuring points); client opens ${o.streams} streams over ${prep.keys.length} keys`,
+  );
   const port = await freePort();
   let ours: Proc;
   try {
-    ours = await startOurs(prep, port, `http://127.0.0.1:${holdUp.port}/v1`, ['--inspect=127.0.0.1:0', ...extraNodeArgs()]);
+    ours = await startOurs(prep, port, `http://127.0.0.1:${holdUp.port}/v1`, [
+      '--inspect=127.0.0.1:0',
+      ...extraNodeArgs(),
+    ]);
   } catch (err) {
     const why = `server did not start for the memory test: ${(err as Error).message.slice(0, 300)}`;
     return { markdown: `### Memory per open stream\n\nunavailable: ${why}`, kibPerStream: undefined, unavailable: why };
@@ -393,7 +511,9 @@ async function measureMemory(prep: Extract<OursPrep, { ok: true }>, o: SseOption
   const n = opened.open;
   const kib = n > 0 ? (atOpen - idle) / n : Number.NaN;
   const perStream = (rss: number | undefined) => (rss === undefined || n === 0 ? '–' : fmt((rss - idle) / n, 1));
-  o.log(`SSE memory: ${n} open (failed ${opened.failed}) in ${fmtInt(opened.openMs)} ms; RSS ${fmt(atOpen / 1024, 1)} MiB → ${fmt(kib, 1)} KiB/stream`);
+  o.log(
+    `SSE memory: ${n} open (failed ${opened.failed}) in ${fmtInt(opened.openMs)} ms; RSS ${fmt(atOpen / 1024, 1)} MiB → ${fmt(kib, 1)} KiB/stream`,
+  );
   const failNote = opened.failed > 0 ? ` ${opened.failed} failed to open: ${JSON.stringify(opened.failures)}.` : '';
   const markdown = [
     `### Memory per open stream (${o.streams} concurrent streams held open; upstream sends one chunk and stays open)`,
@@ -410,14 +530,30 @@ async function measureMemory(prep: Extract<OursPrep, { ok: true }>, o: SseOption
         'RSS MiB 3 s after closing',
         'time to open all, ms',
       ],
-      [['ours (node server.ts, embedded DB in-process unless BENCH_DATABASE_URL)', String(n), fmt(idle / 1024, 1), fmt(atOpen / 1024, 1), `**${fmt(kib, 1)}**`, perStream(settled), perStream(afterGcRss), fmt(after / 1024, 1), fmtInt(opened.openMs)]],
+      [
+        [
+          'ours (node server.ts, embedded DB in-process unless BENCH_DATABASE_URL)',
+          String(n),
+          fmt(idle / 1024, 1),
+          fmt(atOpen / 1024, 1),
+          `**${fmt(kib, 1)}**`,
+          perStream(settled),
+          perStream(afterGcRss),
+          fmt(after / 1024, 1),
+          fmtInt(opened.openMs),
+        ],
+      ],
     ),
     '',
     `VmRSS from /proc/<pid>/status; per stream = (RSS with the streams open − idle RSS) ÷ streams open. The idle RSS is sampled after a forced GC (over the inspector), so warm-up garbage collected later cannot make the figure look smaller. ` +
       `The headline column is sampled 1–3 s after the last stream opened; the next two are the same streams ${settleS} s later without any forced GC, and then right after a forced GC. Warm-up: ${w.open} streams opened and closed first.${failNote} With the embedded database the figure includes PGlite's memory growth from storing ${n} conversations.`,
     heapTable(idleHeap, openHeap, n),
   ].join('\n');
-  return { markdown, kibPerStream: n > 0 ? kib : undefined, unavailable: n === 0 ? 'no stream could be opened' : undefined };
+  return {
+    markdown,
+    kibPerStream: n > 0 ? kib : undefined,
+    unavailable: n === 0 ? 'no stream could be opened' : undefined,
+  };
 }
 
 type OpenLine = { open: number; failed: number; failures: Record<string, number>; openMs: number };

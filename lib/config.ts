@@ -16,7 +16,11 @@ function withDefault<T extends z.ZodType>(schema: T, fallback: z.input<T>) {
 }
 // Digits only: z.coerce.number() would read ' ' as 0 (a random port) and '0x50' as 80.
 const int = (min: number, max: number) =>
-  z.string().regex(/^[0-9]+$/, 'must be a whole number').transform(Number).pipe(z.number().int().min(min).max(max));
+  z
+    .string()
+    .regex(/^[0-9]+$/, 'must be a whole number')
+    .transform(Number)
+    .pipe(z.number().int().min(min).max(max));
 const bool = z.stringbool();
 const list = z.string().transform((s) =>
   s
@@ -25,10 +29,12 @@ const list = z.string().transform((s) =>
     .filter((x) => x !== ''),
 );
 // Single-field rules live in the schema so that one run reports them together with every other problem.
-const corsOrigins = list.refine((entries) => !entries.includes('*'), '"*" is refused; list exact origins').refine(
-  (entries) => entries.every((e) => e === '*' || isExactOrigin(e)),
-  'every entry must be an exact origin, scheme://host[:port], with no path',
-);
+const corsOrigins = list
+  .refine((entries) => !entries.includes('*'), '"*" is refused; list exact origins')
+  .refine(
+    (entries) => entries.every((e) => e === '*' || isExactOrigin(e)),
+    'every entry must be an exact origin, scheme://host[:port], with no path',
+  );
 const trustProxy = list.refine(
   (entries) => (entries.length === 1 && entries[0] === 'off') || entries.every(isAddressOrCidr),
   'entries must be "off" or IP addresses/CIDRs',
@@ -38,7 +44,10 @@ const jwtSecret = z.string().refine((s) => Buffer.byteLength(s) >= 32, 'must be 
 
 /** The environment variables, their types, defaults and one-line descriptions (the README table is checked against these). */
 export const ENV_SCHEMA = {
-  HOST: withDefault(z.string().refine((h) => isIP(h) !== 0 || /^[A-Za-z0-9.-]+$/.test(h), 'must be an IP address or host name'), '127.0.0.1'),
+  HOST: withDefault(
+    z.string().refine((h) => isIP(h) !== 0 || /^[A-Za-z0-9.-]+$/.test(h), 'must be an IP address or host name'),
+    '127.0.0.1',
+  ),
   PORT: withDefault(int(0, 65535), '8000'),
   LOG_LEVEL: withDefault(z.enum(LOG_LEVELS), 'info'),
   DATABASE_URL: optional(z.url({ protocol: /^postgres(ql)?$/ })),
@@ -131,7 +140,12 @@ export interface Config {
   maxConcurrentStreamsPerKey: number;
   /** Proxy addresses or CIDRs whose X-Forwarded-For is believed; empty means off. */
   trustProxy: readonly string[];
-  jwt: { publicKeyFile: string | undefined; issuer: string | undefined; audience: string | undefined; enabled: boolean };
+  jwt: {
+    publicKeyFile: string | undefined;
+    issuer: string | undefined;
+    audience: string | undefined;
+    enabled: boolean;
+  };
   metricsTokenSet: boolean;
   hsts: boolean;
   shutdownGraceMs: number;
@@ -152,7 +166,9 @@ export type ConfigResult = { ok: true; config: Config } | { ok: false; problems:
 export function parseConfig(env: Record<string, string | undefined>): ConfigResult {
   const parsed = EnvSchema.safeParse(env);
   // Issues name the variable and the rule, never the input (zod omits it unless asked).
-  const problems = parsed.success ? [] : parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`);
+  const problems = parsed.success
+    ? []
+    : parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`);
   problems.push(...crossFieldProblems(env));
   if (!parsed.success || problems.length > 0) return { ok: false, problems };
   return { ok: true, config: buildConfig(parsed.data) };
@@ -196,9 +212,13 @@ function isAddressOrCidr(entry: string): boolean {
 
 function buildConfig(e: Env): Config {
   const trustOff = e.TRUST_PROXY.length === 1 && e.TRUST_PROXY[0] === 'off';
-  const secretValues = [e.OPENAI_API_KEY, e.JWT_SECRET, e.METRICS_TOKEN, e.DATABASE_URL, databasePassword(e.DATABASE_URL)].filter(
-    (v): v is string => v !== undefined && v !== '',
-  );
+  const secretValues = [
+    e.OPENAI_API_KEY,
+    e.JWT_SECRET,
+    e.METRICS_TOKEN,
+    e.DATABASE_URL,
+    databasePassword(e.DATABASE_URL),
+  ].filter((v): v is string => v !== undefined && v !== '');
   const secrets: Secrets = Object.freeze({
     openaiApiKey: e.OPENAI_API_KEY,
     jwtSecret: e.JWT_SECRET,
@@ -233,7 +253,11 @@ function buildConfig(e: Env): Config {
     historyMaxChars: e.HISTORY_MAX_CHARS,
     corsOrigins: Object.freeze([...e.CORS_ORIGINS]),
     maxBodyBytes: e.MAX_BODY_BYTES,
-    rateLimit: Object.freeze({ perMinute: e.RATE_LIMIT_PER_MINUTE, burst: e.RATE_LIMIT_BURST, store: e.RATE_LIMIT_STORE }),
+    rateLimit: Object.freeze({
+      perMinute: e.RATE_LIMIT_PER_MINUTE,
+      burst: e.RATE_LIMIT_BURST,
+      store: e.RATE_LIMIT_STORE,
+    }),
     authFailuresPerMinute: e.AUTH_FAILURES_PER_MINUTE,
     maxConcurrentStreamsPerKey: e.MAX_CONCURRENT_STREAMS_PER_KEY,
     trustProxy: Object.freeze(trustOff ? [] : [...e.TRUST_PROXY]),

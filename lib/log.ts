@@ -55,7 +55,9 @@ class Output {
     this.level = LEVEL_VALUE[options.level ?? 'info'];
     // Lines are scrubbed after serialisation, so a secret with a quote, backslash or control
     // character is searched for as JSON spells it too (once and twice escaped: JSON inside a string).
-    const forms = (options.secrets ?? []).filter((s) => s.length >= 4).flatMap((s) => [s, jsonEscaped(s), jsonEscaped(jsonEscaped(s))]);
+    const forms = (options.secrets ?? [])
+      .filter((s) => s.length >= 4)
+      .flatMap((s) => [s, jsonEscaped(s), jsonEscaped(jsonEscaped(s))]);
     // Longest first so a secret that contains another is redacted whole.
     this.#secrets = [...new Set(forms)].sort((a, b) => b.length - a.length);
     this.#sink = options.sink ?? 1;
@@ -243,7 +245,9 @@ export function serialiseError(err: Error, depth: number): Record<string, unknow
     out['cause'] = err.cause instanceof Error ? serialiseError(err.cause, depth + 1) : err.cause;
   }
   if (err instanceof AggregateError && depth < 8) {
-    out['errors'] = err.errors.slice(0, 10).map((e: unknown) => (e instanceof Error ? serialiseError(e, depth + 1) : e));
+    out['errors'] = err.errors
+      .slice(0, 10)
+      .map((e: unknown) => (e instanceof Error ? serialiseError(e, depth + 1) : e));
   }
   return out;
 }

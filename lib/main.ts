@@ -67,7 +67,11 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     const slots = createConcurrencyLimiter(config.maxConcurrentStreamsPerKey);
     const metrics = createAppMetrics();
     cleanups.push(() => metrics.close());
-    metrics.setPoolSource(() => ({ total: db.pool.totalCount, idle: db.pool.idleCount, waiting: db.pool.waitingCount }));
+    metrics.setPoolSource(() => ({
+      total: db.pool.totalCount,
+      idle: db.pool.idleCount,
+      waiting: db.pool.waitingCount,
+    }));
     metrics.setStreamSlotsSource(() => slots.inUse());
     const authenticate = createAuthenticator({ pool: db.pool, jwt });
     const security = createSecurityEvents(log, { onEvent: (kind) => metrics.securityEvent(kind) });
@@ -96,7 +100,11 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     const routes: Route[] = [
       ...healthRoutes({ pool: db.pool, timeoutMs: config.healthDbTimeoutMs, isDraining: () => draining }),
       ...chatRoutes({ pool: db.pool, chat, agents, maxBodyBytes: config.maxBodyBytes }),
-      ...metricsRoutes({ render: () => metrics.render(), token: config.secrets.metricsToken, onDenied: event('metrics_denied') }),
+      ...metricsRoutes({
+        render: () => metrics.render(),
+        token: config.secrets.metricsToken,
+        onDenied: event('metrics_denied'),
+      }),
     ];
     const listener = createApp({
       routes,
@@ -106,7 +114,9 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
         accessLog({ log, observe: (ctx, ms) => metrics.observeRequest(ctx.method, ctx.route, ctx.status, ms / 1000) }),
         errorHandler({
           classify: (err) =>
-            isDatabaseUnavailable(err) ? new AppError('SERVICE_UNAVAILABLE', { cause: err, headers: { 'Retry-After': '5' } }) : undefined,
+            isDatabaseUnavailable(err)
+              ? new AppError('SERVICE_UNAVAILABLE', { cause: err, headers: { 'Retry-After': '5' } })
+              : undefined,
         }),
         bodyLimit(config.maxBodyBytes),
         cors({ origins: config.corsOrigins, onReject: event('cors_rejected') }),
@@ -133,14 +143,18 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
             metrics.rateLimitRejected('rate_limit');
             event('rate_limited')(ctx);
           },
-          onStoreError: (ctx, err) => log.error('rate-limit store failed; refusing requests', { err, requestId: ctx.requestId }),
+          onStoreError: (ctx, err) =>
+            log.error('rate-limit store failed; refusing requests', { err, requestId: ctx.requestId }),
         }),
       ],
       log,
       deadlineMs: config.http.requestTimeoutMs,
       clientIp: createClientIp(config.trustProxy),
     });
-    const server = createHttpServer({ ...config.http, securityHeaders: securityHeaderList({ hsts: config.hsts }), log }, listener);
+    const server = createHttpServer(
+      { ...config.http, securityHeaders: securityHeaderList({ hsts: config.hsts }), log },
+      listener,
+    );
     await listen(server, config.port, config.host);
     const { port } = server.address() as AddressInfo;
     const host = config.host.includes(':') ? `[${config.host}]` : config.host;
@@ -159,13 +173,13 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
       },
     };
     async function stop(graceMs: number): Promise<void> {
-        draining = true;
-        await drainServer(server, graceMs);
-        // Streams still open after the grace period end with `event: error` SHUTTING_DOWN and are stored incomplete.
-        shutdown.abort(new AppError('SHUTTING_DOWN'));
-        await waitAtMost(chat.idle(), 2_000);
-        server.closeAllConnections();
-        for (const cleanup of cleanups.reverse()) await cleanup();
+      draining = true;
+      await drainServer(server, graceMs);
+      // Streams still open after the grace period end with `event: error` SHUTTING_DOWN and are stored incomplete.
+      shutdown.abort(new AppError('SHUTTING_DOWN'));
+      await waitAtMost(chat.idle(), 2_000);
+      server.closeAllConnections();
+      for (const cleanup of cleanups.reverse()) await cleanup();
     }
   } catch (err) {
     for (const cleanup of cleanups.reverse()) await cleanup();
@@ -196,7 +210,9 @@ function createRateLimiter(config: Config, db: Database, log: Logger) {
 
 function waitAtMost(promise: Promise<void>, ms: number): Promise<void> {
   let timer: NodeJS.Timeout | undefined;
-  return Promise.race([promise, new Promise<void>((resolve) => (timer = setTimeout(resolve, ms)))]).finally(() => clearTimeout(timer));
+  return Promise.race([promise, new Promise<void>((resolve) => (timer = setTimeout(resolve, ms)))]).finally(() =>
+    clearTimeout(timer),
+  );
 }
 
 function listen(server: Server, port: number, host: string): Promise<void> {

@@ -20,7 +20,9 @@ CREATE INDEX rate_limit_buckets_updated ON rate_limit_buckets (updated_at)`;
 
 function report(label: string, decisions: number, elapsedMs: number): void {
   const us = (elapsedMs * 1000) / decisions;
-  console.log(`${label.padEnd(44)} ${us.toFixed(2).padStart(9)} µs/decision  (${Math.round(decisions / (elapsedMs / 1000))}/s, n=${decisions})`);
+  console.log(
+    `${label.padEnd(44)} ${us.toFixed(2).padStart(9)} µs/decision  (${Math.round(decisions / (elapsedMs / 1000))}/s, n=${decisions})`,
+  );
 }
 
 function benchMemory(): void {
@@ -48,11 +50,19 @@ function benchMemoryFootprint(): void {
   globalThis.gc?.();
   const mb = (process.memoryUsage().heapUsed - before) / 1024 / 1024;
   // Read the store after measuring so it cannot be collected before the measurement.
-  console.log(`${`memory store heap at ${store.size()} keys`.padEnd(44)} ${mb.toFixed(1).padStart(9)} MB${globalThis.gc ? '' : ' (approximate: run with --expose-gc)'}`);
+  console.log(
+    `${`memory store heap at ${store.size()} keys`.padEnd(44)} ${mb.toFixed(1).padStart(9)} MB${globalThis.gc ? '' : ' (approximate: run with --expose-gc)'}`,
+  );
 }
 
 /** Runs n decisions with `inFlight` concurrent callers; `hotKey` sends them all to one bucket (mostly refusals). */
-async function benchStore(label: string, store: BucketStore, n: number, inFlight: number, hotKey?: string): Promise<void> {
+async function benchStore(
+  label: string,
+  store: BucketStore,
+  n: number,
+  inFlight: number,
+  hotKey?: string,
+): Promise<void> {
   for (let i = 0; i < 200; i++) await store.take(keys[i % KEYS] ?? '', policy); // prepare the statement, warm the pool
   let next = 0;
   async function worker(): Promise<void> {

@@ -20,7 +20,16 @@ interface Group {
 }
 
 /** Names that make thousands of groups (every string, every number) are folded into their type. */
-const FOLD_TYPES = new Set(['string', 'concatenated string', 'sliced string', 'number', 'bigint', 'symbol', 'code', 'regexp']);
+const FOLD_TYPES = new Set([
+  'string',
+  'concatenated string',
+  'sliced string',
+  'number',
+  'bigint',
+  'symbol',
+  'code',
+  'regexp',
+]);
 
 function groups(path: string): Map<string, Group> {
   const snap = JSON.parse(readFileSync(path, 'utf8')) as Snapshot;
@@ -59,8 +68,14 @@ function main(): void {
   }
   rows.sort((x, y) => y.bytes - x.bytes);
   const total = rows.reduce((s, r) => s + r.bytes, 0);
-  const lines = [`self-size growth: ${(total / 1024 / n).toFixed(2)} KiB per stream (${n} streams)`, '', '| group | count/stream | bytes/stream |', '| --- | --- | --- |'];
-  for (const r of rows.slice(0, Number(rowsArg))) lines.push(`| ${r.key} | ${(r.count / n).toFixed(2)} | ${Math.round(r.bytes / n)} |`);
+  const lines = [
+    `self-size growth: ${(total / 1024 / n).toFixed(2)} KiB per stream (${n} streams)`,
+    '',
+    '| group | count/stream | bytes/stream |',
+    '| --- | --- | --- |',
+  ];
+  for (const r of rows.slice(0, Number(rowsArg)))
+    lines.push(`| ${r.key} | ${(r.count / n).toFixed(2)} | ${Math.round(r.bytes / n)} |`);
   process.stdout.write(`${lines.join('\n')}\n`);
 }
 

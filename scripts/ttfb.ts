@@ -23,13 +23,23 @@ interface Timing {
 }
 
 /** POSTs `body` and times the first body byte and the first chunk that carries `token`. */
-function timeOne(agent: Agent, url: string, headers: Record<string, string>, body: string, token: string): Promise<Timing> {
+function timeOne(
+  agent: Agent,
+  url: string,
+  headers: Record<string, string>,
+  body: string,
+  token: string,
+): Promise<Timing> {
   return new Promise((resolve, reject) => {
     const started = performance.now();
     let firstByteMs = -1;
     let firstTokenMs = -1;
     let seen = '';
-    const req = request(url, { method: 'POST', agent, headers: { ...headers, 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)) } });
+    const req = request(url, {
+      method: 'POST',
+      agent,
+      headers: { ...headers, 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)) },
+    });
     req.on('error', reject);
     req.on('response', (res) => {
       if (res.statusCode !== 200) reject(new Error(`Unexpected status ${res.statusCode} from ${url}`));
@@ -51,7 +61,9 @@ function timeOne(agent: Agent, url: string, headers: Record<string, string>, bod
 function median(values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
   const mid = Math.floor(sorted.length / 2);
-  return sorted.length % 2 === 1 ? (sorted[mid] as number) : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2;
+  return sorted.length % 2 === 1
+    ? (sorted[mid] as number)
+    : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2;
 }
 
 function percentile(values: number[], p: number): number {
@@ -68,7 +80,10 @@ async function main(): Promise<void> {
     RATE_LIMIT_PER_MINUTE: '1000000',
     RATE_LIMIT_BURST: '1000000',
   });
-  const agents = [new Agent({ keepAlive: true, maxSockets: 1 }), new Agent({ keepAlive: true, maxSockets: 1 })] as const;
+  const agents = [
+    new Agent({ keepAlive: true, maxSockets: 1 }),
+    new Agent({ keepAlive: true, maxSockets: 1 }),
+  ] as const;
   try {
     const key = await mintKey(server.db.pool);
     const direct = (): Promise<Timing> =>
@@ -76,11 +91,22 @@ async function main(): Promise<void> {
         agents[0],
         `${fake.url}/chat/completions`,
         { authorization: 'Bearer direct' },
-        JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'Say hello' }], stream: true, stream_options: { include_usage: true } }),
+        JSON.stringify({
+          model: 'gpt-4o-mini',
+          messages: [{ role: 'user', content: 'Say hello' }],
+          stream: true,
+          stream_options: { include_usage: true },
+        }),
         '"content":"Hel"',
       );
     const viaServer = (): Promise<Timing> =>
-      timeOne(agents[1], `${server.url}/v1/chat`, { authorization: `Bearer ${key}` }, JSON.stringify({ message: 'Say hello' }), 'event: delta');
+      timeOne(
+        agents[1],
+        `${server.url}/v1/chat`,
+        { authorization: `Bearer ${key}` },
+        JSON.stringify({ message: 'Say hello' }),
+        'event: delta',
+      );
     for (let i = 0; i < WARMUP; i++) {
       await direct();
       await viaServer();
@@ -94,12 +120,34 @@ async function main(): Promise<void> {
     const row = (label: string, xs: number[]): string =>
       `${label.padEnd(30)} median ${median(xs).toFixed(2).padStart(7)} ms   p90 ${percentile(xs, 90).toFixed(2).padStart(7)} ms`;
     console.log(`time to first byte, ${RUNS} sequential requests each (database: ${server.db.kind})`);
-    console.log(row('fake upstream, first byte', a.map((t) => t.firstByteMs)));
-    console.log(row('chat server, first byte', b.map((t) => t.firstByteMs)));
-    console.log(row('fake upstream, first token', a.map((t) => t.firstTokenMs)));
-    console.log(row('chat server, first token', b.map((t) => t.firstTokenMs)));
+    console.log(
+      row(
+        'fake upstream, first byte',
+        a.map((t) => t.firstByteMs),
+      ),
+    );
+    console.log(
+      row(
+        'chat server, first byte',
+        b.map((t) => t.firstByteMs),
+      ),
+    );
+    console.log(
+      row(
+        'fake upstream, first token',
+        a.map((t) => t.firstTokenMs),
+      ),
+    );
+    console.log(
+      row(
+        'chat server, first token',
+        b.map((t) => t.firstTokenMs),
+      ),
+    );
     const added = (pick: (t: Timing) => number): string => (median(b.map(pick)) - median(a.map(pick))).toFixed(2);
-    console.log(`added by the server (median difference): first byte ${added((t) => t.firstByteMs)} ms, first token ${added((t) => t.firstTokenMs)} ms`);
+    console.log(
+      `added by the server (median difference): first byte ${added((t) => t.firstByteMs)} ms, first token ${added((t) => t.firstTokenMs)} ms`,
+    );
   } finally {
     for (const agent of agents) agent.destroy();
     await server.close();

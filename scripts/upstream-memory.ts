@@ -37,11 +37,16 @@ function freePort(): Promise<number> {
 }
 
 async function startHoldUpstream(port: number): Promise<() => void> {
-  const child = spawn(process.execPath, [join(import.meta.dirname, '..', 'bench', 'support', 'upstream.ts'), String(port), 'hold'], {
-    env: { PATH: process.env.PATH ?? '', HOLD_MAX_MS: '600000' },
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  for await (const line of createInterface({ input: child.stdout })) if (line.trim() === 'listening') return () => child.kill('SIGTERM');
+  const child = spawn(
+    process.execPath,
+    [join(import.meta.dirname, '..', 'bench', 'support', 'upstream.ts'), String(port), 'hold'],
+    {
+      env: { PATH: process.env.PATH ?? '', HOLD_MAX_MS: '600000' },
+      stdio: ['ignore', 'pipe', 'inherit'],
+    },
+  );
+  for await (const line of createInterface({ input: child.stdout }))
+    if (line.trim() === 'listening') return () => child.kill('SIGTERM');
   throw new Error('the hold upstream exited before listening');
 }
 
@@ -116,8 +121,11 @@ async function main(): Promise<void> {
   const collected = afterGc();
   maybeSnapshot('open');
   const keys = ['rss', 'heapUsed', 'heapTotal', 'external', 'arrayBuffers'] as const;
-  const per = (m: NodeJS.MemoryUsage) => Object.fromEntries(keys.map((k) => [k, Number(kib((m[k] - idle[k]) / STREAMS).toFixed(1))]));
-  process.stdout.write(`${JSON.stringify({ streams: STREAMS, stats: upstream.stats(), kibPerStreamAsRunning: per(running), kibPerStreamAfterGc: per(collected) })}\n`);
+  const per = (m: NodeJS.MemoryUsage) =>
+    Object.fromEntries(keys.map((k) => [k, Number(kib((m[k] - idle[k]) / STREAMS).toFixed(1))]));
+  process.stdout.write(
+    `${JSON.stringify({ streams: STREAMS, stats: upstream.stats(), kibPerStreamAsRunning: per(running), kibPerStreamAfterGc: per(collected) })}\n`,
+  );
   await closeAll(held);
   await upstream.close();
   stop();

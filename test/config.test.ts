@@ -110,7 +110,14 @@ describe('parseConfig() CORS_ORIGINS', () => {
     refused({ CORS_ORIGINS: 'https://app.example.com,*' }, 'CORS_ORIGINS');
   });
 
-  for (const origin of ['https://app.example.com/', 'https://app.example.com/path', 'ftp://files.example.com', 'app.example.com', 'null', 'https://user@app.example.com']) {
+  for (const origin of [
+    'https://app.example.com/',
+    'https://app.example.com/path',
+    'ftp://files.example.com',
+    'app.example.com',
+    'null',
+    'https://user@app.example.com',
+  ]) {
     it(`parseConfig() refuses the CORS origin ${origin}`, () => {
       refused({ CORS_ORIGINS: origin }, 'CORS_ORIGINS');
     });
@@ -197,8 +204,17 @@ describe('parseConfig() problems', () => {
 
   // Variables that take any non-empty string (paths, names, opaque secrets long enough).
   const FREE_TEXT = new Set([
-    'DATA_DIR', 'DATABASE_CA_FILE', 'DATABASE_PASSWORD_FILE', 'OPENAI_API_KEY', 'OPENAI_MODEL', 'AGENTS_FILE',
-    'JWT_SECRET', 'JWT_PUBLIC_KEY_FILE', 'JWT_ISSUER', 'JWT_AUDIENCE', 'METRICS_TOKEN',
+    'DATA_DIR',
+    'DATABASE_CA_FILE',
+    'DATABASE_PASSWORD_FILE',
+    'OPENAI_API_KEY',
+    'OPENAI_MODEL',
+    'AGENTS_FILE',
+    'JWT_SECRET',
+    'JWT_PUBLIC_KEY_FILE',
+    'JWT_ISSUER',
+    'JWT_AUDIENCE',
+    'METRICS_TOKEN',
   ]);
   for (const name of Object.keys(ENV_SCHEMA).filter((n) => !FREE_TEXT.has(n))) {
     it(`parseConfig() names ${name} and never echoes its invalid value`, () => {
@@ -208,9 +224,14 @@ describe('parseConfig() problems', () => {
   }
 
   it('parseConfig() never echoes a short secret in its problems', () => {
-    const list = problems({ JWT_SECRET: CANARY.slice(0, 20), METRICS_TOKEN: CANARY.slice(0, 10), DATABASE_URL: `postgres//${CANARY}@db` });
+    const list = problems({
+      JWT_SECRET: CANARY.slice(0, 20),
+      METRICS_TOKEN: CANARY.slice(0, 10),
+      DATABASE_URL: `postgres//${CANARY}@db`,
+    });
     assert.equal(list.length, 3);
-    for (const fragment of [CANARY.slice(0, 20), CANARY.slice(0, 10), CANARY]) assert.ok(!list.join('\n').includes(fragment));
+    for (const fragment of [CANARY.slice(0, 20), CANARY.slice(0, 10), CANARY])
+      assert.ok(!list.join('\n').includes(fragment));
   });
 });
 
@@ -251,7 +272,16 @@ describe('parseConfig() secrets', () => {
   it('parseConfig() returns a frozen config with frozen parts', () => {
     const config = valid(env);
     assert.ok(Object.isFrozen(config));
-    for (const part of [config.database, config.upstream, config.http, config.jwt, config.rateLimit, config.corsOrigins, config.trustProxy, config.secrets]) {
+    for (const part of [
+      config.database,
+      config.upstream,
+      config.http,
+      config.jwt,
+      config.rateLimit,
+      config.corsOrigins,
+      config.trustProxy,
+      config.secrets,
+    ]) {
       assert.ok(Object.isFrozen(part));
     }
     assert.throws(() => {
@@ -263,14 +293,24 @@ describe('parseConfig() secrets', () => {
 describe('loadConfig()', () => {
   it('loadConfig() stops the process with every problem named and no secret printed', async () => {
     const script = `import('${new URL('../lib/config.ts', import.meta.url).href}').then((m) => { m.loadConfig(); process.stdout.write('started'); });`;
-    const { code, stdout, stderr } = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
-      const child = execFile(
-        process.execPath,
-        ['--input-type=module', '-e', script],
-        { env: { PATH: process.env['PATH'], CORS_ORIGINS: '*', PORT: `${CANARY}`, JWT_SECRET: CANARY.slice(0, 12), OPENAI_API_KEY: CANARY } },
-        (_err, out, err) => resolve({ code: child.exitCode, stdout: out, stderr: err }),
-      );
-    });
+    const { code, stdout, stderr } = await new Promise<{ code: number | null; stdout: string; stderr: string }>(
+      (resolve) => {
+        const child = execFile(
+          process.execPath,
+          ['--input-type=module', '-e', script],
+          {
+            env: {
+              PATH: process.env['PATH'],
+              CORS_ORIGINS: '*',
+              PORT: `${CANARY}`,
+              JWT_SECRET: CANARY.slice(0, 12),
+              OPENAI_API_KEY: CANARY,
+            },
+          },
+          (_err, out, err) => resolve({ code: child.exitCode, stdout: out, stderr: err }),
+        );
+      },
+    );
     assert.equal(code, 1);
     assert.equal(stdout, '');
     for (const name of ['CORS_ORIGINS', 'PORT', 'JWT_SECRET']) assert.match(stderr, new RegExp(`- ${name}: `));

@@ -58,7 +58,10 @@ async function halfSentHealthCheck(url: string): Promise<{ finish(): Promise<num
       for (;;) {
         const status = /^HTTP\/1\.1 (\d{3}) /.exec(received)?.[1];
         if (status !== undefined) return Number(status);
-        await Promise.race([once(socket, 'data'), once(socket, 'close').then(() => Promise.reject(new Error(`closed after ${JSON.stringify(received)}`)))]);
+        await Promise.race([
+          once(socket, 'data'),
+          once(socket, 'close').then(() => Promise.reject(new Error(`closed after ${JSON.stringify(received)}`))),
+        ]);
       }
     },
   };
@@ -114,7 +117,10 @@ describe('server.ts on SIGTERM', () => {
           .map((text) => JSON.parse(text) as Record<string, unknown>)
           .find((parsed) => parsed['msg'] === msg);
       return new Promise((resolve, reject) => {
-        const timer = setTimeout(() => settle(new Error(`No "${msg}" line within ${timeoutMs} ms; stderr: ${stderr}`)), timeoutMs);
+        const timer = setTimeout(
+          () => settle(new Error(`No "${msg}" line within ${timeoutMs} ms; stderr: ${stderr}`)),
+          timeoutMs,
+        );
         const wake = (): void => {
           const found = find();
           if (found !== undefined) settle(undefined, found);
@@ -133,13 +139,15 @@ describe('server.ts on SIGTERM', () => {
 
     const url = (await line('listening', START_TIMEOUT_MS))['url'] as string;
     // The embedded database writes a key on first start; PostgreSQL gets one minted here.
-    const key = pool === undefined ? (await readFile(join(dataDir, 'dev-api-key'), 'utf8')).trim() : await mintKey(pool);
+    const key =
+      pool === undefined ? (await readFile(join(dataDir, 'dev-api-key'), 'utf8')).trim() : await mintKey(pool);
     return { child, url, dataDir, line, exited, stderr: () => stderr, key };
   }
 
   /** The assistant message of a conversation, read once the server process is gone. */
   async function storedAnswer(entry: Entry, conversationId: string): Promise<MessageRow | undefined> {
-    const sql = 'SELECT role, content, status, finish_reason, error_code FROM messages WHERE conversation_id = $1 AND role = $2';
+    const sql =
+      'SELECT role, content, status, finish_reason, error_code FROM messages WHERE conversation_id = $1 AND role = $2';
     if (pool !== undefined) return (await pool.query<MessageRow>(sql, [conversationId, 'assistant'])).rows[0];
     const { PGlite } = await import('@electric-sql/pglite');
     const engine = await PGlite.create(join(entry.dataDir, 'pglite'));
@@ -209,7 +217,10 @@ describe('server.ts on SIGTERM', () => {
     const frames = await rest(stream);
     const { code, atMs } = await entry.exited;
 
-    assert.deepEqual(frames.map((f) => f.event), ['delta', 'delta', 'delta', 'delta', 'done']);
+    assert.deepEqual(
+      frames.map((f) => f.event),
+      ['delta', 'delta', 'delta', 'delta', 'done'],
+    );
     assert.equal(code, 0);
     assert.ok(atMs - signalledAt < GRACE_MS + 1_000, `exited ${Math.round(atMs - signalledAt)} ms after SIGTERM`);
     const answer = await storedAnswer(entry, (start?.data as { conversationId: string }).conversationId);

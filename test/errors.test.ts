@@ -58,7 +58,10 @@ describe('problemBody()', () => {
   });
 
   it('problemBody() adds the extra members of a client error', () => {
-    const body = problemBody(new AppError('VALIDATION_FAILED', { detail: 'bad', extra: { issues: [{ path: 'message' }] } }), REQUEST_ID);
+    const body = problemBody(
+      new AppError('VALIDATION_FAILED', { detail: 'bad', extra: { issues: [{ path: 'message' }] } }),
+      REQUEST_ID,
+    );
     assert.deepEqual(body['issues'], [{ path: 'message' }]);
   });
 
@@ -78,7 +81,9 @@ describe('problemBody()', () => {
   });
 
   it('problemBody() keeps the fixed members when extra names them', () => {
-    const err = new AppError('VALIDATION_FAILED', { extra: { status: 200, code: 'OK', type: 'https://evil.example', requestId: 'forged' } });
+    const err = new AppError('VALIDATION_FAILED', {
+      extra: { status: 200, code: 'OK', type: 'https://evil.example', requestId: 'forged' },
+    });
     const body = problemBody(err, REQUEST_ID);
     assert.equal(body['status'], 400);
     assert.equal(body['code'], 'VALIDATION_FAILED');

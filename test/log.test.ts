@@ -139,7 +139,8 @@ describe('createLogger() lines', () => {
 describe('createLogger() redaction', () => {
   function assertClean(text: string): void {
     assert.ok(text.length > 0, 'nothing was logged');
-    for (const secret of [CANARY, API_KEY, JWT]) assert.ok(!text.includes(secret), `leaked ${secret.slice(0, 8)}… in ${text}`);
+    for (const secret of [CANARY, API_KEY, JWT])
+      assert.ok(!text.includes(secret), `leaked ${secret.slice(0, 8)}… in ${text}`);
     assert.ok(text.includes('[REDACTED]'));
   }
 
@@ -169,7 +170,9 @@ describe('createLogger() redaction', () => {
 
   it('logger redacts a known secret in an error message and in its causes', () => {
     const out = capture();
-    const err = new Error(`bad key ${CANARY}`, { cause: new Error(`upstream said ${CANARY}`, { cause: { body: CANARY } }) });
+    const err = new Error(`bad key ${CANARY}`, {
+      cause: new Error(`upstream said ${CANARY}`, { cause: { body: CANARY } }),
+    });
     out.log.error('failed', { err });
     assertClean(out.text());
   });
@@ -190,7 +193,15 @@ describe('createLogger() redaction', () => {
     assert.equal(text.split('[REDACTED]').length - 1, 3);
   });
 
-  for (const header of ['authorization', 'Authorization', 'cookie', 'set-cookie', 'x-api-key', 'X-Api-Key', 'proxy-authorization']) {
+  for (const header of [
+    'authorization',
+    'Authorization',
+    'cookie',
+    'set-cookie',
+    'x-api-key',
+    'X-Api-Key',
+    'proxy-authorization',
+  ]) {
     it(`logger redacts the ${header} header in a headers object`, () => {
       const out = capture();
       out.log.info('incoming', { headers: { [header]: 'Basic dXNlcjpwYXNzd29yZA==', host: 'example.com' } });
@@ -267,7 +278,11 @@ describe('createLogger() buffering', () => {
     t.mock.timers.tick(0);
     log.flush();
     assert.deepEqual(
-      chunks.join('').split('\n').filter((l) => l !== '').map((l) => JSON.parse(l).msg),
+      chunks
+        .join('')
+        .split('\n')
+        .filter((l) => l !== '')
+        .map((l) => JSON.parse(l).msg),
       ['one', 'two'],
     );
   });
@@ -297,7 +312,9 @@ describe('createLogger() buffering', () => {
       } finally {
         closeSync(fd);
       }
-      const lines = readFileSync(path, 'utf8').split('\n').filter((l) => l !== '');
+      const lines = readFileSync(path, 'utf8')
+        .split('\n')
+        .filter((l) => l !== '');
       assert.equal(lines.length, 1000);
       assert.deepEqual(
         lines.map((l) => (JSON.parse(l) as { i: number }).i),
@@ -326,7 +343,9 @@ describe('createLogger() buffering', () => {
       }
       await exited;
       closeSync(idleReader);
-      const lines = readFileSync(out, 'utf8').split('\n').filter((l) => l !== '');
+      const lines = readFileSync(out, 'utf8')
+        .split('\n')
+        .filter((l) => l !== '');
       assert.equal(lines.length, 8000);
       assert.deepEqual(
         lines.map((l) => (JSON.parse(l) as { i: number }).i),

@@ -82,13 +82,19 @@ test('securityEvents.emit() writes no summary when nothing was suppressed', (t) 
   t.mock.timers.tick(1000);
   const all = lines();
   assert.equal(all.length, 6);
-  assert.equal(all.some((line) => line['suppressed'] !== undefined), false);
+  assert.equal(
+    all.some((line) => line['suppressed'] !== undefined),
+    false,
+  );
 });
 
 test('securityEvents.emit() counts every event, suppressed ones included, through onEvent', (t) => {
   t.mock.timers.enable({ apis: ['Date', 'setTimeout'], now: 1_700_000_000_250 });
   const counted: string[] = [];
-  const events = createSecurityEvents(createLogger({ sink: () => {} }), { perSecond: 2, onEvent: (kind) => counted.push(kind) });
+  const events = createSecurityEvents(createLogger({ sink: () => {} }), {
+    perSecond: 2,
+    onEvent: (kind) => counted.push(kind),
+  });
   for (let i = 0; i < 10; i++) events.emit('rate_limited', {});
   assert.equal(counted.length, 10);
 });

@@ -30,7 +30,11 @@ const running = new Set<ChildProcess>();
 
 function spawnEntry(args: string[], env: Record<string, string | undefined>): Entry {
   // Only what the test sets: nothing from the developer's shell may leak into the config.
-  const child = spawn(process.execPath, ['server.ts', ...args], { cwd: ROOT, env: { PATH: process.env['PATH'], ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, ['server.ts', ...args], {
+    cwd: ROOT,
+    env: { PATH: process.env['PATH'], ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   running.add(child);
   let stdout = '';
   let stderr = '';
@@ -59,7 +63,10 @@ function spawnEntry(args: string[], env: Record<string, string | undefined>): En
 
   function within<T>(what: string, timeoutMs: number, check: () => T | undefined): Promise<T> {
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => finish(new Error(`Timed out after ${timeoutMs} ms waiting for ${what}; stderr: ${stderr}`)), timeoutMs);
+      const timer = setTimeout(
+        () => finish(new Error(`Timed out after ${timeoutMs} ms waiting for ${what}; stderr: ${stderr}`)),
+        timeoutMs,
+      );
       const wake = (): void => {
         const value = check();
         if (value !== undefined) finish(undefined, value);
@@ -79,7 +86,8 @@ function spawnEntry(args: string[], env: Record<string, string | undefined>): En
   return {
     child,
     output: () => ({ stdout, stderr }),
-    exit: (timeoutMs) => within('exit', timeoutMs, () => (exitCode === undefined ? undefined : { code: exitCode })).then((e) => e.code),
+    exit: (timeoutMs) =>
+      within('exit', timeoutMs, () => (exitCode === undefined ? undefined : { code: exitCode })).then((e) => e.code),
     line: (msg, timeoutMs) => within(`log line "${msg}"`, timeoutMs, () => findLine(msg)),
   };
 }

@@ -10,14 +10,22 @@ import { AGENTS, ALLOWED_ORIGIN, serveAgentsBare } from './common.ts';
 const body = JSON.stringify(AGENTS);
 const headers = [
   ...securityHeaderList({ hsts: true }),
-  'x-request-id', '0b6c3f4e-2f55-4b8e-9a51-6f0a4c1d2e3f',
-  'vary', 'origin',
-  'access-control-allow-origin', ALLOWED_ORIGIN,
-  'access-control-expose-headers', 'x-request-id, ratelimit, ratelimit-policy, retry-after',
-  'ratelimit-policy', '"default";q=1000000;w=60',
-  'ratelimit', '"default";r=999999;t=1',
-  'content-type', 'application/json; charset=utf-8',
-  'content-length', String(Buffer.byteLength(body)),
+  'x-request-id',
+  '0b6c3f4e-2f55-4b8e-9a51-6f0a4c1d2e3f',
+  'vary',
+  'origin',
+  'access-control-allow-origin',
+  ALLOWED_ORIGIN,
+  'access-control-expose-headers',
+  'x-request-id, ratelimit, ratelimit-policy, retry-after',
+  'ratelimit-policy',
+  '"default";q=1000000;w=60',
+  'ratelimit',
+  '"default";r=999999;t=1',
+  'content-type',
+  'application/json; charset=utf-8',
+  'content-length',
+  String(Buffer.byteLength(body)),
 ];
 
 serveAgentsBare(headers, body);

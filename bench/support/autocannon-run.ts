@@ -1,8 +1,19 @@
 // One autocannon run, driven by run.ts when wrk is not installed: argv[2] is a JSON job, stdout one JSON result.
 import autocannon from 'autocannon';
 
-const job = JSON.parse(process.argv[2] ?? '{}') as { url: string; connections: number; durationS: number; headers: Record<string, string> };
-const r = await autocannon({ url: job.url, connections: job.connections, duration: job.durationS, headers: job.headers, pipelining: 1 });
+const job = JSON.parse(process.argv[2] ?? '{}') as {
+  url: string;
+  connections: number;
+  durationS: number;
+  headers: Record<string, string>;
+};
+const r = await autocannon({
+  url: job.url,
+  connections: job.connections,
+  duration: job.durationS,
+  headers: job.headers,
+  pipelining: 1,
+});
 const out = {
   requests: r.requests.total,
   durationS: r.duration,

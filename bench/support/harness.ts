@@ -65,7 +65,9 @@ export function startPinned(
   };
   child.stdout?.on('data', keep);
   child.stderr?.on('data', keep);
-  const exited = new Promise<number | string>((resolve) => child.once('exit', (code, signal) => resolve(code ?? signal ?? -1)));
+  const exited = new Promise<number | string>((resolve) =>
+    child.once('exit', (code, signal) => resolve(code ?? signal ?? -1)),
+  );
   let alive = true;
   const proc: Proc = {
     name,
@@ -249,9 +251,12 @@ export function lockedVersions(): Record<string, string> {
   const lock = JSON.parse(readFileSync(join(BENCH_DIR, 'package-lock.json'), 'utf8')) as {
     packages: Record<string, { version?: string }>;
   };
-  const pkg = JSON.parse(readFileSync(join(BENCH_DIR, 'package.json'), 'utf8')) as { devDependencies: Record<string, string> };
+  const pkg = JSON.parse(readFileSync(join(BENCH_DIR, 'package.json'), 'utf8')) as {
+    devDependencies: Record<string, string>;
+  };
   const out: Record<string, string> = {};
-  for (const name of Object.keys(pkg.devDependencies)) out[name] = lock.packages[`node_modules/${name}`]?.version ?? '?';
+  for (const name of Object.keys(pkg.devDependencies))
+    out[name] = lock.packages[`node_modules/${name}`]?.version ?? '?';
   return out;
 }
 

@@ -64,7 +64,10 @@ class Session {
   static open(url: string, timeoutMs = 10_000): Promise<Session> {
     return new Promise((resolve, reject) => {
       const ws = new WebSocket(url);
-      const timer = setTimeout(() => reject(new Error(`inspector: no connection to ${url} within ${timeoutMs} ms`)), timeoutMs);
+      const timer = setTimeout(
+        () => reject(new Error(`inspector: no connection to ${url} within ${timeoutMs} ms`)),
+        timeoutMs,
+      );
       ws.addEventListener('open', () => {
         clearTimeout(timer);
         resolve(new Session(ws));
@@ -103,7 +106,14 @@ async function memoryUsage(s: Session): Promise<HeapFigures> {
   const raw = JSON.parse(String((r.result as { value?: unknown } | undefined)?.value)) as HeapFigures;
   const kib = (bytes: number) => bytes / 1024;
   const spaces = Object.fromEntries(Object.entries(raw.spaces).map(([name, bytes]) => [name, kib(bytes)]));
-  return { rss: kib(raw.rss), heapTotal: kib(raw.heapTotal), heapUsed: kib(raw.heapUsed), external: kib(raw.external), arrayBuffers: kib(raw.arrayBuffers), spaces };
+  return {
+    rss: kib(raw.rss),
+    heapTotal: kib(raw.heapTotal),
+    heapUsed: kib(raw.heapUsed),
+    external: kib(raw.external),
+    arrayBuffers: kib(raw.arrayBuffers),
+    spaces,
+  };
 }
 
 /** Forces full GCs (twice: the first may only queue finalizers) and returns process.memoryUsage() in KiB. */

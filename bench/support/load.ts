@@ -19,7 +19,10 @@ export interface LoadResult {
  * Picks the generator: `wanted` if given, else wrk when on PATH, else autocannon. Installs wrk
  * (apt-get) only when asked with --install-wrk, and says so; nothing is installed silently.
  */
-export function chooseGenerator(wanted: string | undefined, installWrk: boolean): { gen: Generator; version: string; note: string } {
+export function chooseGenerator(
+  wanted: string | undefined,
+  installWrk: boolean,
+): { gen: Generator; version: string; note: string } {
   if (installWrk && !onPath('wrk')) {
     process.stdout.write('--install-wrk: running `apt-get install -y wrk` (Debian package)\n');
     try {
@@ -29,19 +32,30 @@ export function chooseGenerator(wanted: string | undefined, installWrk: boolean)
     }
   }
   const hasWrk = onPath('wrk');
-  if (wanted === 'wrk' && !hasWrk) throw new Error('--gen wrk: wrk is not installed (apt-get install -y wrk, or run with --install-wrk)');
+  if (wanted === 'wrk' && !hasWrk)
+    throw new Error('--gen wrk: wrk is not installed (apt-get install -y wrk, or run with --install-wrk)');
   const gen: Generator = wanted === 'autocannon' ? 'autocannon' : hasWrk ? 'wrk' : 'autocannon';
   if (gen === 'wrk') {
     const v = commandVersion('wrk', ['-v']) ?? 'wrk (version unknown)';
     return { gen, version: v.replace(/\s*Copyright.*$/, ''), note: 'wrk found on PATH' };
   }
-  const note = hasWrk ? 'autocannon (asked for with --gen autocannon)' : 'wrk not installed (`apt-get install -y wrk` or --install-wrk to use it); using autocannon';
+  const note = hasWrk
+    ? 'autocannon (asked for with --gen autocannon)'
+    : 'wrk not installed (`apt-get install -y wrk` or --install-wrk to use it); using autocannon';
   return { gen, version: `autocannon ${lockedVersions().autocannon ?? '?'}`, note };
 }
 
 /** The command line a run uses, with the bearer value hidden. */
-export function loadCommand(gen: Generator, url: string, connections: number, durationS: number, headers: Record<string, string>): string {
-  const shown = Object.entries(headers).map(([k, v]) => [k, k.toLowerCase() === 'authorization' ? 'Bearer <key>' : v] as const);
+export function loadCommand(
+  gen: Generator,
+  url: string,
+  connections: number,
+  durationS: number,
+  headers: Record<string, string>,
+): string {
+  const shown = Object.entries(headers).map(
+    ([k, v]) => [k, k.toLowerCase() === 'authorization' ? 'Bearer <key>' : v] as const,
+  );
   if (gen === 'wrk') {
     const h = shown.map(([k, v]) => `-H '${k}: ${v}'`).join(' ');
     return `taskset -c ${CLIENT_CPU} wrk -t1 -c${connections} -d${durationS}s --latency ${h} ${url}`;
@@ -51,7 +65,13 @@ export function loadCommand(gen: Generator, url: string, connections: number, du
 }
 
 /** Runs one measurement of `durationS` seconds. */
-export async function runLoad(gen: Generator, url: string, connections: number, durationS: number, headers: Record<string, string>): Promise<LoadResult> {
+export async function runLoad(
+  gen: Generator,
+  url: string,
+  connections: number,
+  durationS: number,
+  headers: Record<string, string>,
+): Promise<LoadResult> {
   const timeoutMs = (durationS + 30) * 1000;
   if (gen === 'wrk') {
     const args = ['-t1', `-c${connections}`, `-d${durationS}s`, '--latency'];

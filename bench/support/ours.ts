@@ -44,16 +44,29 @@ export interface OursPrepared {
 export type OursPrep = OursPrepared | { ok: false; reason: string };
 
 function baseEnv(dataDir: string): Record<string, string> {
-  const env: Record<string, string> = { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: process.env.HOME ?? '/tmp', DATA_DIR: dataDir, ...OURS_SETTINGS };
+  const env: Record<string, string> = {
+    PATH: process.env.PATH ?? '/usr/bin:/bin',
+    HOME: process.env.HOME ?? '/tmp',
+    DATA_DIR: dataDir,
+    ...OURS_SETTINGS,
+  };
   const url = process.env.BENCH_DATABASE_URL;
   if (url !== undefined && url !== '') env.DATABASE_URL = url;
   return env;
 }
 
-function run(args: string[], env: Record<string, string>, timeoutMs: number): Promise<{ code: number; stdout: string; stderr: string }> {
+function run(
+  args: string[],
+  env: Record<string, string>,
+  timeoutMs: number,
+): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
     execFile(NODE, args, { cwd: REPO_ROOT, env, timeout: timeoutMs, maxBuffer: 1 << 20 }, (err, stdout, stderr) => {
-      const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? ((err as { code: number }).code) : 1) : 0;
+      const code = err
+        ? typeof (err as { code?: unknown }).code === 'number'
+          ? (err as { code: number }).code
+          : 1
+        : 0;
       resolve({ code, stdout, stderr });
     });
   });
@@ -98,9 +111,18 @@ export const PRODUCTION_ENV: Readonly<Record<string, string>> = { MALLOC_ARENA_M
  * Starts the server on CPU 0 and checks that GET /v1/agents answers 200 with the first key.
  * `nodeArgs` go before the entry point (the memory test adds `--inspect=127.0.0.1:0`).
  */
-export async function startOurs(prep: OursPrepared, port: number, upstreamBaseUrl: string, nodeArgs: readonly string[] = []): Promise<Proc> {
+export async function startOurs(
+  prep: OursPrepared,
+  port: number,
+  upstreamBaseUrl: string,
+  nodeArgs: readonly string[] = [],
+): Promise<Proc> {
   const env = { ...prep.env, ...PRODUCTION_ENV, PORT: String(port), OPENAI_BASE_URL: upstreamBaseUrl };
-  const proc = startPinned('ours', SERVER_CPU, NODE, [...PRODUCTION_NODE_FLAGS, ...nodeArgs, ENTRY], { cwd: REPO_ROOT, env, stdout: 'null' });
+  const proc = startPinned('ours', SERVER_CPU, NODE, [...PRODUCTION_NODE_FLAGS, ...nodeArgs, ENTRY], {
+    cwd: REPO_ROOT,
+    env,
+    stdout: 'null',
+  });
   try {
     await waitForHttp(proc, `http://127.0.0.1:${port}/health/live`, 60_000);
     const res = await fetch(`http://127.0.0.1:${port}/v1/agents`, {
@@ -109,7 +131,8 @@ export async function startOurs(prep: OursPrepared, port: number, upstreamBaseUr
     });
     const body = await res.text();
     if (res.status !== 200) throw new Error(`GET /v1/agents answered ${res.status}: ${body.slice(0, 200)}`);
-    if (res.headers.get('access-control-allow-origin') !== ORIGIN) throw new Error('GET /v1/agents: no CORS header for the allowlisted origin');
+    if (res.headers.get('access-control-allow-origin') !== ORIGIN)
+      throw new Error('GET /v1/agents: no CORS header for the allowlisted origin');
   } catch (err) {
     await proc.stop(3000);
     throw err;

@@ -10,7 +10,13 @@ import { createServer, type ServerResponse } from 'node:http';
 const [portArg, mode = 'burst', chunksArg = '200'] = process.argv.slice(2);
 const port = Number(portArg);
 const chunks = Number(chunksArg);
-if (!Number.isInteger(port) || port <= 0 || (mode !== 'burst' && mode !== 'hold') || !Number.isInteger(chunks) || chunks < 1) {
+if (
+  !Number.isInteger(port) ||
+  port <= 0 ||
+  (mode !== 'burst' && mode !== 'hold') ||
+  !Number.isInteger(chunks) ||
+  chunks < 1
+) {
   process.stderr.write('Usage: node support/upstream.ts PORT burst|hold [CHUNKS]\n');
   process.exit(2);
 }
@@ -18,7 +24,14 @@ if (!Number.isInteger(port) || port <= 0 || (mode !== 'burst' && mode !== 'hold'
 const HOLD_MAX_MS = Number(process.env.HOLD_MAX_MS ?? 180_000);
 
 function event(delta: object, finish: string | null = null, extra: object = {}): string {
-  const chunk = { id: 'chatcmpl-bench', object: 'chat.completion.chunk', created: 1_764_000_000, model: 'bench-model', choices: [{ index: 0, delta, finish_reason: finish }], ...extra };
+  const chunk = {
+    id: 'chatcmpl-bench',
+    object: 'chat.completion.chunk',
+    created: 1_764_000_000,
+    model: 'bench-model',
+    choices: [{ index: 0, delta, finish_reason: finish }],
+    ...extra,
+  };
   return `data: ${JSON.stringify(chunk)}\n\n`;
 }
 const ROLE = event({ role: 'assistant', content: '' });

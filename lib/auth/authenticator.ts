@@ -27,7 +27,9 @@ const DEFAULT_CACHE_TTL_MS = 2_000;
  * Resolves a bearer token to an identity, or rejects with AppError INVALID_TOKEN (never saying which
  * part of a credential was wrong beyond its kind); `cached` answers synchronously when the key is cached.
  */
-export type Authenticate = ((token: string) => Promise<Identity>) & { cached(token: string, connection?: object): Identity | undefined };
+export type Authenticate = ((token: string) => Promise<Identity>) & {
+  cached(token: string, connection?: object): Identity | undefined;
+};
 
 export function createAuthenticator(options: AuthenticatorOptions): Authenticate {
   const ttl = options.cacheTtlMs ?? DEFAULT_CACHE_TTL_MS;
@@ -87,7 +89,8 @@ export function createAuthenticator(options: AuthenticatorOptions): Authenticate
   function cached(token: string, connection?: object): Identity | undefined {
     if (connection !== undefined) {
       const last = byConnection.get(connection);
-      if (last !== undefined && sameText(last.token, token) && last.entry.expiresAtMs > now()) return last.entry.identity;
+      if (last !== undefined && sameText(last.token, token) && last.entry.expiresAtMs > now())
+        return last.entry.identity;
     }
     if (!looksLikeApiKey(token)) return undefined;
     const hit = cache.get(hash('sha256', token, 'base64'));

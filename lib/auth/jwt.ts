@@ -185,7 +185,10 @@ function describeKey(keyObject: KeyObject): KeySpec {
   throw new Error(`JWT public key type is not supported: ${type ?? 'unknown'}${curve}; use RSA, EC P-256 or Ed25519`);
 }
 
-async function verifySignedPayload(allowed: Map<string, Verification>, token: string): Promise<Record<string, unknown>> {
+async function verifySignedPayload(
+  allowed: Map<string, Verification>,
+  token: string,
+): Promise<Record<string, unknown>> {
   // RFC 8725 §3.1 order: size and syntax, then header, then signature; the payload is parsed last
   if (typeof token !== 'string') throw invalid('Token must be a string');
   if (token.length > MAX_TOKEN_CHARS) throw invalid(`Token is larger than ${MAX_TOKEN_CHARS} bytes`);

@@ -17,7 +17,12 @@ const USAGE = 'Usage: keys create NAME | keys list | keys revoke NAME';
 export async function runKeysCommand(config: Config, log: Logger, args: readonly string[]): Promise<number> {
   const [action, name, ...rest] = args;
   const needsName = action === 'create' || action === 'revoke';
-  if (rest.length > 0 || (needsName && (name === undefined || !NAME.test(name))) || (!needsName && action !== 'list') || (action === 'list' && name !== undefined)) {
+  if (
+    rest.length > 0 ||
+    (needsName && (name === undefined || !NAME.test(name))) ||
+    (!needsName && action !== 'list') ||
+    (action === 'list' && name !== undefined)
+  ) {
     process.stderr.write(`${USAGE}\nNAME: 1-100 characters of A-Z a-z 0-9 . _ -\n`);
     return 2;
   }
@@ -39,7 +44,9 @@ export async function runKeysCommand(config: Config, log: Logger, args: readonly
   } catch (err) {
     if (!isDatabaseUnavailable(err)) throw err;
     // An operator at a terminal wants one line, not a stack trace; never the URL (it holds the password).
-    process.stderr.write(`Cannot reach the database (${(err as { code?: string }).code ?? (err as Error).message}); check DATABASE_URL\n`);
+    process.stderr.write(
+      `Cannot reach the database (${(err as { code?: string }).code ?? (err as Error).message}); check DATABASE_URL\n`,
+    );
     return 1;
   } finally {
     await db.close();
@@ -73,7 +80,10 @@ async function revoke(pool: pg.Pool, name: string): Promise<number> {
 
 async function list(pool: pg.Pool): Promise<number> {
   const rows = await listApiKeys(pool);
-  const lines = ['NAME\tPREFIX\tCREATED\tREVOKED', ...rows.map((r) => `${r.name}\t${r.prefix}\t${r.createdAt}\t${r.revokedAt ?? '-'}`)];
+  const lines = [
+    'NAME\tPREFIX\tCREATED\tREVOKED',
+    ...rows.map((r) => `${r.name}\t${r.prefix}\t${r.createdAt}\t${r.revokedAt ?? '-'}`),
+  ];
   process.stdout.write(`${lines.join('\n')}\n`);
   return 0;
 }

@@ -39,7 +39,9 @@ const MAX_AGENTS = 1000;
 
 const ID_PATTERN = /^[a-z0-9][a-z0-9._-]{0,63}$/;
 const AgentSchema = z.strictObject({
-  id: z.string().regex(ID_PATTERN, 'must be 1-64 characters of a-z, 0-9, ".", "_" or "-", starting with a letter or digit'),
+  id: z
+    .string()
+    .regex(ID_PATTERN, 'must be 1-64 characters of a-z, 0-9, ".", "_" or "-", starting with a letter or digit'),
   description: z.string().max(500),
   // Optional so one OPENAI_MODEL switch (e.g. to a local server) moves every agent along.
   model: z.string().min(1).max(200).optional(),
@@ -55,7 +57,14 @@ export async function loadAgents(config: Config): Promise<AgentRegistry> {
   const fromFile = file === undefined ? [] : parseAgentsFile(file, await readAgentsFile(file));
   const agents = fromFile.map((a): Agent => Object.freeze({ ...a, model: a.model ?? config.upstream.model }));
   if (!agents.some((a) => a.id === DEFAULT_ID)) {
-    agents.unshift(Object.freeze({ id: DEFAULT_ID, description: 'A general helpful assistant', model: config.upstream.model, systemPrompt: DEFAULT_PROMPT }));
+    agents.unshift(
+      Object.freeze({
+        id: DEFAULT_ID,
+        description: 'A general helpful assistant',
+        model: config.upstream.model,
+        systemPrompt: DEFAULT_PROMPT,
+      }),
+    );
   }
   return createRegistry(agents);
 }
@@ -90,7 +99,9 @@ export function parseAgentsFile(file: string, text: string): FileAgent[] {
   } catch (err) {
     // JSON.parse quotes the text around the error, which may be prompt content: keep only the position.
     const position = /position (\d+)/.exec(String((err as Error).message))?.[1];
-    throw new Error(`Invalid agents file ${file}: not valid JSON${position === undefined ? '' : ` (at position ${position})`}`);
+    throw new Error(
+      `Invalid agents file ${file}: not valid JSON${position === undefined ? '' : ` (at position ${position})`}`,
+    );
   }
   const parsed = AgentsFileSchema.safeParse(json);
   const problems = parsed.success ? [] : parsed.error.issues.map((i) => `${formatPath(i.path)}: ${i.message}`);
@@ -117,5 +128,8 @@ function duplicateProblems(json: unknown): string[] {
 
 function formatPath(path: readonly PropertyKey[]): string {
   if (path.length === 0) return '(root)';
-  return path.map((p) => (typeof p === 'number' ? `[${p}]` : `.${String(p)}`)).join('').replace(/^\./, '');
+  return path
+    .map((p) => (typeof p === 'number' ? `[${p}]` : `.${String(p)}`))
+    .join('')
+    .replace(/^\./, '');
 }

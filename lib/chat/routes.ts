@@ -78,7 +78,11 @@ export function chatRoutes(options: ChatRoutesOptions): Route[] {
         if (!parsed.success) throw validationError(parsed.error);
         const after = parsed.data.cursor === undefined ? undefined : decodeCursor(parsed.data.cursor);
         const page = await listConversations(pool, owner, parsed.data.limit, after);
-        return { kind: 'json', status: 200, body: { conversations: page.items, nextCursor: page.next === undefined ? null : encodeCursor(page.next) } };
+        return {
+          kind: 'json',
+          status: 200,
+          body: { conversations: page.items, nextCursor: page.next === undefined ? null : encodeCursor(page.next) },
+        };
       },
     },
     {

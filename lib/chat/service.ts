@@ -55,7 +55,11 @@ const FOREIGN_KEY_VIOLATION = '23503';
 export function chatRequestSchema(maxMessageChars: number) {
   return z.strictObject({
     // PostgreSQL text cannot hold NUL (22021): refuse it here instead of failing the insert with a 500.
-    message: z.string().min(1).max(maxMessageChars).refine((m) => !m.includes('\u0000'), 'Must not contain NUL characters'),
+    message: z
+      .string()
+      .min(1)
+      .max(maxMessageChars)
+      .refine((m) => !m.includes('\u0000'), 'Must not contain NUL characters'),
     conversationId: z.uuid().optional(),
     agent: z.string().min(1).max(64).optional(),
     stream: z.boolean().default(true),
@@ -92,11 +96,19 @@ export function createChatService(options: ChatServiceOptions): ChatService {
       } catch (err) {
         if ((err as { code?: unknown }).code === FOREIGN_KEY_VIOLATION) {
           // The owner deleted the conversation mid-answer: there is nothing left to store it in.
-          log.info('conversation deleted before its answer was stored', { requestId: ctx.requestId, conversationId: message.conversationId });
+          log.info('conversation deleted before its answer was stored', {
+            requestId: ctx.requestId,
+            conversationId: message.conversationId,
+          });
           return;
         }
         if (attempt === SAVE_ATTEMPTS) {
-          log.error('could not store the assistant message', { err, requestId: ctx.requestId, messageId: message.id, conversationId: message.conversationId });
+          log.error('could not store the assistant message', {
+            err,
+            requestId: ctx.requestId,
+            messageId: message.id,
+            conversationId: message.conversationId,
+          });
           return;
         }
         await new Promise((r) => setTimeout(r, 250 * 2 ** (attempt - 1)));
@@ -140,12 +152,19 @@ export function createChatService(options: ChatServiceOptions): ChatService {
     if (!parsed.success) throw validationError(parsed.error);
     const input = parsed.data;
     const requested = agents.get(input.agent ?? agents.defaultId);
-    if (requested === undefined) throw new AppError('VALIDATION_FAILED', { detail: 'Unknown agent', extra: { issues: [{ path: 'agent', code: 'unknown_agent', message: 'No such agent' }] } });
+    if (requested === undefined)
+      throw new AppError('VALIDATION_FAILED', {
+        detail: 'Unknown agent',
+        extra: { issues: [{ path: 'agent', code: 'unknown_agent', message: 'No such agent' }] },
+      });
     const identity = ctx.identity;
     if (identity === undefined) throw new AppError('UNAUTHORIZED', { headers: { 'WWW-Authenticate': 'Bearer' } });
     const slot = slots.acquire(identity.id);
     if (slot === undefined) observer?.streamRejected?.();
-    if (slot === undefined) throw new AppError('TOO_MANY_STREAMS', { detail: 'Too many concurrent answers for this identity; wait for one to finish' });
+    if (slot === undefined)
+      throw new AppError('TOO_MANY_STREAMS', {
+        detail: 'Too many concurrent answers for this identity; wait for one to finish',
+      });
     inProgress++;
     let handedOver = false;
     const link = turnSignal(ctx);
@@ -162,7 +181,11 @@ export function createChatService(options: ChatServiceOptions): ChatService {
       const agent = input.agent === undefined ? (agents.get(turn.agent) ?? requested) : requested;
       const request: UpstreamRequest = {
         model: agent.model,
-        messages: [{ role: 'system', content: agent.systemPrompt }, ...turn.history, { role: 'user', content: input.message }],
+        messages: [
+          { role: 'system', content: agent.systemPrompt },
+          ...turn.history,
+          { role: 'user', content: input.message },
+        ],
         requestId: ctx.requestId,
         ...(agent.temperature === undefined ? {} : { temperature: agent.temperature }),
         ...(agent.maxOutputTokens === undefined ? {} : { maxOutputTokens: agent.maxOutputTokens }),
@@ -170,7 +193,12 @@ export function createChatService(options: ChatServiceOptions): ChatService {
       const { signal } = link;
       // A non-streamed answer may take longer than the request deadline; the upstream timeouts bound it.
       ctx.clearDeadline();
-      const answer: AssistantMessage = { id: turn.assistantMessageId, conversationId: turn.conversationId, content: '', status: 'error' };
+      const answer: AssistantMessage = {
+        id: turn.assistantMessageId,
+        conversationId: turn.conversationId,
+        content: '',
+        status: 'error',
+      };
       const head = { conversationId: turn.conversationId, messageId: answer.id, agent: agent.id };
       if (!input.stream) return await completeTurn(ctx, request, signal, answer, head);
       const started = performance.now();
@@ -216,7 +244,13 @@ export function createChatService(options: ChatServiceOptions): ChatService {
     await save(answer, ctx);
   }
 
-  async function completeTurn(ctx: Context, request: UpstreamRequest, signal: AbortSignal, answer: AssistantMessage, head: object): Promise<Reply> {
+  async function completeTurn(
+    ctx: Context,
+    request: UpstreamRequest,
+    signal: AbortSignal,
+    answer: AssistantMessage,
+    head: object,
+  ): Promise<Reply> {
     let result;
     try {
       result = await upstream.complete(request, signal);
@@ -226,14 +260,25 @@ export function createChatService(options: ChatServiceOptions): ChatService {
       throw failure.toAppError();
     }
     observer?.upstreamOutcome('ok');
-    Object.assign(answer, { content: result.text, status: 'complete', finishReason: result.finishReason, ...usageFields(result.usage) });
+    Object.assign(answer, {
+      content: result.text,
+      status: 'complete',
+      finishReason: result.finishReason,
+      ...usageFields(result.usage),
+    });
     await save(answer, ctx);
-    return { kind: 'json', status: 200, body: { ...head, text: result.text, finishReason: result.finishReason, usage: result.usage ?? null } };
+    return {
+      kind: 'json',
+      status: 200,
+      body: { ...head, text: result.text, finishReason: result.finishReason, usage: result.usage ?? null },
+    };
   }
 
   async function* relay(
     ctx: Context,
-    stream: AsyncIterable<{ type: 'delta'; text: string } | { type: 'done'; finishReason: string | null; usage?: UpstreamUsage }>,
+    stream: AsyncIterable<
+      { type: 'delta'; text: string } | { type: 'done'; finishReason: string | null; usage?: UpstreamUsage }
+    >,
     answer: AssistantMessage,
     head: object,
     started: number,

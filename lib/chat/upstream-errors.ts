@@ -22,7 +22,13 @@ export class UpstreamError extends Error {
   constructor(
     kind: UpstreamErrorKind,
     message: string,
-    options: { upstreamStatus?: number; upstreamRequestId?: string; retryAfterSeconds?: number; abortReason?: unknown; cause?: unknown } = {},
+    options: {
+      upstreamStatus?: number;
+      upstreamRequestId?: string;
+      retryAfterSeconds?: number;
+      abortReason?: unknown;
+      cause?: unknown;
+    } = {},
   ) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.name = 'UpstreamError';
@@ -39,8 +45,13 @@ export class UpstreamError extends Error {
       case 'timeout':
         return new AppError('UPSTREAM_TIMEOUT', { detail: 'The model did not answer in time', cause: this });
       case 'unavailable': {
-        const headers = this.retryAfterSeconds === undefined ? undefined : { 'Retry-After': String(this.retryAfterSeconds) };
-        return new AppError('UPSTREAM_UNAVAILABLE', { detail: 'The model is overloaded; try again later', headers, cause: this });
+        const headers =
+          this.retryAfterSeconds === undefined ? undefined : { 'Retry-After': String(this.retryAfterSeconds) };
+        return new AppError('UPSTREAM_UNAVAILABLE', {
+          detail: 'The model is overloaded; try again later',
+          headers,
+          cause: this,
+        });
       }
       case 'aborted':
         // A drain or deadline aborts with an AppError that says what happened; a client that left sees nothing.
@@ -56,17 +67,25 @@ export class UpstreamError extends Error {
 export function classifyUpstreamError(err: unknown, reason?: AbortReason, callerReason?: unknown): UpstreamError {
   if (err instanceof UpstreamError) return err;
   const opts = { cause: err, upstreamRequestId: requestIdOf(err) };
-  if (reason === 'client') return new UpstreamError('aborted', 'Upstream call cancelled by the caller', { ...opts, abortReason: callerReason });
+  if (reason === 'client')
+    return new UpstreamError('aborted', 'Upstream call cancelled by the caller', {
+      ...opts,
+      abortReason: callerReason,
+    });
   if (reason === 'deadline') return new UpstreamError('timeout', 'Upstream sent no token before the deadline', opts);
   if (reason === 'idle') return new UpstreamError('timeout', 'Upstream went silent mid-stream', opts);
   if (err instanceof APIUserAbortError) return new UpstreamError('aborted', 'Upstream call cancelled', opts);
-  if (err instanceof APIConnectionTimeoutError) return new UpstreamError('timeout', 'Upstream did not answer in time', opts);
+  if (err instanceof APIConnectionTimeoutError)
+    return new UpstreamError('timeout', 'Upstream did not answer in time', opts);
   if (err instanceof APIConnectionError) return new UpstreamError('connection', 'Cannot connect to the upstream', opts);
   if (err instanceof APIError && err.status !== undefined) {
     const withStatus = { ...opts, upstreamStatus: err.status };
     if (err.status === 429 || err.status === 503 || err.status === 529) {
       const retryAfterSeconds = parseRetryAfter(err.headers?.get('retry-after'));
-      return new UpstreamError('unavailable', `Upstream is unavailable (status ${err.status})`, { ...withStatus, retryAfterSeconds });
+      return new UpstreamError('unavailable', `Upstream is unavailable (status ${err.status})`, {
+        ...withStatus,
+        retryAfterSeconds,
+      });
     }
     return new UpstreamError('status', `Upstream answered with status ${err.status}`, withStatus);
   }
@@ -121,4 +140,3 @@ export function describeCause(err: unknown): string {
   }
   return parts.join(' <- ').slice(0, 1000);
 }
-

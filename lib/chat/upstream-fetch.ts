@@ -100,7 +100,9 @@ export function createUpstreamFetch(dispatcher: Dispatcher): typeof fetch {
     if (encoding !== undefined && encoding !== 'identity') {
       // Destroying an unread body emits 'error' (RequestAbortedError): nobody else listens, so we do.
       data.body.on('error', () => {}).destroy();
-      throw new TypeError('fetch failed', { cause: new Error(`Unsupported content-encoding: ${String(encoding).slice(0, 40)}`) });
+      throw new TypeError('fetch failed', {
+        cause: new Error(`Unsupported content-encoding: ${String(encoding).slice(0, 40)}`),
+      });
     }
     // Only the fields the SDK reads exist; the cast is where this object stands in for a Response.
     return new UpstreamResponse(url, data) as unknown as Response;
@@ -111,7 +113,8 @@ export function createUpstreamFetch(dispatcher: Dispatcher): typeof fetch {
 /** Lower-cased name/value pairs; we always ask for an uncompressed body (fetch decoded it, we do not). */
 function requestHeaders(init: RequestInit['headers']): Record<string, string> {
   const out: Record<string, string> = {};
-  if (init !== undefined) (init instanceof Headers ? init : new Headers(init)).forEach((value, name) => (out[name] = value));
+  if (init !== undefined)
+    (init instanceof Headers ? init : new Headers(init)).forEach((value, name) => (out[name] = value));
   out['accept-encoding'] = 'identity';
   return out;
 }

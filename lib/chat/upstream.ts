@@ -13,7 +13,13 @@ import type { Logger } from '../log.ts';
 import { classifyUpstreamError, describeCause, UpstreamError, type AbortReason } from './upstream-errors.ts';
 import { createUpstreamFetch } from './upstream-fetch.ts';
 
-export { classifyUpstreamError, parseRetryAfter, UpstreamError, type AbortReason, type UpstreamErrorKind } from './upstream-errors.ts';
+export {
+  classifyUpstreamError,
+  parseRetryAfter,
+  UpstreamError,
+  type AbortReason,
+  type UpstreamErrorKind,
+} from './upstream-errors.ts';
 
 /** One chat call as the service asks for it; the agent has already fixed model and prompt. */
 export interface UpstreamRequest {
@@ -54,7 +60,6 @@ export interface Upstream {
   stats(): { connected: number; pending: number; running: number };
   close(): Promise<void>;
 }
-
 
 const CLOSE_GRACE_MS = 1000;
 
@@ -165,12 +170,16 @@ export function createUpstream(config: Config, log: Logger): Upstream {
     // A buffered answer has no first token to wait for: the deadline bounds the whole call.
     const call = startCall(signal, timeoutMs, idleTimeoutMs);
     try {
-      const { data, request_id } = await client.chat.completions.create({ ...requestBody(req), stream: false }, { signal: call.signal }).withResponse();
+      const { data, request_id } = await client.chat.completions
+        .create({ ...requestBody(req), stream: false }, { signal: call.signal })
+        .withResponse();
       const choice = data.choices[0];
       return {
         text: choice?.message.content ?? '',
         finishReason: choice?.finish_reason ?? null,
-        ...(data.usage ? { usage: { promptTokens: data.usage.prompt_tokens, completionTokens: data.usage.completion_tokens } } : {}),
+        ...(data.usage
+          ? { usage: { promptTokens: data.usage.prompt_tokens, completionTokens: data.usage.completion_tokens } }
+          : {}),
         ...(request_id ? { upstreamRequestId: request_id } : {}),
       };
     } catch (err) {
@@ -203,7 +212,12 @@ function requestBody(req: UpstreamRequest) {
 }
 
 /** Turns SDK chunks into our events; ends with `done` only after a finish, otherwise throws. */
-async function* iterate(sdk: AsyncIterable<ChatCompletionChunk>, call: Call, requestId: string | undefined, log: Logger): AsyncGenerator<UpstreamEvent> {
+async function* iterate(
+  sdk: AsyncIterable<ChatCompletionChunk>,
+  call: Call,
+  requestId: string | undefined,
+  log: Logger,
+): AsyncGenerator<UpstreamEvent> {
   const it = sdk[Symbol.asyncIterator]();
   let finishReason: string | null = null;
   let usage: UpstreamUsage | undefined;
@@ -219,7 +233,8 @@ async function* iterate(sdk: AsyncIterable<ChatCompletionChunk>, call: Call, req
       }
       if (step.done === true) break;
       const chunk = step.value;
-      if (chunk.usage) usage = { promptTokens: chunk.usage.prompt_tokens, completionTokens: chunk.usage.completion_tokens };
+      if (chunk.usage)
+        usage = { promptTokens: chunk.usage.prompt_tokens, completionTokens: chunk.usage.completion_tokens };
       const choice = chunk.choices[0];
       if (choice?.finish_reason) finishReason = choice.finish_reason;
       const text = choice?.delta?.content;

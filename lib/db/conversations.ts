@@ -102,7 +102,16 @@ export async function saveAssistantMessage(pool: pg.Pool, m: AssistantMessage): 
     `UPDATE messages SET content = $3, status = $4, finish_reason = $5, prompt_tokens = $6, completion_tokens = $7,
        error_code = $8, completed_at = now()
      WHERE id = $1 AND conversation_id = $2 AND role = 'assistant'`,
-    [m.id, m.conversationId, content, m.status, m.finishReason ?? null, m.promptTokens ?? null, m.completionTokens ?? null, m.errorCode ?? null],
+    [
+      m.id,
+      m.conversationId,
+      content,
+      m.status,
+      m.finishReason ?? null,
+      m.promptTokens ?? null,
+      m.completionTokens ?? null,
+      m.errorCode ?? null,
+    ],
   );
 }
 
@@ -123,7 +132,13 @@ interface ConversationRow {
 }
 
 function summary(row: ConversationRow): ConversationSummary {
-  return { id: row.id, agent: row.agent, title: row.title, createdAt: row.created_at.toISOString(), updatedAt: row.updated_at.toISOString() };
+  return {
+    id: row.id,
+    agent: row.agent,
+    title: row.title,
+    createdAt: row.created_at.toISOString(),
+    updatedAt: row.updated_at.toISOString(),
+  };
 }
 
 /** The owner's conversations, newest first, keyset-paginated by (updated_at, id). */
@@ -135,20 +150,23 @@ export async function listConversations(
 ): Promise<{ items: ConversationSummary[]; next?: { updatedAt: string; id: string } }> {
   // The cursor keeps PostgreSQL's microseconds: a millisecond-rounded Date would skip rows.
   const columns = `id, agent, title, created_at, updated_at, to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS cursor_at`;
-  const { rows } = after === undefined
-    ? await pool.query<ConversationRow & { cursor_at: string }>(
-        `SELECT ${columns} FROM conversations WHERE owner = $1 ORDER BY updated_at DESC, id DESC LIMIT $2`,
-        [owner, limit + 1],
-      )
-    : await pool.query<ConversationRow & { cursor_at: string }>(
-        `SELECT ${columns} FROM conversations
+  const { rows } =
+    after === undefined
+      ? await pool.query<ConversationRow & { cursor_at: string }>(
+          `SELECT ${columns} FROM conversations WHERE owner = $1 ORDER BY updated_at DESC, id DESC LIMIT $2`,
+          [owner, limit + 1],
+        )
+      : await pool.query<ConversationRow & { cursor_at: string }>(
+          `SELECT ${columns} FROM conversations
          WHERE owner = $1 AND (updated_at, id) < ($2::timestamptz, $3::uuid) ORDER BY updated_at DESC, id DESC LIMIT $4`,
-        [owner, after.updatedAt, after.id, limit + 1],
-      );
+          [owner, after.updatedAt, after.id, limit + 1],
+        );
   const page = rows.slice(0, limit);
   const items = page.map(summary);
   const last = page[page.length - 1];
-  return rows.length > limit && last !== undefined ? { items, next: { updatedAt: last.cursor_at, id: last.id } } : { items };
+  return rows.length > limit && last !== undefined
+    ? { items, next: { updatedAt: last.cursor_at, id: last.id } }
+    : { items };
 }
 
 export interface StoredMessage {
@@ -175,7 +193,11 @@ interface MessageRow {
 }
 
 /** One conversation with its messages, or undefined when it is not the owner's. */
-export async function getConversation(pool: pg.Pool, owner: string, id: string): Promise<(ConversationSummary & { messages: StoredMessage[] }) | undefined> {
+export async function getConversation(
+  pool: pg.Pool,
+  owner: string,
+  id: string,
+): Promise<(ConversationSummary & { messages: StoredMessage[] }) | undefined> {
   const conv = await pool.query<ConversationRow>(
     'SELECT id, agent, title, created_at, updated_at FROM conversations WHERE id = $1 AND owner = $2',
     [id, owner],
@@ -195,7 +217,10 @@ export async function getConversation(pool: pg.Pool, owner: string, id: string):
       content: m.content,
       status: m.status,
       finishReason: m.finish_reason,
-      usage: m.prompt_tokens === null && m.completion_tokens === null ? null : { promptTokens: m.prompt_tokens ?? 0, completionTokens: m.completion_tokens ?? 0 },
+      usage:
+        m.prompt_tokens === null && m.completion_tokens === null
+          ? null
+          : { promptTokens: m.prompt_tokens ?? 0, completionTokens: m.completion_tokens ?? 0 },
       createdAt: m.created_at.toISOString(),
       completedAt: m.completed_at?.toISOString() ?? null,
     })),

@@ -16,7 +16,9 @@ export interface Database {
 /** Thrown when another process holds the embedded database. */
 export class DatabaseLockedError extends Error {
   constructor(dir: string) {
-    super(`The embedded database in ${dir} is in use by another process (a running server?). Stop it, or set DATABASE_URL`);
+    super(
+      `The embedded database in ${dir} is in use by another process (a running server?). Stop it, or set DATABASE_URL`,
+    );
     this.name = 'DatabaseLockedError';
   }
 }
@@ -48,7 +50,8 @@ export function postgresPoolConfig(config: Config): pg.PoolConfig {
     // sslmode/sslrootcert in the URL override the ssl object in pg (notes §6.2), and so does `ssl`
     // (`ssl=0` turns TLS off, `ssl=no-verify` skips verification): strip them so the verified CA
     // below always applies and nothing in the URL can weaken it.
-    for (const key of ['ssl', 'sslmode', 'sslrootcert', 'sslcert', 'sslkey', 'uselibpqcompat']) url.searchParams.delete(key);
+    for (const key of ['ssl', 'sslmode', 'sslrootcert', 'sslcert', 'sslkey', 'uselibpqcompat'])
+      url.searchParams.delete(key);
     options.ssl = { ca: readFileSync(db.caFile, 'utf8'), rejectUnauthorized: true };
   }
   if (db.passwordFile !== undefined) {
@@ -71,7 +74,12 @@ function clientWithPassword(password: () => Promise<string>): new () => pg.Clien
     constructor(config?: string | pg.ClientConfig) {
       super(config);
       // Non-enumerable like pg's own, so the client never prints it.
-      Object.defineProperty(this, 'password', { value: password, writable: true, configurable: true, enumerable: false });
+      Object.defineProperty(this, 'password', {
+        value: password,
+        writable: true,
+        configurable: true,
+        enumerable: false,
+      });
     }
   };
 }
@@ -100,7 +108,9 @@ async function createPglite(config: Config, log: Logger): Promise<Database> {
     // The adapter exposes one shared connection; do not raise max.
     const pool = new pg.Pool(createPgConfig(engine) as pg.PoolConfig);
     pool.on('error', (err) => log.warn('embedded database client failed', { err }));
-    log.info('using the embedded PGlite database: for development only; set DATABASE_URL in production', { dataDir: dir });
+    log.info('using the embedded PGlite database: for development only; set DATABASE_URL in production', {
+      dataDir: dir,
+    });
     return {
       pool,
       kind: 'pglite',

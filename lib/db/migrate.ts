@@ -17,7 +17,9 @@ export interface Migration {
 /** Reads `NNN_name.sql` files in order. */
 export async function loadMigrations(dir = MIGRATIONS_DIR): Promise<Migration[]> {
   const files = (await readdir(dir)).filter((f) => /^\d{3}_[a-z0-9_]+\.sql$/.test(f)).sort();
-  return Promise.all(files.map(async (f) => ({ version: f.replace(/\.sql$/, ''), sql: await readFile(dir + f, 'utf8') })));
+  return Promise.all(
+    files.map(async (f) => ({ version: f.replace(/\.sql$/, ''), sql: await readFile(dir + f, 'utf8') })),
+  );
 }
 
 /** Applies pending migrations; returns the versions it applied. */
@@ -32,14 +34,19 @@ export async function migrate(pool: pg.Pool, migrations?: Migration[]): Promise<
     // Session-level lock: a second instance waits here until the first has finished. It polls:
     // a blocking pg_advisory_lock would be cancelled by the pool's lock_timeout, statement_timeout
     // and query_timeout while the other instance is still migrating.
-    while (!(await client.query<{ locked: boolean }>('SELECT pg_try_advisory_lock($1) AS locked', [LOCK_KEY])).rows[0]?.locked) {
+    while (
+      !(await client.query<{ locked: boolean }>('SELECT pg_try_advisory_lock($1) AS locked', [LOCK_KEY])).rows[0]
+        ?.locked
+    ) {
       await sleep(LOCK_POLL_MS);
     }
     try {
       await client.query(
         'CREATE TABLE IF NOT EXISTS schema_migrations (version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())',
       );
-      const done = new Set((await client.query<{ version: string }>('SELECT version FROM schema_migrations')).rows.map((r) => r.version));
+      const done = new Set(
+        (await client.query<{ version: string }>('SELECT version FROM schema_migrations')).rows.map((r) => r.version),
+      );
       for (const m of all) {
         if (done.has(m.version)) continue;
         await client.query('BEGIN');

@@ -86,14 +86,18 @@ export class RequestContext implements Context {
     const onClose = (): void => {
       this.clearDeadline();
       // 'close' after 'finish' is the normal end; before it, the client went away.
-      if (!res.writableFinished) controller.abort(new AppError('BAD_REQUEST', { detail: 'Client closed the connection' }));
+      if (!res.writableFinished)
+        controller.abort(new AppError('BAD_REQUEST', { detail: 'Client closed the connection' }));
     };
     if (res.destroyed) {
       onClose();
       return controller;
     }
     res.once('close', onClose);
-    this.#timer = setTimeout(() => controller.abort(new AppError('REQUEST_TIMEOUT', { detail: 'Request deadline passed' })), this.#deadlineMs);
+    this.#timer = setTimeout(
+      () => controller.abort(new AppError('REQUEST_TIMEOUT', { detail: 'Request deadline passed' })),
+      this.#deadlineMs,
+    );
     this.#timer.unref();
     return controller;
   }
@@ -133,7 +137,10 @@ function dispatch(context: Context): Promise<void> | undefined {
   if (ctx.handler === undefined) {
     if (ctx.allow !== undefined) {
       // RFC 9110 §15.5.6: 405 responses carry Allow
-      throw new AppError('METHOD_NOT_ALLOWED', { detail: `Method ${ctx.method} is not allowed here`, headers: { allow: ctx.allow } });
+      throw new AppError('METHOD_NOT_ALLOWED', {
+        detail: `Method ${ctx.method} is not allowed here`,
+        headers: { allow: ctx.allow },
+      });
     }
     throw new AppError('NOT_FOUND', { detail: 'No such resource' });
   }

@@ -23,7 +23,8 @@ export function isJsonContentType(header: string | undefined): boolean {
   for (const param of params) {
     const [name, value] = param.split('=');
     // RFC 8259 §8.1: JSON is UTF-8; refuse any other declared charset rather than misread it.
-    if (name?.trim().toLowerCase() === 'charset' && value?.trim().replace(/"/g, '').toLowerCase() !== 'utf-8') return false;
+    if (name?.trim().toLowerCase() === 'charset' && value?.trim().replace(/"/g, '').toLowerCase() !== 'utf-8')
+      return false;
   }
   return true;
 }
@@ -119,7 +120,8 @@ function checkStructure(root: unknown, maxDepth: number, maxKeys: number): void 
       continue;
     }
     for (const key of Object.keys(value)) {
-      if (FORBIDDEN_KEYS.has(key)) throw new AppError('INVALID_JSON', { detail: `Body contains a forbidden key: ${key}` });
+      if (FORBIDDEN_KEYS.has(key))
+        throw new AppError('INVALID_JSON', { detail: `Body contains a forbidden key: ${key}` });
       if (++keys > maxKeys) throw new AppError('INVALID_JSON', { detail: `Body has more than ${maxKeys} keys` });
       stack.push([(value as Record<string, unknown>)[key], depth + 1]);
     }

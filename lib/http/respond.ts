@@ -45,7 +45,11 @@ function bodyUnread(req: IncomingMessage): boolean {
   return length !== undefined && Number(length) !== 0;
 }
 
-function headerList(ctx: Context, extra: Record<string, string> | undefined, content: readonly string[]): string[] | Record<string, string> {
+function headerList(
+  ctx: Context,
+  extra: Record<string, string> | undefined,
+  content: readonly string[],
+): string[] | Record<string, string> {
   const unread = bodyUnread(ctx.req);
   // The common case: our own lowercase names, none repeated (middleware add distinct fields), nothing
   // to override. A flat list goes to writeHead as is: no per-request object, no lowercasing.
@@ -61,7 +65,13 @@ function headerList(ctx: Context, extra: Record<string, string> | undefined, con
   return out;
 }
 
-function writeBody(ctx: Context, status: number, body: string, contentType: string, extra?: Record<string, string>): void {
+function writeBody(
+  ctx: Context,
+  status: number,
+  body: string,
+  contentType: string,
+  extra?: Record<string, string>,
+): void {
   const length = Buffer.byteLength(body);
   ctx.status = status;
   ctx.res.writeHead(status, headerList(ctx, extra, ['content-type', contentType, 'content-length', String(length)]));
@@ -163,7 +173,8 @@ export async function streamSse(
   } catch (err) {
     const appErr = toAppError(err);
     if (appErr.status >= 500 && !(err instanceof AppError)) ctx.log.error('stream failed', { err });
-    if (!res.destroyed && !ctx.signal.aborted) write(formatSse({ event: 'error', data: { code: appErr.code, requestId: ctx.requestId } }));
+    if (!res.destroyed && !ctx.signal.aborted)
+      write(formatSse({ event: 'error', data: { code: appErr.code, requestId: ctx.requestId } }));
   } finally {
     clearInterval(heartbeat);
     // Stop the producer (closes the upstream request) whatever ended the loop.

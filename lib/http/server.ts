@@ -88,8 +88,13 @@ function answerClientError(err: NodeJS.ErrnoException, socket: Socket, options: 
   const { status, title } = ERROR_CODES[code];
   const body = JSON.stringify({ type: 'about:blank', title, status, code });
   const lines = [`HTTP/1.1 ${status} ${title}`];
-  for (let i = 0; i < options.securityHeaders.length; i += 2) lines.push(`${options.securityHeaders[i]}: ${options.securityHeaders[i + 1]}`);
-  lines.push('content-type: application/problem+json; charset=utf-8', `content-length: ${Buffer.byteLength(body)}`, 'connection: close');
+  for (let i = 0; i < options.securityHeaders.length; i += 2)
+    lines.push(`${options.securityHeaders[i]}: ${options.securityHeaders[i + 1]}`);
+  lines.push(
+    'content-type: application/problem+json; charset=utf-8',
+    `content-length: ${Buffer.byteLength(body)}`,
+    'connection: close',
+  );
   options.log.debug('client error', { code: err.code, status });
   socket.end(`${lines.join('\r\n')}\r\n\r\n${body}`);
 }

@@ -16,7 +16,8 @@ export function formatSse(event: SseEvent): string {
   }
   if (event.id !== undefined) {
     // The spec also ignores ids containing NUL.
-    if (LINE_BREAK.test(event.id) || event.id.includes('\0')) throw new TypeError('SSE id must not contain CR, LF or NUL');
+    if (LINE_BREAK.test(event.id) || event.id.includes('\0'))
+      throw new TypeError('SSE id must not contain CR, LF or NUL');
     out += `id: ${event.id}\n`;
   }
   if (event.data !== undefined) {

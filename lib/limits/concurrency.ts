@@ -20,7 +20,8 @@ export interface ConcurrencyLimiter {
 
 /** Creates a limiter allowing at most `maxPerKey` simultaneous leases per key. */
 export function createConcurrencyLimiter(maxPerKey: number): ConcurrencyLimiter {
-  if (!(Number.isInteger(maxPerKey) && maxPerKey >= 1)) throw new RangeError(`Invalid concurrency cap: expected a positive integer, got ${maxPerKey}`);
+  if (!(Number.isInteger(maxPerKey) && maxPerKey >= 1))
+    throw new RangeError(`Invalid concurrency cap: expected a positive integer, got ${maxPerKey}`);
   const counts = new Map<string, number>();
   let total = 0;
 

@@ -12,7 +12,10 @@ export interface FailureThrottle {
 }
 
 /** `perMinute` failures per address, refilling continuously; bounded memory. */
-export function createFailureThrottle(perMinute: number, options: { now?: () => number; maxKeys?: number } = {}): FailureThrottle {
+export function createFailureThrottle(
+  perMinute: number,
+  options: { now?: () => number; maxKeys?: number } = {},
+): FailureThrottle {
   const now = options.now ?? (() => performance.now());
   const policy = bucketPolicy(perMinute, perMinute);
   const store = createMemoryStore({ now, maxKeys: options.maxKeys ?? 100_000 });

@@ -49,7 +49,8 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryStore
   const maxKeys = options.maxKeys ?? 100_000;
   const minSweepIntervalMs = options.minSweepIntervalMs ?? 1000;
   const now = options.now ?? (() => performance.now());
-  if (!(Number.isInteger(maxKeys) && maxKeys >= 1)) throw new RangeError(`Invalid maxKeys: expected a positive integer, got ${maxKeys}`);
+  if (!(Number.isInteger(maxKeys) && maxKeys >= 1))
+    throw new RangeError(`Invalid maxKeys: expected a positive integer, got ${maxKeys}`);
   const buckets = new Map<string, Entry>();
   // A lower bound on every entry's fullAtMs: exact after a sweep, lowered by each write.
   let soonestFullAtMs = Number.POSITIVE_INFINITY;

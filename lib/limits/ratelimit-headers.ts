@@ -14,7 +14,8 @@ const SF_STRING_SAFE = /^[\x20-\x7e]*$/;
 const SF_INTEGER_MAX = 999_999_999_999_999;
 
 function sfString(value: string): string {
-  if (!SF_STRING_SAFE.test(value)) throw new RangeError(`Invalid rate limit policy name: ${JSON.stringify(value)} is not printable ASCII`);
+  if (!SF_STRING_SAFE.test(value))
+    throw new RangeError(`Invalid rate limit policy name: ${JSON.stringify(value)} is not printable ASCII`);
   return `"${value.replace(/[\\"]/g, '\\$&')}"`;
 }
 
@@ -29,12 +30,17 @@ export function windowSeconds(policy: BucketPolicy): number {
 }
 
 /** Header name/value pairs for a decision: [ratelimit-policy, value, ratelimit, value]. */
-export function rateLimitHeaders(policy: BucketPolicy & { name?: string }, decision: Decision): [string, string, string, string] {
+export function rateLimitHeaders(
+  policy: BucketPolicy & { name?: string },
+  decision: Decision,
+): [string, string, string, string] {
   return rateLimitFormatter(policy)(decision);
 }
 
 /** The same formatting with the per-policy part computed once (the per-request hot path uses this). */
-export function rateLimitFormatter(policy: BucketPolicy & { name?: string }): (decision: Decision) => [string, string, string, string] {
+export function rateLimitFormatter(
+  policy: BucketPolicy & { name?: string },
+): (decision: Decision) => [string, string, string, string] {
   const name = sfString(policy.name ?? 'default');
   // A token bucket allows `capacity` at once and refills it in `w` seconds: the quota per window.
   const quota = `${name};q=${sfInteger(policy.capacity)};w=${sfInteger(windowSeconds(policy))}`;

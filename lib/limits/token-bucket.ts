@@ -42,8 +42,10 @@ export const TOKEN_EPSILON = 1e-9;
 
 /** Builds a policy from the configured per-minute rate and burst; rejects values that would never refill. */
 export function bucketPolicy(perMinute: number, burst: number): BucketPolicy {
-  if (!(Number.isFinite(perMinute) && perMinute > 0)) throw new RangeError(`Invalid rate limit: perMinute must be a positive number, got ${perMinute}`);
-  if (!(Number.isFinite(burst) && burst >= 1)) throw new RangeError(`Invalid rate limit: burst must be at least 1, got ${burst}`);
+  if (!(Number.isFinite(perMinute) && perMinute > 0))
+    throw new RangeError(`Invalid rate limit: perMinute must be a positive number, got ${perMinute}`);
+  if (!(Number.isFinite(burst) && burst >= 1))
+    throw new RangeError(`Invalid rate limit: burst must be at least 1, got ${burst}`);
   return { capacity: burst, refillPerSecond: perMinute / 60 };
 }
 
@@ -76,7 +78,8 @@ export function takeToken(
   cost = 1,
 ): { state: BucketState; decision: Decision } {
   // A cost above the burst could never succeed and would refuse forever; that is a caller bug.
-  if (cost > policy.capacity) throw new RangeError(`Invalid token cost: ${cost} exceeds the bucket capacity ${policy.capacity}`);
+  if (cost > policy.capacity)
+    throw new RangeError(`Invalid token cost: ${cost} exceeds the bucket capacity ${policy.capacity}`);
   const refilled = refilledTokens(state, policy, nowMs);
   const allowed = refilled + TOKEN_EPSILON >= cost;
   const tokens = allowed ? Math.max(0, refilled - cost) : refilled;

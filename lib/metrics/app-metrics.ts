@@ -17,7 +17,9 @@ export const UPSTREAM_OUTCOMES = ['ok', 'aborted', 'timeout', 'unavailable', 'st
 export type UpstreamOutcome = (typeof UPSTREAM_OUTCOMES)[number];
 
 /** Request latency buckets, 1 ms to 10 s. */
-export const HTTP_DURATION_BUCKETS_SECONDS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10] as const;
+export const HTTP_DURATION_BUCKETS_SECONDS = [
+  0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+] as const;
 /** Upstream time-to-first-token buckets, 50 ms to 30 s (the default UPSTREAM_TIMEOUT_MS). */
 export const FIRST_TOKEN_BUCKETS_SECONDS = [0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30] as const;
 
@@ -97,16 +99,32 @@ interface Sources {
 
 // Every metric with its HELP text; sampled gauges get collect hooks that read `sources` and `loop`.
 function registerAll(registry: Registry, sources: Sources, loop: ELDHistogram) {
-  const httpRequests = registry.counter('http_requests_total', 'HTTP requests by method, route pattern and status.', ['method', 'route', 'status']);
+  const httpRequests = registry.counter('http_requests_total', 'HTTP requests by method, route pattern and status.', [
+    'method',
+    'route',
+    'status',
+  ]);
   const httpRequestDuration = registry.histogram(
     'http_request_duration_seconds',
     'Time from request start to response end (whole stream for SSE), by route pattern.',
     ['route'],
     HTTP_DURATION_BUCKETS_SECONDS,
   );
-  const rateLimitRejections = registry.counter('rate_limit_rejections_total', 'Requests refused with 429, by reason.', ['reason']);
-  const authFailures = registry.counter('auth_failures_total', 'Failed authentication attempts, by reason.', ['reason'], SMALL_LABEL_SET);
-  const upstreamRequests = registry.counter('upstream_requests_total', 'Calls to the model provider, by outcome.', ['outcome'], SMALL_LABEL_SET);
+  const rateLimitRejections = registry.counter('rate_limit_rejections_total', 'Requests refused with 429, by reason.', [
+    'reason',
+  ]);
+  const authFailures = registry.counter(
+    'auth_failures_total',
+    'Failed authentication attempts, by reason.',
+    ['reason'],
+    SMALL_LABEL_SET,
+  );
+  const upstreamRequests = registry.counter(
+    'upstream_requests_total',
+    'Calls to the model provider, by outcome.',
+    ['outcome'],
+    SMALL_LABEL_SET,
+  );
   const upstreamTimeToFirstToken = registry.histogram(
     'upstream_time_to_first_token_seconds',
     'Time from sending the upstream request to its first streamed token.',
@@ -114,26 +132,51 @@ function registerAll(registry: Registry, sources: Sources, loop: ELDHistogram) {
     FIRST_TOKEN_BUCKETS_SECONDS,
   );
   const activeStreams = registry.gauge('chat_active_streams', 'Chat answers being streamed now.');
-  const streamSlotsInUse = registry.gauge('stream_slots_in_use', 'Per-identity stream slots held, summed over identities.', [], () => {
-    if (sources.slots !== undefined) streamSlotsInUse.set(sources.slots());
-  });
-  const dbPoolConnections = registry.gauge('db_pool_connections', 'Database pool connections by state (total, idle, waiting clients).', ['state'], () => {
-    if (sources.pool === undefined) return;
-    const stats = sources.pool();
-    dbPoolConnections.set(stats.total, { state: 'total' });
-    dbPoolConnections.set(stats.idle, { state: 'idle' });
-    dbPoolConnections.set(stats.waiting, { state: 'waiting' });
-  });
-  const eventLoopDelay = registry.gauge('nodejs_eventloop_delay_p99_seconds', 'Event-loop delay p99 since the previous scrape.', [], () => {
-    // Node's samples are whole timer intervals, so an idle loop reads ~resolution: subtract it to get the delay.
-    eventLoopDelay.set(loop.count === 0 ? 0 : Math.max(0, loop.percentile(99) - LOOP_RESOLUTION_NS) / 1e9);
-    loop.reset();
-  });
-  const residentMemory = registry.gauge('process_resident_memory_bytes', 'Resident set size of this process.', [], () => {
-    // memoryUsage.rss() reads one number; memoryUsage() would also walk the V8 heap spaces.
-    residentMemory.set(process.memoryUsage.rss());
-  });
-  const securityEvents = registry.counter('security_events_total', 'Security events (as logged), by kind.', ['kind'], SMALL_LABEL_SET);
+  const streamSlotsInUse = registry.gauge(
+    'stream_slots_in_use',
+    'Per-identity stream slots held, summed over identities.',
+    [],
+    () => {
+      if (sources.slots !== undefined) streamSlotsInUse.set(sources.slots());
+    },
+  );
+  const dbPoolConnections = registry.gauge(
+    'db_pool_connections',
+    'Database pool connections by state (total, idle, waiting clients).',
+    ['state'],
+    () => {
+      if (sources.pool === undefined) return;
+      const stats = sources.pool();
+      dbPoolConnections.set(stats.total, { state: 'total' });
+      dbPoolConnections.set(stats.idle, { state: 'idle' });
+      dbPoolConnections.set(stats.waiting, { state: 'waiting' });
+    },
+  );
+  const eventLoopDelay = registry.gauge(
+    'nodejs_eventloop_delay_p99_seconds',
+    'Event-loop delay p99 since the previous scrape.',
+    [],
+    () => {
+      // Node's samples are whole timer intervals, so an idle loop reads ~resolution: subtract it to get the delay.
+      eventLoopDelay.set(loop.count === 0 ? 0 : Math.max(0, loop.percentile(99) - LOOP_RESOLUTION_NS) / 1e9);
+      loop.reset();
+    },
+  );
+  const residentMemory = registry.gauge(
+    'process_resident_memory_bytes',
+    'Resident set size of this process.',
+    [],
+    () => {
+      // memoryUsage.rss() reads one number; memoryUsage() would also walk the V8 heap spaces.
+      residentMemory.set(process.memoryUsage.rss());
+    },
+  );
+  const securityEvents = registry.counter(
+    'security_events_total',
+    'Security events (as logged), by kind.',
+    ['kind'],
+    SMALL_LABEL_SET,
+  );
   return {
     httpRequests,
     httpRequestDuration,
@@ -157,7 +200,9 @@ export function createAppMetrics(registry: Registry = createRegistry()): AppMetr
   const { httpRequests, httpRequestDuration, rateLimitRejections, upstreamRequests } = handles;
 
   // Exported as 0 from the start, so rate() and ratio alerts have a series before the first event.
-  const rejectionChildren = new Map<string, CounterChild>(RATE_LIMIT_REASONS.map((r) => [r, rateLimitRejections.labels(r)]));
+  const rejectionChildren = new Map<string, CounterChild>(
+    RATE_LIMIT_REASONS.map((r) => [r, rateLimitRejections.labels(r)]),
+  );
   const outcomeChildren = new Map<string, CounterChild>(UPSTREAM_OUTCOMES.map((o) => [o, upstreamRequests.labels(o)]));
   const requestChildren = new Map<string, RequestChildren>();
 

@@ -63,9 +63,21 @@ export interface Histogram {
 export interface Registry {
   counter(name: string, help: string, labelNames?: readonly string[], options?: MetricOptions): Counter;
   /** `collect` runs before each render, to refresh values that are sampled rather than counted. */
-  gauge(name: string, help: string, labelNames?: readonly string[], collect?: () => void, options?: MetricOptions): Gauge;
+  gauge(
+    name: string,
+    help: string,
+    labelNames?: readonly string[],
+    collect?: () => void,
+    options?: MetricOptions,
+  ): Gauge;
   /** `buckets` are the finite upper bounds, strictly increasing; `+Inf` is always added. */
-  histogram(name: string, help: string, labelNames: readonly string[], buckets: readonly number[], options?: MetricOptions): Histogram;
+  histogram(
+    name: string,
+    help: string,
+    labelNames: readonly string[],
+    buckets: readonly number[],
+    options?: MetricOptions,
+  ): Histogram;
   /** The whole exposition, one `# HELP`/`# TYPE` pair per metric, series sorted by label values. */
   render(): string;
 }
@@ -228,13 +240,22 @@ function buildGauge(name: string, family: Family<Cell>, collect: (() => void) | 
     dec: (labels, by = 1) => void (family.getByLabels(labels).n -= by),
     labels(...values) {
       const cell = family.get(values);
-      return { set: (value) => void (cell.n = value), inc: (by = 1) => void (cell.n += by), dec: (by = 1) => void (cell.n -= by) };
+      return {
+        set: (value) => void (cell.n = value),
+        inc: (by = 1) => void (cell.n += by),
+        dec: (by = 1) => void (cell.n -= by),
+      };
     },
   };
   return [gauge, (out) => (collect?.(), renderScalars(out, name, family))];
 }
 
-function buildHistogram(name: string, family: Family<HistogramState>, bounds: readonly number[], les: readonly string[]): [Histogram, Render] {
+function buildHistogram(
+  name: string,
+  family: Family<HistogramState>,
+  bounds: readonly number[],
+  les: readonly string[],
+): [Histogram, Render] {
   function observe(state: HistogramState, value: number): void {
     if (Number.isNaN(value)) throw new RangeError(`Histogram ${name} cannot observe NaN`);
     let i = 0;
@@ -251,7 +272,10 @@ function buildHistogram(name: string, family: Family<HistogramState>, bounds: re
         cumulative += s.state.counts[i] as number;
         out.push(`${name}_bucket{${prefix}le="${les[i]}"} ${formatNumber(cumulative)}`);
       }
-      out.push(`${name}_sum${braced(s.labelText)} ${formatNumber(s.state.sum)}`, `${name}_count${braced(s.labelText)} ${formatNumber(s.state.count)}`);
+      out.push(
+        `${name}_sum${braced(s.labelText)} ${formatNumber(s.state.sum)}`,
+        `${name}_count${braced(s.labelText)} ${formatNumber(s.state.count)}`,
+      );
     }
   }
   const histogram: Histogram = {
@@ -270,10 +294,18 @@ export function createRegistry(options: MetricOptions = {}): Registry {
   const renderers: Render[] = [];
 
   // Validates and reserves the name(s), then returns a renderer that writes HELP and TYPE first.
-  function register<S>(type: string, name: string, help: string, labelNames: readonly string[], opts: MetricOptions, init: () => S) {
+  function register<S>(
+    type: string,
+    name: string,
+    help: string,
+    labelNames: readonly string[],
+    opts: MetricOptions,
+    init: () => S,
+  ) {
     const maxSeries = opts.maxSeries ?? options.maxSeries ?? DEFAULT_MAX_SERIES;
     if (!METRIC_NAME.test(name)) throw new TypeError(`Invalid metric name: ${JSON.stringify(name)}`);
-    if (!Number.isInteger(maxSeries) || maxSeries < 1) throw new RangeError(`Metric ${name} maxSeries must be a positive integer`);
+    if (!Number.isInteger(maxSeries) || maxSeries < 1)
+      throw new RangeError(`Metric ${name} maxSeries must be a positive integer`);
     checkLabelNames(name, labelNames, type === 'histogram' ? ['le'] : []);
     // A histogram also owns name_bucket, name_sum and name_count; a counter named like one would clash.
     const names = type === 'histogram' ? [name, `${name}_bucket`, `${name}_sum`, `${name}_count`] : [name];

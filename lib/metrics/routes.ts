@@ -41,7 +41,10 @@ export function metricsRoutes(options: MetricsRouteOptions): Route[] {
       async handler(ctx) {
         if (!allowed(ctx)) {
           options.onDenied?.(ctx);
-          throw new AppError('UNAUTHORIZED', { detail: 'Metrics need the metrics token', headers: { 'WWW-Authenticate': 'Bearer' } });
+          throw new AppError('UNAUTHORIZED', {
+            detail: 'Metrics need the metrics token',
+            headers: { 'WWW-Authenticate': 'Bearer' },
+          });
         }
         return { kind: 'text', status: 200, body: options.render(), contentType: CONTENT_TYPE };
       },

@@ -24,7 +24,11 @@ import { exchange, mintIdentity } from './support.ts';
 const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const JWT_SECRET = `${CANARY}-jwt`;
 // What a leak could look like besides the whole value: cut short, base64-encoded.
-const LEAK_FORMS = [CANARY.slice(0, 14), Buffer.from(CANARY).toString('base64').slice(0, 20), Buffer.from(CANARY).toString('base64url').slice(0, 20)];
+const LEAK_FORMS = [
+  CANARY.slice(0, 14),
+  Buffer.from(CANARY).toString('base64').slice(0, 20),
+  Buffer.from(CANARY).toString('base64url').slice(0, 20),
+];
 // A user's private words: the server stores and forwards them, but never logs them.
 const PRIVATE_MARKER = `private-words-${randomBytes(6).toString('hex')}`;
 // The conversation title is the first 80 characters: keep the canary and the marker past it.
@@ -41,7 +45,10 @@ async function canaryDatabase(adminUrl: string): Promise<{ url: string; drop(): 
   const admin = new pg.Client({ connectionString: adminUrl });
   await admin.connect();
   try {
-    const { rows } = await admin.query<{ sql: string }>("SELECT format('CREATE ROLE %I LOGIN PASSWORD %L', $1::text, $2::text) AS sql", [name, CANARY]);
+    const { rows } = await admin.query<{ sql: string }>(
+      "SELECT format('CREATE ROLE %I LOGIN PASSWORD %L', $1::text, $2::text) AS sql",
+      [name, CANARY],
+    );
     await admin.query(rows[0]!.sql);
     await admin.query(`CREATE DATABASE ${name} OWNER ${name}`);
   } finally {
@@ -72,7 +79,11 @@ interface ProcessRun {
 }
 
 /** Runs `node server.ts …args` with exactly `env` (plus PATH); `during` gets the base URL once it listens, then SIGTERM. */
-function runServerProcess(args: string[], env: Record<string, string>, during?: (url: string) => Promise<void>): Promise<ProcessRun> {
+function runServerProcess(
+  args: string[],
+  env: Record<string, string>,
+  during?: (url: string) => Promise<void>,
+): Promise<ProcessRun> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, ['server.ts', ...args], {
       cwd: REPO_ROOT,
@@ -120,7 +131,9 @@ describe('the canary secret', () => {
   /** Keeps the status line, every header and the body of a response. */
   async function keep(res: Response): Promise<string> {
     const body = await res.text();
-    responses.push(`${res.status} ${res.statusText}\n${[...res.headers].map(([k, v]) => `${k}: ${v}`).join('\n')}\n\n${body}`);
+    responses.push(
+      `${res.status} ${res.statusText}\n${[...res.headers].map(([k, v]) => `${k}: ${v}`).join('\n')}\n\n${body}`,
+    );
     return body;
   }
 
@@ -136,26 +149,54 @@ describe('the canary secret', () => {
 
   /** A representative session: every route, client errors, bad credentials, upstream failures. */
   async function session(key: string): Promise<void> {
-    for (const path of ['/health', '/health/live', '/', '/metrics', '/v1/agents', '/v1/conversations']) await call(path);
+    for (const path of ['/health', '/health/live', '/', '/metrics', '/v1/agents', '/v1/conversations'])
+      await call(path);
     await call('/health/live', { method: 'HEAD' });
     await call('/health/live', { method: 'DELETE' });
     await call('/metrics', { headers: authed(CANARY) });
-    for (const bad of [CANARY, `csk_${CANARY}`, JWT_SECRET, unsignedJwt(), await mintJwt({ sub: 'forger' }, { secret: `${CANARY}-wrong-secret-0123456789` })]) {
+    for (const bad of [
+      CANARY,
+      `csk_${CANARY}`,
+      JWT_SECRET,
+      unsignedJwt(),
+      await mintJwt({ sub: 'forger' }, { secret: `${CANARY}-wrong-secret-0123456789` }),
+    ]) {
       await call('/v1/agents', { headers: authed(bad) });
     }
-    await call('/v1/agents', { headers: { authorization: `Basic ${Buffer.from(`admin:${CANARY}`).toString('base64')}` } });
+    await call('/v1/agents', {
+      headers: { authorization: `Basic ${Buffer.from(`admin:${CANARY}`).toString('base64')}` },
+    });
     await call('/v1/agents', { headers: authed(await mintJwt({ sub: 'canary-user' }, { secret: JWT_SECRET })) });
     await call('/v1/agents', { headers: authed(key) });
-    await call('/v1/conversations', { method: 'OPTIONS', headers: { origin: 'https://evil.example', 'access-control-request-method': 'GET' } });
+    await call('/v1/conversations', {
+      method: 'OPTIONS',
+      headers: { origin: 'https://evil.example', 'access-control-request-method': 'GET' },
+    });
 
     // The canary and a private marker inside a message: streamed, and buffered.
-    const streamed = await fetch(`${server.url}/v1/chat`, { method: 'POST', headers: authed(key, json), body: JSON.stringify({ message: CANARY_MESSAGE }) });
+    const streamed = await fetch(`${server.url}/v1/chat`, {
+      method: 'POST',
+      headers: authed(key, json),
+      body: JSON.stringify({ message: CANARY_MESSAGE }),
+    });
     const frames = await readEvents(streamed);
-    responses.push(`${streamed.status}\n${[...streamed.headers].map(([k, v]) => `${k}: ${v}`).join('\n')}\n\n${JSON.stringify(frames)}`);
-    await call('/v1/chat', { method: 'POST', headers: authed(key, json), body: JSON.stringify({ message: CANARY_MESSAGE, stream: false }) });
+    responses.push(
+      `${streamed.status}\n${[...streamed.headers].map(([k, v]) => `${k}: ${v}`).join('\n')}\n\n${JSON.stringify(frames)}`,
+    );
+    await call('/v1/chat', {
+      method: 'POST',
+      headers: authed(key, json),
+      body: JSON.stringify({ message: CANARY_MESSAGE, stream: false }),
+    });
 
     // A conversation without the canary, to read and delete (a conversation echoes its own messages).
-    const plain = JSON.parse(await call('/v1/chat', { method: 'POST', headers: authed(key, json), body: JSON.stringify({ message: 'hello', stream: false }) })) as { conversationId: string };
+    const plain = JSON.parse(
+      await call('/v1/chat', {
+        method: 'POST',
+        headers: authed(key, json),
+        body: JSON.stringify({ message: 'hello', stream: false }),
+      }),
+    ) as { conversationId: string };
     await call(`/v1/conversations/${plain.conversationId}`, { headers: authed(key) });
     await call(`/v1/conversations?limit=1`, { headers: authed(key) });
     await call(`/v1/conversations?limit=1&cursor=${CANARY}`, { headers: authed(key) });
@@ -174,28 +215,51 @@ describe('the canary secret', () => {
     ]) {
       await call('/v1/chat', { method: 'POST', headers: authed(key, json), body });
     }
-    await call('/v1/chat', { method: 'POST', headers: authed(key, { 'content-type': `text/${CANARY}` }), body: CANARY });
+    await call('/v1/chat', {
+      method: 'POST',
+      headers: authed(key, { 'content-type': `text/${CANARY}` }),
+      body: CANARY,
+    });
 
     // Upstream failures, one of them an upstream that echoes our key back in its error text.
     fake.queue(
-      { kind: 'status', status: 401, body: { error: { message: `Incorrect API key provided: ${CANARY} (${UPSTREAM_SECRET_DETAIL})`, type: 'invalid_request_error', code: 'invalid_api_key' } } },
+      {
+        kind: 'status',
+        status: 401,
+        body: {
+          error: {
+            message: `Incorrect API key provided: ${CANARY} (${UPSTREAM_SECRET_DETAIL})`,
+            type: 'invalid_request_error',
+            code: 'invalid_api_key',
+          },
+        },
+      },
       { kind: 'status', status: 500 },
       { kind: 'status', status: 429, retryAfter: '3' },
       { kind: 'reset', afterChunks: 1 },
       { kind: 'invalid-sse' },
     );
     for (let i = 0; i < 5; i++) {
-      const res = await fetch(`${server.url}/v1/chat`, { method: 'POST', headers: authed(key, json), body: JSON.stringify({ message: `fails ${i}` }) });
+      const res = await fetch(`${server.url}/v1/chat`, {
+        method: 'POST',
+        headers: authed(key, json),
+        body: JSON.stringify({ message: `fails ${i}` }),
+      });
       if (res.headers.get('content-type')?.startsWith('text/event-stream')) {
         const events = await readEvents(res);
-        responses.push(`${res.status}\n${[...res.headers].map(([k, v]) => `${k}: ${v}`).join('\n')}\n\n${JSON.stringify(events)}`);
+        responses.push(
+          `${res.status}\n${[...res.headers].map(([k, v]) => `${k}: ${v}`).join('\n')}\n\n${JSON.stringify(events)}`,
+        );
       } else {
         await keep(res);
       }
     }
 
     // Answers written outside the middleware chain.
-    for (const raw of [`GET / HTTP/1.1\r\nHost: x\r\nX-Big: ${CANARY.repeat(600)}\r\n\r\n`, `POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n${CANARY}`]) {
+    for (const raw of [
+      `GET / HTTP/1.1\r\nHost: x\r\nX-Big: ${CANARY.repeat(600)}\r\n\r\n`,
+      `POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n${CANARY}`,
+    ]) {
       responses.push((await exchange(server.url, [raw])).text);
     }
   }
@@ -205,7 +269,12 @@ describe('the canary secret', () => {
     dataDir = await mkdtemp(join(tmpdir(), 'canary-'));
     fake = await startFakeUpstream({ apiKey: CANARY });
     const secretEnv = { OPENAI_API_KEY: CANARY, METRICS_TOKEN: CANARY, JWT_SECRET };
-    server = await startTestServer({ ...CHAT_ENV, ...secretEnv, OPENAI_BASE_URL: fake.url, DATABASE_URL: database?.url });
+    server = await startTestServer({
+      ...CHAT_ENV,
+      ...secretEnv,
+      OPENAI_BASE_URL: fake.url,
+      DATABASE_URL: database?.url,
+    });
     await session((await mintIdentity(server.db.pool)).key);
 
     // server.ts as production runs it: real stdout and stderr, every log level.
@@ -221,11 +290,27 @@ describe('the canary secret', () => {
       ...(database === undefined ? {} : { DATABASE_URL: database.url }),
     };
     served = await runServerProcess([], processEnv, async (url) => {
-      const key = database === undefined ? (await readFile(join(dataDir, 'data', 'dev-api-key'), 'utf8')).trim() : (await mintIdentity(server.db.pool)).key;
+      const key =
+        database === undefined
+          ? (await readFile(join(dataDir, 'data', 'dev-api-key'), 'utf8')).trim()
+          : (await mintIdentity(server.db.pool)).key;
       for (const token of [CANARY, key]) await keep(await fetch(`${url}/v1/agents`, { headers: authed(token) }));
-      fake.queue({ kind: 'status', status: 401, body: { error: { message: `Incorrect API key provided: ${CANARY}` } } }, { kind: 'stall', afterChunks: 1 });
-      await keep(await fetch(`${url}/v1/chat`, { method: 'POST', headers: authed(key, json), body: JSON.stringify({ message: CANARY_MESSAGE }) }));
-      const stalled = await fetch(`${url}/v1/chat`, { method: 'POST', headers: authed(key, json), body: JSON.stringify({ message: CANARY_MESSAGE }) });
+      fake.queue(
+        { kind: 'status', status: 401, body: { error: { message: `Incorrect API key provided: ${CANARY}` } } },
+        { kind: 'stall', afterChunks: 1 },
+      );
+      await keep(
+        await fetch(`${url}/v1/chat`, {
+          method: 'POST',
+          headers: authed(key, json),
+          body: JSON.stringify({ message: CANARY_MESSAGE }),
+        }),
+      );
+      const stalled = await fetch(`${url}/v1/chat`, {
+        method: 'POST',
+        headers: authed(key, json),
+        body: JSON.stringify({ message: CANARY_MESSAGE }),
+      });
       responses.push(JSON.stringify(await readEvents(stalled)));
     });
     if (database !== undefined) keysList = await runServerProcess(['keys', 'list'], processEnv);
@@ -243,7 +328,11 @@ describe('the canary secret', () => {
       CORS_ORIGINS: `https://${CANARY}.example/path,*`,
       OPENAI_API_KEY: CANARY,
     });
-    unreachableDatabase = await runServerProcess([], { ...secretEnv, DATABASE_URL: `postgres://canary:${CANARY}@127.0.0.1:1/canary`, HOME: dataDir });
+    unreachableDatabase = await runServerProcess([], {
+      ...secretEnv,
+      DATABASE_URL: `postgres://canary:${CANARY}@127.0.0.1:1/canary`,
+      HOME: dataDir,
+    });
   });
 
   after(async () => {
@@ -285,7 +374,9 @@ describe('the canary secret', () => {
     assert.equal(served.output.includes(PRIVATE_MARKER), false);
   });
 
-  it('server.ts keys list prints the keys without the canary', { skip: !TEST_DATABASE_URL && 'needs TEST_DATABASE_URL' }, () => {
+  it('server.ts keys list prints the keys without the canary', {
+    skip: !TEST_DATABASE_URL && 'needs TEST_DATABASE_URL',
+  }, () => {
     assert.equal(keysList?.code, 0);
     assert.match(keysList?.output ?? '', /^NAME\tPREFIX/m);
     assert.deepEqual(leaks(keysList?.output ?? ''), []);

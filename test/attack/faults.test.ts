@@ -24,7 +24,9 @@ interface Outcome {
   ms: number;
 }
 
-describe('faults during chat traffic, database behind a TCP proxy', { skip: !TEST_DATABASE_URL && 'needs TEST_DATABASE_URL' }, () => {
+describe('faults during chat traffic, database behind a TCP proxy', {
+  skip: !TEST_DATABASE_URL && 'needs TEST_DATABASE_URL',
+}, () => {
   let proxy: TcpProxy;
   let h: ChatHarness;
   let direct: pg.Pool;
@@ -93,7 +95,11 @@ describe('faults during chat traffic, database behind a TCP proxy', { skip: !TES
     await assertSettled(h.server, 8_000);
     const counts = await messageCounts(direct, who.owner);
     assert.ok(counts.user > 0, 'some user messages were accepted');
-    assert.equal(counts.assistant, counts.user, `every accepted user message has its assistant message: ${JSON.stringify(counts)}`);
+    assert.equal(
+      counts.assistant,
+      counts.user,
+      `every accepted user message has its assistant message: ${JSON.stringify(counts)}`,
+    );
   }
 
   it('a database blackhole longer than the query timeout fails or delays chats, then the server recovers with nothing lost', async () => {
@@ -111,7 +117,8 @@ describe('faults during chat traffic, database behind a TCP proxy', { skip: !TES
     const outcomes = await traffic;
     for (const o of outcomes) {
       assert.ok(o.status === 200 || o.status >= 500, `status ${o.status}`);
-      if (o.status === 200) assert.ok(o.last === 'done' || o.last === 'error', `a 200 stream ends with done or error, not ${o.last}`);
+      if (o.status === 200)
+        assert.ok(o.last === 'done' || o.last === 'error', `a 200 stream ends with done or error, not ${o.last}`);
       assert.ok(o.ms < 15_000, `a chat took ${o.ms} ms`);
     }
     assert.equal((await fetch(`${h.server.url}/health`)).status, 200, 'readiness is back after the network heals');
@@ -126,16 +133,31 @@ describe('faults during chat traffic, database behind a TCP proxy', { skip: !TES
       assert.ok(o.status === 200 || o.status >= 500, `status ${o.status}`);
       assert.ok(o.ms < 15_000, `a chat took ${o.ms} ms`);
     }
-    assert.ok(outcomes.some((o) => o.status >= 500), 'chats that needed the database during the reset failed');
+    assert.ok(
+      outcomes.some((o) => o.status >= 500),
+      'chats that needed the database during the reset failed',
+    );
     assert.deepEqual(await chatOnce(who.key, 'after the reset').then((o) => [o.status, o.last]), [200, 'done']);
     await assertRecovered(who);
   });
 
   const upstreamFaults: Array<[string, Behaviour, (o: Outcome) => void]> = [
     ['a hanging upstream', { kind: 'hang' }, (o) => assert.equal(o.status, 504)],
-    ['an upstream that stalls mid-stream', { kind: 'stall', afterChunks: 2 }, (o) => assert.deepEqual([o.status, o.last], [200, 'error'])],
-    ['an upstream that resets mid-stream', { kind: 'reset', afterChunks: 2 }, (o) => assert.deepEqual([o.status, o.last], [200, 'error'])],
-    ['an upstream that sends invalid SSE', { kind: 'invalid-sse' }, (o) => assert.deepEqual([o.status, o.last], [200, 'error'])],
+    [
+      'an upstream that stalls mid-stream',
+      { kind: 'stall', afterChunks: 2 },
+      (o) => assert.deepEqual([o.status, o.last], [200, 'error']),
+    ],
+    [
+      'an upstream that resets mid-stream',
+      { kind: 'reset', afterChunks: 2 },
+      (o) => assert.deepEqual([o.status, o.last], [200, 'error']),
+    ],
+    [
+      'an upstream that sends invalid SSE',
+      { kind: 'invalid-sse' },
+      (o) => assert.deepEqual([o.status, o.last], [200, 'error']),
+    ],
   ];
   for (const [what, behaviour, expectOutcome] of upstreamFaults) {
     it(`${what} amid normal traffic ends its own chat with an error and leaves nothing behind`, async () => {
@@ -150,7 +172,10 @@ describe('faults during chat traffic, database behind a TCP proxy', { skip: !TES
       const normal = await Promise.all(Array.from({ length: 5 }, (_, i) => chatOnce(bystander.key, `bystander ${i}`)));
       h.fake.setBehaviour({ kind: 'normal' });
       expectOutcome(await faulty);
-      assert.deepEqual(normal.map((o) => [o.status, o.last]), Array.from({ length: 5 }, () => [200, 'done']));
+      assert.deepEqual(
+        normal.map((o) => [o.status, o.last]),
+        Array.from({ length: 5 }, () => [200, 'done']),
+      );
       await h.fake.waitForClose(faultyIndex, 3_000);
       await assertRecovered(victim);
       await assertRecovered(bystander);
@@ -187,6 +212,9 @@ describe('faults during chat traffic, database behind a TCP proxy', { skip: !TES
     const upstreamCalls = h.fake.requests.slice(firstRequest);
     assert.equal(upstreamCalls.length, 1_000);
     assert.equal(upstreamCalls.filter((r) => r.finished).length, 0, 'every upstream call was cut, none ran to the end');
-    assert.deepEqual(warnings.filter((w) => w.startsWith('MaxListenersExceededWarning')), []);
+    assert.deepEqual(
+      warnings.filter((w) => w.startsWith('MaxListenersExceededWarning')),
+      [],
+    );
   });
 });

@@ -31,7 +31,26 @@ const anyString = fc.string({ unit: 'binary', maxLength: 200 });
 const pathish = fc
   .array(
     fc.oneof(
-      fc.constantFrom('v1', 'conversations', 'messages', 'health', 'live', 'chat', '', '.', '..', '%', '%2', '%zz', '%E0%A4%A', '%C3%A9', '%2F', '%00', '?q=1', '#x'),
+      fc.constantFrom(
+        'v1',
+        'conversations',
+        'messages',
+        'health',
+        'live',
+        'chat',
+        '',
+        '.',
+        '..',
+        '%',
+        '%2',
+        '%zz',
+        '%E0%A4%A',
+        '%C3%A9',
+        '%2F',
+        '%00',
+        '?q=1',
+        '#x',
+      ),
       fc.string({ unit: 'binary-ascii', maxLength: 20 }),
       fc.string({ unit: 'binary', maxLength: 20 }),
     ),
@@ -44,28 +63,35 @@ describe('router properties', () => {
 
   it('createRouter() never throws for arbitrary methods and paths, and answers one of its three kinds', () => {
     fc.assert(
-      fc.property(fc.oneof(fc.constantFrom('GET', 'HEAD', 'POST', 'DELETE', 'OPTIONS', 'PUT'), anyString), fc.oneof(pathish, anyString, fc.webPath()), (method, path) => {
-        const m = match(method, path);
-        if (m.kind === 'not-found') return;
-        assert.ok(PATTERNS.has(m.pattern));
-        if (m.kind === 'method-not-allowed') {
-          assert.match(m.allow, /^[A-Z]+(, [A-Z]+)*$/);
-          return;
-        }
-        assert.equal(m.kind, 'found');
-        for (const value of Object.values(m.params)) assert.equal(typeof value, 'string');
-      }),
+      fc.property(
+        fc.oneof(fc.constantFrom('GET', 'HEAD', 'POST', 'DELETE', 'OPTIONS', 'PUT'), anyString),
+        fc.oneof(pathish, anyString, fc.webPath()),
+        (method, path) => {
+          const m = match(method, path);
+          if (m.kind === 'not-found') return;
+          assert.ok(PATTERNS.has(m.pattern));
+          if (m.kind === 'method-not-allowed') {
+            assert.match(m.allow, /^[A-Z]+(, [A-Z]+)*$/);
+            return;
+          }
+          assert.equal(m.kind, 'found');
+          for (const value of Object.values(m.params)) assert.equal(typeof value, 'string');
+        },
+      ),
       { numRuns: 2000 },
     );
   });
 
   it('createRouter() captures exactly the decoded segment for any param value', () => {
     fc.assert(
-      fc.property(fc.string({ unit: 'binary', minLength: 1, maxLength: 50 }).filter((s) => s.isWellFormed()), (id) => {
-        const m = match('GET', `/v1/conversations/${encodeURIComponent(id)}`);
-        assert.equal(m.kind, 'found');
-        assert.deepEqual(m.kind === 'found' && m.params, { id });
-      }),
+      fc.property(
+        fc.string({ unit: 'binary', minLength: 1, maxLength: 50 }).filter((s) => s.isWellFormed()),
+        (id) => {
+          const m = match('GET', `/v1/conversations/${encodeURIComponent(id)}`);
+          assert.equal(m.kind, 'found');
+          assert.deepEqual(m.kind === 'found' && m.params, { id });
+        },
+      ),
     );
   });
 });
@@ -81,7 +107,10 @@ describe('body properties', () => {
   }
 
   it('parseJson() never throws anything but a 4xx AppError for an arbitrary string', () => {
-    fc.assert(fc.property(anyString, (text) => assertOnlyClientErrors(() => parseJson(text))), { numRuns: 2000 });
+    fc.assert(
+      fc.property(anyString, (text) => assertOnlyClientErrors(() => parseJson(text))),
+      { numRuns: 2000 },
+    );
   });
 
   it('parseJson() never throws anything but a 4xx AppError for arbitrary JSON, and returns what JSON.parse reads', () => {
@@ -106,7 +135,10 @@ describe('body properties', () => {
       fc.property(fc.jsonValue({ maxDepth: 3 }), forbidden, fc.integer({ min: 0, max: 3 }), (value, key, depth) => {
         let doc = `{${JSON.stringify(key)}:${JSON.stringify(value) ?? 'null'}}`;
         for (let i = 0; i < depth; i++) doc = i % 2 === 0 ? `[1,${doc}]` : `{"k${i}":${doc}}`;
-        assert.throws(() => parseJson(doc), (err: unknown) => err instanceof AppError && err.code === 'INVALID_JSON');
+        assert.throws(
+          () => parseJson(doc),
+          (err: unknown) => err instanceof AppError && err.code === 'INVALID_JSON',
+        );
         assert.equal(({} as Record<string, unknown>)['polluted'], undefined);
       }),
     );
@@ -153,12 +185,15 @@ describe('SSE properties', () => {
   it('formatSse() keeps non-string JSON data on one line that reads back to the same value', () => {
     // Strings are sent as text (previous property); everything else as JSON.
     fc.assert(
-      fc.property(fc.jsonValue().filter((v) => typeof v !== 'string'), (data) => {
-        const frame = formatSse({ event: 'delta', data });
-        assertFieldLines(frame);
-        assert.equal(frame.split('\n').filter((l) => l.startsWith('data: ')).length, 1);
-        assert.equal(readData(frame), JSON.stringify(data));
-      }),
+      fc.property(
+        fc.jsonValue().filter((v) => typeof v !== 'string'),
+        (data) => {
+          const frame = formatSse({ event: 'delta', data });
+          assertFieldLines(frame);
+          assert.equal(frame.split('\n').filter((l) => l.startsWith('data: ')).length, 1);
+          assert.equal(readData(frame), JSON.stringify(data));
+        },
+      ),
       { numRuns: 1000 },
     );
   });
@@ -197,10 +232,27 @@ describe('problem+json properties', () => {
         code: fc.constantFrom(...codes),
         status,
         detail: anyString.map((s) => `${MARK}${s}`),
-        extra: fc.option(fc.dictionary(fc.string({ maxLength: 12 }), fc.jsonValue({ maxDepth: 2 }).map((v) => [MARK, v])), { nil: undefined }),
-        cause: fc.option(anyString.map((s) => new Error(`${MARK}${s}`)), { nil: undefined }),
+        extra: fc.option(
+          fc.dictionary(
+            fc.string({ maxLength: 12 }),
+            fc.jsonValue({ maxDepth: 2 }).map((v) => [MARK, v]),
+          ),
+          { nil: undefined },
+        ),
+        cause: fc.option(
+          anyString.map((s) => new Error(`${MARK}${s}`)),
+          { nil: undefined },
+        ),
       })
-      .map(({ code, status, detail, extra, cause }) => new AppError(code, { detail, cause, ...(status === undefined ? {} : { status }), ...(extra === undefined ? {} : { extra }) }));
+      .map(
+        ({ code, status, detail, extra, cause }) =>
+          new AppError(code, {
+            detail,
+            cause,
+            ...(status === undefined ? {} : { status }),
+            ...(extra === undefined ? {} : { extra }),
+          }),
+      );
 
   it('problemBody() of any AppError with status 500 or more never contains the detail, extra members or cause', () => {
     const serverError = fc.oneof(
@@ -208,28 +260,36 @@ describe('problem+json properties', () => {
       fc.constant(undefined), // the catalogue's status, filtered below
     );
     fc.assert(
-      fc.property(appError(serverError).filter((e) => e.status >= 500), fc.uuid(), (err, requestId) => {
-        const body = problemBody(err, requestId);
-        assert.ok(!JSON.stringify(body).includes(MARK));
-        assert.deepEqual(Object.keys(body).sort(), ['code', 'requestId', 'status', 'title', 'type']);
-        assert.equal(body['title'], ERROR_CODES[err.code].title);
-        assert.equal(body['status'], err.status);
-      }),
+      fc.property(
+        appError(serverError).filter((e) => e.status >= 500),
+        fc.uuid(),
+        (err, requestId) => {
+          const body = problemBody(err, requestId);
+          assert.ok(!JSON.stringify(body).includes(MARK));
+          assert.deepEqual(Object.keys(body).sort(), ['code', 'requestId', 'status', 'title', 'type']);
+          assert.equal(body['title'], ERROR_CODES[err.code].title);
+          assert.equal(body['status'], err.status);
+        },
+      ),
       { numRuns: 1000 },
     );
   });
 
   it('problemBody() of any AppError keeps its type, status, code and request id whatever extra says', () => {
     fc.assert(
-      fc.property(appError(fc.option(fc.integer({ min: 400, max: 599 }), { nil: undefined })), fc.uuid(), (err, requestId) => {
-        const body = problemBody(err, requestId);
-        assert.equal(body['type'], 'about:blank');
-        assert.equal(body['status'], err.status);
-        assert.equal(body['code'], err.code);
-        assert.equal(body['requestId'], requestId);
-        assert.equal(Object.getPrototypeOf(body), Object.prototype);
-        if (err.status < 500) assert.equal(body['detail'], err.detail);
-      }),
+      fc.property(
+        appError(fc.option(fc.integer({ min: 400, max: 599 }), { nil: undefined })),
+        fc.uuid(),
+        (err, requestId) => {
+          const body = problemBody(err, requestId);
+          assert.equal(body['type'], 'about:blank');
+          assert.equal(body['status'], err.status);
+          assert.equal(body['code'], err.code);
+          assert.equal(body['requestId'], requestId);
+          assert.equal(Object.getPrototypeOf(body), Object.prototype);
+          if (err.status < 500) assert.equal(body['detail'], err.detail);
+        },
+      ),
       { numRuns: 1000 },
     );
   });
@@ -240,19 +300,34 @@ describe('client address properties', () => {
 
   it('createClientIp() never throws and answers the peer or an address from the header', () => {
     fc.assert(
-      fc.property(fc.oneof(fc.ipV4(), fc.ipV6(), fc.constant('10.1.2.3')), fc.oneof(anyString, fc.array(fc.oneof(fc.ipV4(), fc.ipV6(), anyString)).map((a) => a.join(', '))), (peer, xff) => {
-        const req = { socket: { remoteAddress: peer }, headers: { 'x-forwarded-for': xff } } as unknown as IncomingMessage;
-        const ip = clientIp(req);
-        assert.ok(ip === peer || xff.includes(ip) || `::ffff:${ip}` === peer || xff.includes(`::ffff:${ip}`), `answered ${ip}`);
-        // The access log writes the address into JSON unescaped: it must be an address, never free text.
-        assert.ok(isIP(ip) !== 0, `not an address: ${JSON.stringify(ip)}`);
-        assert.match(ip, /^[0-9A-Za-z.:%_-]+$/);
-      }),
+      fc.property(
+        fc.oneof(fc.ipV4(), fc.ipV6(), fc.constant('10.1.2.3')),
+        fc.oneof(
+          anyString,
+          fc.array(fc.oneof(fc.ipV4(), fc.ipV6(), anyString)).map((a) => a.join(', ')),
+        ),
+        (peer, xff) => {
+          const req = {
+            socket: { remoteAddress: peer },
+            headers: { 'x-forwarded-for': xff },
+          } as unknown as IncomingMessage;
+          const ip = clientIp(req);
+          assert.ok(
+            ip === peer || xff.includes(ip) || `::ffff:${ip}` === peer || xff.includes(`::ffff:${ip}`),
+            `answered ${ip}`,
+          );
+          // The access log writes the address into JSON unescaped: it must be an address, never free text.
+          assert.ok(isIP(ip) !== 0, `not an address: ${JSON.stringify(ip)}`);
+          assert.match(ip, /^[0-9A-Za-z.:%_-]+$/);
+        },
+      ),
       { numRuns: 1000 },
     );
   });
 
   it('addressGroup() never throws for an arbitrary string', () => {
-    fc.assert(fc.property(fc.oneof(fc.ipV6(), anyString), (address) => assert.equal(typeof addressGroup(address), 'string')));
+    fc.assert(
+      fc.property(fc.oneof(fc.ipV6(), anyString), (address) => assert.equal(typeof addressGroup(address), 'string')),
+    );
   });
 });

@@ -49,7 +49,10 @@ describe('raw-socket attacks on the running server', () => {
   /** GET /health/live over a fresh connection; resolves with its latency. */
   async function liveLatencyMs(): Promise<number> {
     const started = performance.now();
-    const res = await fetch(`${url}/health/live`, { headers: { connection: 'close' }, signal: AbortSignal.timeout(5_000) });
+    const res = await fetch(`${url}/health/live`, {
+      headers: { connection: 'close' },
+      signal: AbortSignal.timeout(5_000),
+    });
     assert.equal(res.status, 200);
     await res.arrayBuffer();
     return performance.now() - started;
@@ -65,8 +68,14 @@ describe('raw-socket attacks on the running server', () => {
     assert.ok((await liveLatencyMs()) < 1_000, 'a normal request is answered during the attack');
     for (const result of await Promise.all(attacks)) {
       assert.equal(result.closedByServer, true);
-      assert.ok(result.closedAfterMs <= HEADERS_TIMEOUT_MS + SWEEP_MS + MARGIN_MS, `cut after ${result.closedAfterMs} ms`);
-      assert.deepEqual(result.responses.map((r) => r.status), [408]);
+      assert.ok(
+        result.closedAfterMs <= HEADERS_TIMEOUT_MS + SWEEP_MS + MARGIN_MS,
+        `cut after ${result.closedAfterMs} ms`,
+      );
+      assert.deepEqual(
+        result.responses.map((r) => r.status),
+        [408],
+      );
       assertSecurityHeaders(result.responses[0]!);
       assert.equal(problemCode(result.responses[0]!), 'REQUEST_TIMEOUT');
     }
@@ -79,19 +88,34 @@ describe('raw-socket attacks on the running server', () => {
     const body = `{"message":"${'a'.repeat(40)}`.split('');
     const result = await exchange(url, [head, ...body], { intervalMs: 1_000, timeoutMs: 12_000 });
     assert.equal(result.closedByServer, true);
-    assert.ok(result.closedAfterMs <= REQUEST_TIMEOUT_MS + SWEEP_MS + MARGIN_MS, `cut after ${result.closedAfterMs} ms`);
+    assert.ok(
+      result.closedAfterMs <= REQUEST_TIMEOUT_MS + SWEEP_MS + MARGIN_MS,
+      `cut after ${result.closedAfterMs} ms`,
+    );
     // One request, one response: a second, unsolicited response on the connection would be
     // taken by a pipelining proxy as the answer to the next request (response desync).
-    assert.deepEqual(result.responses.map((r) => r.status), [408]);
+    assert.deepEqual(
+      result.responses.map((r) => r.status),
+      [408],
+    );
     assert.equal(problemCode(result.responses[0]!), 'REQUEST_TIMEOUT');
   });
 
   it('R.U.D.Y.: an anonymous slow body gets its 401 and is cut within REQUEST_TIMEOUT_MS plus the sweep with no second response', async () => {
     const head = `POST /v1/chat HTTP/1.1\r\n${HOST}Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n`;
-    const result = await exchange(url, [head, ...'{"message":"aaaaaaaaaaaa'.split('')], { intervalMs: 1_000, timeoutMs: 12_000 });
+    const result = await exchange(url, [head, ...'{"message":"aaaaaaaaaaaa'.split('')], {
+      intervalMs: 1_000,
+      timeoutMs: 12_000,
+    });
     assert.equal(result.closedByServer, true);
-    assert.ok(result.closedAfterMs <= REQUEST_TIMEOUT_MS + SWEEP_MS + MARGIN_MS, `cut after ${result.closedAfterMs} ms`);
-    assert.deepEqual(result.responses.map((r) => r.status), [401]);
+    assert.ok(
+      result.closedAfterMs <= REQUEST_TIMEOUT_MS + SWEEP_MS + MARGIN_MS,
+      `cut after ${result.closedAfterMs} ms`,
+    );
+    assert.deepEqual(
+      result.responses.map((r) => r.status),
+      [401],
+    );
   });
 
   it('slow read: a client that never reads a 20 MB stream costs at most about one socket buffer and holds the upstream back', async () => {
@@ -123,7 +147,10 @@ describe('raw-socket attacks on the running server', () => {
     assert.ok(maxBuffered <= 256 * 1024, `the server buffered ${maxBuffered} bytes for one non-reading client`);
     const [early, late] = [samples[9]!, samples[15]!];
     assert.equal(late.written, early.written, 'the server stopped writing once the client stopped reading');
-    assert.ok(late.written < 10 * 1024 * 1024, `only kernel buffers' worth was sent (${late.written} bytes of about 20 MB)`);
+    assert.ok(
+      late.written < 10 * 1024 * 1024,
+      `only kernel buffers' worth was sent (${late.written} bytes of about 20 MB)`,
+    );
     const upstream = h.fake.requests[upstreamIndex]!;
     assert.equal(upstream.finished, false, 'the upstream burst is held back, not drained into memory');
     assert.equal(upstream.closedAt, undefined);
@@ -138,7 +165,10 @@ describe('raw-socket attacks on the running server', () => {
   it('a 20 kB header block gets 431 problem+json with the security headers, and the connection is closed', async () => {
     const result = await exchange(url, [`GET /health/live HTTP/1.1\r\n${HOST}X-Big: ${'a'.repeat(20_000)}\r\n\r\n`]);
     assert.equal(result.closedByServer, true);
-    assert.deepEqual(result.responses.map((r) => r.status), [431]);
+    assert.deepEqual(
+      result.responses.map((r) => r.status),
+      [431],
+    );
     assertSecurityHeaders(result.responses[0]!);
     assert.equal(problemCode(result.responses[0]!), 'HEADERS_TOO_LARGE');
   });
@@ -147,7 +177,10 @@ describe('raw-socket attacks on the running server', () => {
     const smuggle = `POST /health/live HTTP/1.1\r\n${HOST}Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n${LIVE}`;
     const result = await exchange(url, [smuggle]);
     assert.equal(result.closedByServer, true);
-    assert.deepEqual(result.responses.map((r) => r.status), [400]);
+    assert.deepEqual(
+      result.responses.map((r) => r.status),
+      [400],
+    );
     assertSecurityHeaders(result.responses[0]!);
     assert.equal(problemCode(result.responses[0]!), 'BAD_FRAMING');
   });
@@ -160,28 +193,55 @@ describe('raw-socket attacks on the running server', () => {
       `GET /no/such/route HTTP/1.1\r\n${HOST}X-Request-Id: ${ids[2]}\r\nConnection: close\r\n\r\n`;
     const result = await exchange(url, [requests]);
     assert.equal(result.closedByServer, true);
-    assert.deepEqual(result.responses.map((r) => r.status), [200, 200, 404]);
-    assert.deepEqual(result.responses.map((r) => r.headers.get('x-request-id')), ids);
+    assert.deepEqual(
+      result.responses.map((r) => r.status),
+      [200, 200, 404],
+    );
+    assert.deepEqual(
+      result.responses.map((r) => r.headers.get('x-request-id')),
+      ids,
+    );
     assert.ok(Array.isArray((JSON.parse(result.responses[1]!.body) as { agents?: unknown }).agents));
   });
 
   describe('request smuggling variants get 400 and no second response', () => {
     const variants: Array<[string, string]> = [
       ['obs-fold header continuation', `GET /health/live HTTP/1.1\r\n${HOST}X-Folded: a\r\n b\r\n\r\n${LIVE}`],
-      ['obs-fold Transfer-Encoding', `POST /health/live HTTP/1.1\r\n${HOST}Transfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n${LIVE}`],
-      ['duplicate Content-Length', `POST /health/live HTTP/1.1\r\n${HOST}Content-Length: 5\r\nContent-Length: 44\r\n\r\nhello${LIVE}`],
+      [
+        'obs-fold Transfer-Encoding',
+        `POST /health/live HTTP/1.1\r\n${HOST}Transfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n${LIVE}`,
+      ],
+      [
+        'duplicate Content-Length',
+        `POST /health/live HTTP/1.1\r\n${HOST}Content-Length: 5\r\nContent-Length: 44\r\n\r\nhello${LIVE}`,
+      ],
       ['Content-Length with a sign', `POST /health/live HTTP/1.1\r\n${HOST}Content-Length: +5\r\n\r\nhello${LIVE}`],
-      ['invalid chunk size', `POST /health/live HTTP/1.1\r\n${HOST}Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n${LIVE}`],
-      ['overflowing chunk size', `POST /health/live HTTP/1.1\r\n${HOST}Transfer-Encoding: chunked\r\n\r\nffffffffffffffffff1\r\nhello\r\n0\r\n\r\n${LIVE}`],
-      ['Transfer-Encoding other than chunked last', `POST /health/live HTTP/1.1\r\n${HOST}Transfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n${LIVE}`],
-      ['whitespace before the colon', `POST /health/live HTTP/1.1\r\n${HOST}Transfer-Encoding : chunked\r\n\r\n0\r\n\r\n${LIVE}`],
+      [
+        'invalid chunk size',
+        `POST /health/live HTTP/1.1\r\n${HOST}Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n${LIVE}`,
+      ],
+      [
+        'overflowing chunk size',
+        `POST /health/live HTTP/1.1\r\n${HOST}Transfer-Encoding: chunked\r\n\r\nffffffffffffffffff1\r\nhello\r\n0\r\n\r\n${LIVE}`,
+      ],
+      [
+        'Transfer-Encoding other than chunked last',
+        `POST /health/live HTTP/1.1\r\n${HOST}Transfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n${LIVE}`,
+      ],
+      [
+        'whitespace before the colon',
+        `POST /health/live HTTP/1.1\r\n${HOST}Transfer-Encoding : chunked\r\n\r\n0\r\n\r\n${LIVE}`,
+      ],
       ['bare LF line endings', `GET /health/live HTTP/1.1\n${HOST.trim()}\n\n${LIVE}`],
     ];
     for (const [name, raw] of variants) {
       it(`${name} gets 400 with the security headers and the connection closed`, async () => {
         const result = await exchange(url, [raw]);
         assert.equal(result.closedByServer, true);
-        assert.deepEqual(result.responses.map((r) => r.status), [400]);
+        assert.deepEqual(
+          result.responses.map((r) => r.status),
+          [400],
+        );
         assertSecurityHeaders(result.responses[0]!);
       });
     }
@@ -207,10 +267,15 @@ describe('raw-socket attacks on the running server', () => {
       }
       const openedAt = Date.now();
       await waitFor('the server to accept every connection', 2_000, () => (seen >= count ? true : undefined));
-      assert.ok(idle.every((s) => !s.destroyed), 'all idle connections are still open when the request is made');
+      assert.ok(
+        idle.every((s) => !s.destroyed),
+        'all idle connections are still open when the request is made',
+      );
       const latency = await liveLatencyMs();
       assert.ok(latency < 2_000, `GET /health/live took ${latency} ms beside ${count} idle connections`);
-      const closed = idle.map((s) => (s.destroyed ? Promise.resolve() : new Promise<void>((resolve) => s.once('close', () => resolve()))));
+      const closed = idle.map((s) =>
+        s.destroyed ? Promise.resolve() : new Promise<void>((resolve) => s.once('close', () => resolve())),
+      );
       await Promise.race([Promise.all(closed), sleep(HEADERS_TIMEOUT_MS + SWEEP_MS + MARGIN_MS + 2_000)]);
       const open = idle.filter((s) => !s.destroyed).length;
       assert.equal(open, 0, `${open} idle connections still open ${Date.now() - openedAt} ms after opening`);

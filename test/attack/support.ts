@@ -53,7 +53,11 @@ export function openSocket(url: string, timeoutMs = 5_000): Promise<Socket> {
  * Writes `parts[0]` at once and each further part every `intervalMs`, collecting everything the
  * server sends until it closes the connection or `timeoutMs` passes (then we close it).
  */
-export function exchange(url: string, parts: readonly (string | Buffer)[], options: { intervalMs?: number; timeoutMs?: number } = {}): Promise<RawExchange> {
+export function exchange(
+  url: string,
+  parts: readonly (string | Buffer)[],
+  options: { intervalMs?: number; timeoutMs?: number } = {},
+): Promise<RawExchange> {
   const intervalMs = options.intervalMs ?? 1_000;
   const timeoutMs = options.timeoutMs ?? 5_000;
   return new Promise((resolve, reject) => {
@@ -173,7 +177,11 @@ export interface Identity {
 /** Inserts a new API key straight into the database. */
 export async function mintIdentity(pool: pg.Pool): Promise<Identity> {
   const generated = generateApiKey();
-  const id = await insertApiKey(pool, { name: `attack-${randomUUID()}`, prefix: generated.prefix, hash: generated.hash });
+  const id = await insertApiKey(pool, {
+    name: `attack-${randomUUID()}`,
+    prefix: generated.prefix,
+    hash: generated.hash,
+  });
   return { key: generated.key, owner: `key:${id}` };
 }
 

@@ -170,7 +170,12 @@ test('authenticate() coalesces concurrent lookups of an unknown key and refuses 
   const authenticate = createAuthenticator({ pool: table.pool, jwt: undefined });
   const { key } = generateApiKey();
   table.hold();
-  const lookups = Array.from({ length: 5 }, () => authenticate(key).then(() => 'accepted', (err: unknown) => isInvalidToken(err) && 'refused'));
+  const lookups = Array.from({ length: 5 }, () =>
+    authenticate(key).then(
+      () => 'accepted',
+      (err: unknown) => isInvalidToken(err) && 'refused',
+    ),
+  );
   table.release();
   assert.deepEqual(await Promise.all(lookups), ['refused', 'refused', 'refused', 'refused', 'refused']);
   assert.equal(table.queries(), 1);
@@ -242,7 +247,11 @@ test('cached() remembers the last key per connection, and still forgets it when 
   await authenticate(other);
   assert.equal(authenticate.cached(other, connection)?.id, 'key:k2');
   assert.equal(authenticate.cached(key, connection)?.id, 'key:k1');
-  assert.equal(authenticate.cached(`${key.slice(0, -1)}x`, connection), undefined, 'a token one character off is not the memo');
+  assert.equal(
+    authenticate.cached(`${key.slice(0, -1)}x`, connection),
+    undefined,
+    'a token one character off is not the memo',
+  );
   clock.advance(2_000);
   assert.equal(authenticate.cached(key, connection), undefined, 'the memo expires with the cache entry');
 });

@@ -5,7 +5,16 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { revokeApiKey } from '../../lib/db/api-keys.ts';
-import { bearer, createTestKey, dumpTables, keySpellings, keysCliEnv, msUntil, runKeysCli, uniqueKeyName } from '../support/keys.ts';
+import {
+  bearer,
+  createTestKey,
+  dumpTables,
+  keySpellings,
+  keysCliEnv,
+  msUntil,
+  runKeysCli,
+  uniqueKeyName,
+} from '../support/keys.ts';
 import { startTestServer, TEST_DATABASE_URL, type TestServer } from '../support/server.ts';
 
 async function status(server: TestServer, key: string): Promise<number> {
@@ -38,9 +47,12 @@ describe('API keys through the real app', () => {
     assert.equal(await status(server, key), 200);
   });
 
-  it('stores only the key\'s SHA-256 and display prefix, and no table holds the key', async () => {
+  it("stores only the key's SHA-256 and display prefix, and no table holds the key", async () => {
     await status(server, key);
-    const { rows } = await server.db.pool.query<{ prefix: string; key_hash: Buffer }>('SELECT prefix, key_hash FROM api_keys WHERE name = $1', [name]);
+    const { rows } = await server.db.pool.query<{ prefix: string; key_hash: Buffer }>(
+      'SELECT prefix, key_hash FROM api_keys WHERE name = $1',
+      [name],
+    );
     assert.deepEqual(rows, [{ prefix: key.slice(0, 12), key_hash: createHash('sha256').update(key).digest() }]);
     const dump = await dumpTables(server.db.pool);
     assert.match(dump, new RegExp(name)); // the dump did reach the key's row
@@ -54,7 +66,8 @@ describe('API keys through the real app', () => {
     const logs = server.logs();
     assert.match(logs, /"kind":"auth_failure"/); // the refusal was logged
     assert.match(logs, /"status":200/); // and so was the success
-    for (const spelling of [...keySpellings(key), ...keySpellings(nearMiss)]) assert.ok(!logs.includes(spelling), 'a log line holds a key');
+    for (const spelling of [...keySpellings(key), ...keySpellings(nearMiss)])
+      assert.ok(!logs.includes(spelling), 'a log line holds a key');
   });
 
   it('refuses a revoked key within 5 s and keeps refusing it', async () => {
@@ -80,7 +93,9 @@ describe('API key revocation across instances', { skip: !TEST_DATABASE_URL && 'n
     // Both instances have validated (and cached) the key before it is revoked.
     assert.deepEqual(await Promise.all(servers.map((server) => status(server, revoked.key))), [200, 200]);
     assert.equal(await revokeApiKey(servers[0]!.db.pool, revoked.name), true);
-    const waits = await Promise.all(servers.map((server) => msUntil(async () => (await status(server, revoked.key)) === 401, 5_000)));
+    const waits = await Promise.all(
+      servers.map((server) => msUntil(async () => (await status(server, revoked.key)) === 401, 5_000)),
+    );
     for (const ms of waits) assert.ok(ms < 5_000, `refused after ${ms} ms`);
   });
 });

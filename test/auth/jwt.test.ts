@@ -58,7 +58,10 @@ test('createJwtVerifier() refuses unsupported key types, weak RSA keys and PKCS#
   const p384 = await generateKeyPair('ES384', { extractable: true });
   await assert.rejects(createJwtVerifier({ publicKey: await exportSPKI(p384.publicKey) }), /not supported: ec/);
   const rsa1024 = generateKeyPairSync('rsa', { modulusLength: 1024 }).publicKey;
-  await assert.rejects(createJwtVerifier({ publicKey: rsa1024.export({ type: 'spki', format: 'pem' }).toString() }), /2048/);
+  await assert.rejects(
+    createJwtVerifier({ publicKey: rsa1024.export({ type: 'spki', format: 'pem' }).toString() }),
+    /2048/,
+  );
   const pkcs1 = rsa1024.export({ type: 'pkcs1', format: 'pem' }).toString();
   await assert.rejects(createJwtVerifier({ publicKey: pkcs1 }), /BEGIN PUBLIC KEY/);
 });
@@ -93,7 +96,9 @@ for (const alg of ASYMMETRIC) {
     assert.deepEqual((await jwtVerify(token, pairs[alg].publicKey, joseOptions)).payload, ours);
     const tampered = `${token.slice(0, token.lastIndexOf('.'))}.${segment({ raw: 'x'.repeat(64) })}`;
     await assertInvalid(verifier.verify(tampered, NOW), /signature/);
-    await assert.rejects(jwtVerify(tampered, pairs[alg].publicKey, joseOptions), { code: 'ERR_JWS_SIGNATURE_VERIFICATION_FAILED' });
+    await assert.rejects(jwtVerify(tampered, pairs[alg].publicKey, joseOptions), {
+      code: 'ERR_JWS_SIGNATURE_VERIFICATION_FAILED',
+    });
   });
 }
 
@@ -197,7 +202,10 @@ test('verify() accepts a token that expired 30 s ago within the default 60 s lee
 });
 
 test('verify() with leewaySeconds 0 rejects a token at its exp second', async () => {
-  await assertInvalid((await hsVerifier({ leewaySeconds: 0 })).verify(signHmac(HS256, scoped({ exp: NOW })), NOW), /expired/);
+  await assertInvalid(
+    (await hsVerifier({ leewaySeconds: 0 })).verify(signHmac(HS256, scoped({ exp: NOW })), NOW),
+    /expired/,
+  );
 });
 
 test('verify() accepts nbf and iat ahead of the clock within the leeway', async () => {
@@ -232,18 +240,25 @@ test('verify() never puts the token in its error', async () => {
 
 test('verify() answers any string with INVALID_TOKEN and nothing else', async () => {
   const verifier = await hsVerifier();
-  const tokens = fc.oneof(fc.string(), fc.stringMatching(/^eyJ[A-Za-z0-9_-]{0,40}\.[A-Za-z0-9_-]{0,40}\.[A-Za-z0-9_-]{0,50}$/));
+  const tokens = fc.oneof(
+    fc.string(),
+    fc.stringMatching(/^eyJ[A-Za-z0-9_-]{0,40}\.[A-Za-z0-9_-]{0,40}\.[A-Za-z0-9_-]{0,50}$/),
+  );
   await fc.assert(fc.asyncProperty(tokens, (token) => assertInvalid(verifier.verify(token, NOW), /^Token /)));
 });
 
 test('verify() answers any signed JSON header and payload with valid claims or INVALID_TOKEN', async () => {
   const verifier = await hsVerifier({ issuer: undefined, audience: undefined });
   const headers = fc.record({ alg: fc.constantFrom('HS256', 'none', 'RS256') }, { requiredKeys: [] });
-  const payloads = fc.oneof(fc.jsonValue(), fc.record({ sub: fc.jsonValue(), exp: fc.jsonValue(), nbf: fc.jsonValue() }));
+  const payloads = fc.oneof(
+    fc.jsonValue(),
+    fc.record({ sub: fc.jsonValue(), exp: fc.jsonValue(), nbf: fc.jsonValue() }),
+  );
   await fc.assert(
     fc.asyncProperty(headers, payloads, async (header, payload) => {
       const outcome = await verifier.verify(signHmac(header, payload), NOW).then(
-        (verified) => assert.ok(typeof verified.sub === 'string' && typeof verified.exp === 'number' && header.alg === 'HS256'),
+        (verified) =>
+          assert.ok(typeof verified.sub === 'string' && typeof verified.exp === 'number' && header.alg === 'HS256'),
         (err: unknown) => assert.ok(err instanceof AppError && err.code === 'INVALID_TOKEN', String(err)),
       );
       return outcome;
@@ -252,7 +267,10 @@ test('verify() answers any signed JSON header and payload with valid claims or I
 });
 
 test('verify() checks the RFC 7515 A.1 (RFC 7519 §3.1) HS256 signature and rejects only for the missing sub', async () => {
-  const verifier = await createJwtVerifier({ secret: Buffer.from(RFC7515_A1.secretBase64url, 'base64url'), issuer: 'joe' });
+  const verifier = await createJwtVerifier({
+    secret: Buffer.from(RFC7515_A1.secretBase64url, 'base64url'),
+    issuer: 'joe',
+  });
   await assertInvalid(verifier.verify(RFC7515_A1.token, RFC_NOW_SECONDS), /subject \(sub\) is missing/);
   await assertInvalid(verifier.verify(`${RFC7515_A1.token.slice(0, -1)}A`, RFC_NOW_SECONDS), /signature is invalid/);
   await assertInvalid(verifier.verify(RFC7515_A1.token, 1300819380 + 60), /expired/);
@@ -262,7 +280,10 @@ test('verify() checks the RFC 7515 A.2 RS256 and A.3 ES256 signatures and reject
   for (const vector of [RFC7515_A2, RFC7515_A3]) {
     const verifier = await createJwtVerifier({ publicKey: JSON.stringify(vector.jwk) });
     await assertInvalid(verifier.verify(vector.token, RFC_NOW_SECONDS), /subject \(sub\) is missing/);
-    await assertInvalid(verifier.verify(vector.token.replace(/eyJpc3/, 'eyJpc4'), RFC_NOW_SECONDS), /signature is invalid/);
+    await assertInvalid(
+      verifier.verify(vector.token.replace(/eyJpc3/, 'eyJpc4'), RFC_NOW_SECONDS),
+      /signature is invalid/,
+    );
   }
 });
 
@@ -274,7 +295,15 @@ test('verify() checks the RFC 8037 A.4 Ed25519 signature and rejects its non-JSO
 test('looksLikeJwt() accepts three base64url segments starting with eyJ and nothing else', async () => {
   assert.ok(looksLikeJwt(valid));
   assert.ok(looksLikeJwt(RFC7515_A2.token));
-  for (const token of ['', 'csk_abc', valid.slice(1), `${valid}.x`, `${valid.slice(0, valid.lastIndexOf('.'))}.`, `${valid}=`, ` ${valid}`]) {
+  for (const token of [
+    '',
+    'csk_abc',
+    valid.slice(1),
+    `${valid}.x`,
+    `${valid.slice(0, valid.lastIndexOf('.'))}.`,
+    `${valid}=`,
+    ` ${valid}`,
+  ]) {
     assert.equal(looksLikeJwt(token), false, token);
   }
 });

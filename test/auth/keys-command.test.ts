@@ -4,7 +4,15 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { ensureDevKey } from '../../lib/auth/keys-command.ts';
-import { bearer, keySpellings, keysCliEnv, msUntil, runKeysCli, uniqueKeyName, type CliResult } from '../support/keys.ts';
+import {
+  bearer,
+  keySpellings,
+  keysCliEnv,
+  msUntil,
+  runKeysCli,
+  uniqueKeyName,
+  type CliResult,
+} from '../support/keys.ts';
 import { startTestServer, TEST_DATABASE_URL, type TestServer } from '../support/server.ts';
 
 const KEY_LINE = /^csk_[A-Za-z0-9_-]{43}\n$/;
@@ -84,7 +92,9 @@ describe('server.ts keys', () => {
   });
 });
 
-describe('server.ts keys revoke against a running server', { skip: !TEST_DATABASE_URL && 'needs TEST_DATABASE_URL' }, () => {
+describe('server.ts keys revoke against a running server', {
+  skip: !TEST_DATABASE_URL && 'needs TEST_DATABASE_URL',
+}, () => {
   let server: TestServer;
   const env = { DATABASE_URL: TEST_DATABASE_URL ?? '' };
 
@@ -130,10 +140,13 @@ describe('server.ts keys and the embedded database held by a running server', ()
     assert.equal(await agentsStatus(server, key), 200);
   });
 
-  it('the first start logs the dev key file\'s path but not the key', async () => {
+  it("the first start logs the dev key file's path but not the key", async () => {
     const key = (await readFile(join(server.config.dataDir, 'dev-api-key'), 'utf8')).trim();
     const logs = server.logs();
-    assert.ok(logs.includes(`"path":${JSON.stringify(join(server.config.dataDir, 'dev-api-key'))}`), 'the path is logged');
+    assert.ok(
+      logs.includes(`"path":${JSON.stringify(join(server.config.dataDir, 'dev-api-key'))}`),
+      'the path is logged',
+    );
     for (const spelling of keySpellings(key)) assert.ok(!logs.includes(spelling), 'a log line holds the dev key');
   });
 

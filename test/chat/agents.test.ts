@@ -19,7 +19,10 @@ after(async () => {
 });
 
 function config(agentsFile?: string): Config {
-  const parsed = parseConfig({ OPENAI_MODEL: 'model-from-env', ...(agentsFile === undefined ? {} : { AGENTS_FILE: agentsFile }) });
+  const parsed = parseConfig({
+    OPENAI_MODEL: 'model-from-env',
+    ...(agentsFile === undefined ? {} : { AGENTS_FILE: agentsFile }),
+  });
   if (!parsed.ok) throw new Error(parsed.problems.join('; '));
   return parsed.config;
 }
@@ -41,7 +44,14 @@ async function loadError(content: unknown): Promise<{ file: string; message: str
   return { file, message: err.message };
 }
 
-const coder = { id: 'coder', description: 'Writes code', model: 'big-model', systemPrompt: `You write code. ${SECRET_PROMPT}`, temperature: 0.2, maxOutputTokens: 4000 };
+const coder = {
+  id: 'coder',
+  description: 'Writes code',
+  model: 'big-model',
+  systemPrompt: `You write code. ${SECRET_PROMPT}`,
+  temperature: 0.2,
+  maxOutputTokens: 4000,
+};
 
 describe('loadAgents()', () => {
   it('provides a built-in default agent on the configured model when there is no file', async () => {
@@ -50,7 +60,10 @@ describe('loadAgents()', () => {
     const agent = agents.get('default');
     assert.equal(agent?.model, 'model-from-env');
     assert.ok((agent?.systemPrompt.length ?? 0) > 0);
-    assert.deepEqual(agents.list().map((a) => a.id), ['default']);
+    assert.deepEqual(
+      agents.list().map((a) => a.id),
+      ['default'],
+    );
   });
 
   it('loads the agents of the file next to the built-in default', async () => {
@@ -58,13 +71,18 @@ describe('loadAgents()', () => {
     const agents = await loadAgents(c);
     assert.deepEqual(agents.get('coder'), coder);
     assert.equal(agents.get('plain')?.model, 'model-from-env');
-    assert.deepEqual(agents.list().map((a) => a.id), ['default', 'coder', 'plain']);
+    assert.deepEqual(
+      agents.list().map((a) => a.id),
+      ['default', 'coder', 'plain'],
+    );
     assert.equal(agents.get('nope'), undefined);
     assert.equal(agents.get('__proto__'), undefined);
   });
 
   it('uses the file default agent instead of the built-in one', async () => {
-    const { config: c } = await withFile([{ id: 'default', description: 'Custom', model: 'm2', systemPrompt: 'Custom default.' }]);
+    const { config: c } = await withFile([
+      { id: 'default', description: 'Custom', model: 'm2', systemPrompt: 'Custom default.' },
+    ]);
     const agents = await loadAgents(c);
     assert.equal(agents.get('default')?.systemPrompt, 'Custom default.');
     assert.equal(agents.list().length, 1);
@@ -73,7 +91,10 @@ describe('loadAgents()', () => {
   it('lists ids and descriptions only, never prompts or models', async () => {
     const { config: c } = await withFile([coder]);
     const list = (await loadAgents(c)).list();
-    assert.deepEqual(list.find((a) => a.id === 'coder'), { id: 'coder', description: 'Writes code' });
+    assert.deepEqual(
+      list.find((a) => a.id === 'coder'),
+      { id: 'coder', description: 'Writes code' },
+    );
     assert.ok(!JSON.stringify(list).includes(SECRET_PROMPT));
     assert.ok(Object.isFrozen(list));
   });

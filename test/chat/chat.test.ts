@@ -38,7 +38,11 @@ describe('POST /v1/chat', () => {
     agentsDir = await mkdtemp(join(tmpdir(), 'agents-'));
     const agentsFile = join(agentsDir, 'agents.json');
     await writeFile(agentsFile, JSON.stringify([PIRATE]));
-    h = await startChat({ MAX_MESSAGE_CHARS: String(MAX_MESSAGE_CHARS), MAX_BODY_BYTES: String(MAX_BODY_BYTES), AGENTS_FILE: agentsFile });
+    h = await startChat({
+      MAX_MESSAGE_CHARS: String(MAX_MESSAGE_CHARS),
+      MAX_BODY_BYTES: String(MAX_BODY_BYTES),
+      AGENTS_FILE: agentsFile,
+    });
   });
   after(async () => {
     await h.close();
@@ -46,7 +50,9 @@ describe('POST /v1/chat', () => {
   });
 
   /** Sends one streamed turn and returns its events and the upstream request body it caused. */
-  async function turn(body: object): Promise<{ events: Awaited<ReturnType<typeof readEvents>>; upstream: UpstreamBody }> {
+  async function turn(
+    body: object,
+  ): Promise<{ events: Awaited<ReturnType<typeof readEvents>>; upstream: UpstreamBody }> {
     const sent = h.fake.requests.length;
     const res = await h.chat(body);
     assert.equal(res.status, 200);
@@ -118,7 +124,7 @@ describe('POST /v1/chat', () => {
     ]);
   });
 
-  it("continues a conversation with its own agent when the follow-up names none", async () => {
+  it('continues a conversation with its own agent when the follow-up names none', async () => {
     const first = await turn({ message: 'Ahoy', agent: 'pirate' });
     const conversationId = (first.events[0]?.data as { conversationId: string }).conversationId;
     const second = await turn({ message: 'And then?', conversationId });
@@ -182,7 +188,14 @@ describe('POST /v1/chat', () => {
         finishReason: assistant?.['finishReason'],
         usage: assistant?.['usage'],
       },
-      { id: start.messageId, role: 'assistant', content: 'Hello world', status: 'complete', finishReason: 'stop', usage: { promptTokens: 12, completionTokens: 3 } },
+      {
+        id: start.messageId,
+        role: 'assistant',
+        content: 'Hello world',
+        status: 'complete',
+        finishReason: 'stop',
+        usage: { promptTokens: 12, completionTokens: 3 },
+      },
     );
     assert.equal(typeof assistant?.['completedAt'], 'string');
   });
@@ -198,7 +211,9 @@ describe('POST /v1/chat', () => {
       { text: 'Hello world', finishReason: 'stop', usage: { promptTokens: 12, completionTokens: 3 }, agent: 'default' },
     );
     assert.equal((h.fake.requests[sent]?.body as UpstreamBody).stream, false);
-    const stored = (await (await h.call('GET', `/v1/conversations/${String(body['conversationId'])}`)).json()) as { messages: Array<Record<string, unknown>> };
+    const stored = (await (await h.call('GET', `/v1/conversations/${String(body['conversationId'])}`)).json()) as {
+      messages: Array<Record<string, unknown>>;
+    };
     assert.deepEqual(
       stored.messages.map((m) => [m['role'], m['content'], m['status']]),
       [
@@ -216,7 +231,10 @@ describe('POST /v1/chat', () => {
     assert.doesNotMatch(text, /PROMPT-MARKER|You are a helpful assistant|pirate-model/);
     const body = JSON.parse(text) as { agents: Array<{ id: string; description: string }> };
     assert.deepEqual(body.agents.map((a) => a.id).sort(), ['default', 'pirate']);
-    assert.deepEqual(body.agents.find((a) => a.id === 'pirate'), { id: 'pirate', description: PIRATE.description });
+    assert.deepEqual(
+      body.agents.find((a) => a.id === 'pirate'),
+      { id: 'pirate', description: PIRATE.description },
+    );
   });
 
   const invalid: Array<[string, unknown]> = [
@@ -245,7 +263,10 @@ describe('POST /v1/chat', () => {
   }
 
   it('refuses a body that is not JSON with 415', async () => {
-    const res = await h.chat(undefined, { raw: 'message=hi', headers: { 'content-type': 'application/x-www-form-urlencoded' } });
+    const res = await h.chat(undefined, {
+      raw: 'message=hi',
+      headers: { 'content-type': 'application/x-www-form-urlencoded' },
+    });
     assert.equal(res.status, 415);
     assert.equal(((await res.json()) as { code: string }).code, 'UNSUPPORTED_MEDIA_TYPE');
   });
@@ -269,7 +290,11 @@ describe('POST /v1/chat', () => {
   it('never writes the upstream key or message contents to the logs', async () => {
     const secretMessage = `MESSAGE-MARKER-${randomUUID().slice(0, 8)}`;
     const answer = ['ANSWER-', 'MARKER-', 'b7e2'];
-    h.fake.queue({ kind: 'normal', chunks: answer }, { kind: 'normal', chunks: answer }, { kind: 'status', status: 500 });
+    h.fake.queue(
+      { kind: 'normal', chunks: answer },
+      { kind: 'normal', chunks: answer },
+      { kind: 'status', status: 500 },
+    );
     const streamed = await h.chat({ message: secretMessage });
     await readEvents(streamed);
     const buffered = await h.chat({ message: secretMessage, stream: false });
@@ -278,7 +303,8 @@ describe('POST /v1/chat', () => {
     assert.equal(failed.status, 502);
     await failed.body?.cancel();
     const logs = h.server.logs();
-    for (const res of [streamed, buffered, failed]) assert.ok(logs.includes(res.headers.get('x-request-id') ?? '-'), 'the requests were logged');
+    for (const res of [streamed, buffered, failed])
+      assert.ok(logs.includes(res.headers.get('x-request-id') ?? '-'), 'the requests were logged');
     assert.ok(logs.includes('upstream error'), 'the upstream failure was logged');
     assert.equal(logs.includes(CANARY), false, 'the upstream key is in the logs');
     assert.equal(logs.includes(secretMessage), false, 'the message is in the logs');
@@ -288,9 +314,17 @@ describe('POST /v1/chat', () => {
 });
 
 /** POSTs `bytes` of JSON with chunked transfer encoding; resolves with the status once answered. */
-function postChunked(url: string, key: string, bytes: number): Promise<{ status: number; body: string; chunked: boolean }> {
+function postChunked(
+  url: string,
+  key: string,
+  bytes: number,
+): Promise<{ status: number; body: string; chunked: boolean }> {
   return new Promise((resolve, reject) => {
-    const req = request(url, { method: 'POST', agent: false, headers: { 'content-type': 'application/json', authorization: `Bearer ${key}` } });
+    const req = request(url, {
+      method: 'POST',
+      agent: false,
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${key}` },
+    });
     let answered = false;
     req.on('error', (err) => {
       if (!answered) reject(err);
@@ -299,7 +333,13 @@ function postChunked(url: string, key: string, bytes: number): Promise<{ status:
       answered = true;
       const parts: Buffer[] = [];
       res.on('data', (p: Buffer) => parts.push(p));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(parts).toString('utf8'), chunked: req.getHeader('content-length') === undefined }));
+      res.on('end', () =>
+        resolve({
+          status: res.statusCode ?? 0,
+          body: Buffer.concat(parts).toString('utf8'),
+          chunked: req.getHeader('content-length') === undefined,
+        }),
+      );
       res.on('error', reject);
     });
     const chunk = 'x'.repeat(256);

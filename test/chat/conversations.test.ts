@@ -41,7 +41,10 @@ describe('conversations API', () => {
     let cursor: string | null = null;
     let pages = 0;
     do {
-      const page: Page = await list(key, `?limit=${limit}${cursor === null ? '' : `&cursor=${encodeURIComponent(cursor)}`}`);
+      const page: Page = await list(
+        key,
+        `?limit=${limit}${cursor === null ? '' : `&cursor=${encodeURIComponent(cursor)}`}`,
+      );
       assert.ok(page.conversations.length <= limit);
       ids.push(...page.conversations.map((c) => c.id));
       cursor = page.nextCursor;
@@ -65,12 +68,12 @@ describe('conversations API', () => {
   });
   after(() => h.close());
 
-  it("GET /v1/conversations/:id answers 404 to another identity", async () => {
+  it('GET /v1/conversations/:id answers 404 to another identity', async () => {
     await expectNotFound(await h.call('GET', `/v1/conversations/${conversationId}`, stranger));
     assert.equal((await h.call('GET', `/v1/conversations/${conversationId}`, owner)).status, 200);
   });
 
-  it("DELETE /v1/conversations/:id answers 404 to another identity and deletes nothing", async () => {
+  it('DELETE /v1/conversations/:id answers 404 to another identity and deletes nothing', async () => {
     await expectNotFound(await h.call('DELETE', `/v1/conversations/${conversationId}`, stranger));
     assert.equal((await storedMessages(h.server.db.pool, conversationId)).length, 2);
   });
@@ -100,7 +103,10 @@ describe('conversations API', () => {
     const strangers = await list(stranger, '?limit=100');
     assert.ok(mine.conversations.some((c) => c.id === conversationId));
     assert.ok(!mine.conversations.some((c) => c.id === theirs));
-    assert.deepEqual(strangers.conversations.map((c) => c.id), [theirs]);
+    assert.deepEqual(
+      strangers.conversations.map((c) => c.id),
+      [theirs],
+    );
     assert.equal(strangers.conversations[0]?.title, 'Stranger question');
   });
 
@@ -126,7 +132,10 @@ describe('conversations API', () => {
     const created: string[] = [];
     for (let i = 0; i < 5; i++) created.push(await converse(key, `Same time ${i}`));
     // The tie-breaker: rows that share updated_at must still be neither skipped nor repeated.
-    await h.server.db.pool.query("UPDATE conversations SET updated_at = '2030-01-01T00:00:00.123456Z' WHERE id = ANY($1::uuid[])", [created]);
+    await h.server.db.pool.query(
+      "UPDATE conversations SET updated_at = '2030-01-01T00:00:00.123456Z' WHERE id = ANY($1::uuid[])",
+      [created],
+    );
     const { ids } = await walk(key, 2);
     assert.deepEqual(ids, [...created].sort().reverse());
   });
@@ -136,7 +145,10 @@ describe('conversations API', () => {
     const older = await converse(key, 'Older');
     const newer = await converse(key, 'Newer');
     await readEvents(await h.chat({ message: 'Back to the older one', conversationId: older }, { key }));
-    assert.deepEqual((await list(key)).conversations.map((c) => c.id), [older, newer]);
+    assert.deepEqual(
+      (await list(key)).conversations.map((c) => c.id),
+      [older, newer],
+    );
   });
 
   it('GET /v1/conversations titles a conversation with its first 80 characters without splitting an emoji', async () => {
@@ -155,7 +167,10 @@ describe('conversations API', () => {
     let last;
     for (let f = await stream.next(); f !== undefined; f = await stream.next()) last = f;
     assert.equal(last?.event, 'done');
-    const errors = h.server.logs().split('\n').filter((l) => l.includes(requestId) && l.includes('"level":"error"'));
+    const errors = h.server
+      .logs()
+      .split('\n')
+      .filter((l) => l.includes(requestId) && l.includes('"level":"error"'));
     assert.deepEqual(errors, []);
     assert.equal(h.server.slots.inUse(), 0);
   });
@@ -167,7 +182,11 @@ describe('conversations API', () => {
   });
 
   it('GET /v1/conversations refuses a forged cursor with 400 BAD_REQUEST', async () => {
-    const res = await h.call('GET', `/v1/conversations?cursor=${Buffer.from('{"u":"x"}').toString('base64url')}`, owner);
+    const res = await h.call(
+      'GET',
+      `/v1/conversations?cursor=${Buffer.from('{"u":"x"}').toString('base64url')}`,
+      owner,
+    );
     assert.equal(res.status, 400);
     assert.equal(((await res.json()) as { code: string }).code, 'BAD_REQUEST');
   });

@@ -4,7 +4,16 @@ import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { UPSTREAM_SECRET_DETAIL } from '../support/fake-upstream.ts';
-import { messagesAfterShutdown, openStream, readEvents, startChat, storedAnswer, waitFor, type ChatHarness, type SseFrame } from '../support/chat.ts';
+import {
+  messagesAfterShutdown,
+  openStream,
+  readEvents,
+  startChat,
+  storedAnswer,
+  waitFor,
+  type ChatHarness,
+  type SseFrame,
+} from '../support/chat.ts';
 
 const TIMEOUT_MS = 1000;
 const IDLE_TIMEOUT_MS = 800;
@@ -35,7 +44,11 @@ async function settled(h: ChatHarness): Promise<void> {
 describe('POST /v1/chat when the upstream fails', () => {
   let h: ChatHarness;
   before(async () => {
-    h = await startChat({ UPSTREAM_TIMEOUT_MS: String(TIMEOUT_MS), UPSTREAM_IDLE_TIMEOUT_MS: String(IDLE_TIMEOUT_MS), MAX_CONCURRENT_STREAMS_PER_KEY: '1000' });
+    h = await startChat({
+      UPSTREAM_TIMEOUT_MS: String(TIMEOUT_MS),
+      UPSTREAM_IDLE_TIMEOUT_MS: String(IDLE_TIMEOUT_MS),
+      MAX_CONCURRENT_STREAMS_PER_KEY: '1000',
+    });
   });
   after(() => h.close());
 
@@ -57,14 +70,23 @@ describe('POST /v1/chat when the upstream fails', () => {
     const owned = await h.mintKey();
     const res = await h.chat({ message: 'Kept anyway' }, { key: owned });
     assert.equal(res.status, 502);
-    const list = (await (await h.call('GET', '/v1/conversations', owned)).json()) as { conversations: Array<{ id: string }> };
+    const list = (await (await h.call('GET', '/v1/conversations', owned)).json()) as {
+      conversations: Array<{ id: string }>;
+    };
     const id = list.conversations[0]?.id ?? '';
     const answer = await storedAnswer(h.server.db.pool, id);
     assert.deepEqual([answer.status, answer.error_code, answer.content], ['error', 'UPSTREAM_ERROR', '']);
   });
 
   it('answers an upstream 429 with 503 UPSTREAM_UNAVAILABLE and its Retry-After', async () => {
-    h.fake.queue({ kind: 'status', status: 429, retryAfter: '7', body: { error: { message: `Slow down ${UPSTREAM_SECRET_DETAIL}`, type: 'requests', code: 'rate_limit_exceeded' } } });
+    h.fake.queue({
+      kind: 'status',
+      status: 429,
+      retryAfter: '7',
+      body: {
+        error: { message: `Slow down ${UPSTREAM_SECRET_DETAIL}`, type: 'requests', code: 'rate_limit_exceeded' },
+      },
+    });
     const res = await h.chat({ message: 'Too fast' });
     assert.equal(res.status, 503);
     assert.equal(res.headers.get('retry-after'), '7');
@@ -118,7 +140,10 @@ describe('POST /v1/chat when the upstream fails', () => {
     const frames = await readEvents(await h.chat({ message: 'Garbage' }));
     assert.equal(frames.at(-1)?.event, 'error');
     assert.equal((frames.at(-1)?.data as { code: string }).code, 'UPSTREAM_ERROR');
-    assert.equal(frames.some((f) => f.event === 'done'), false);
+    assert.equal(
+      frames.some((f) => f.event === 'done'),
+      false,
+    );
     const answer = await storedAnswer(h.server.db.pool, conversationOf(frames));
     assert.equal(answer.status, 'error');
   });
@@ -139,7 +164,10 @@ describe('POST /v1/chat when the upstream fails', () => {
     assert.equal(answer.status, 'incomplete');
     assert.equal(answer.error_code, null);
     const full = SLOW.chunks.join('');
-    assert.ok(answer.content.length > 0 && answer.content.length < full.length && full.startsWith(answer.content), `stored ${JSON.stringify(answer.content)}`);
+    assert.ok(
+      answer.content.length > 0 && answer.content.length < full.length && full.startsWith(answer.content),
+      `stored ${JSON.stringify(answer.content)}`,
+    );
   });
 
   it('leaves no upstream request, pool client, slot or turn behind after 200 aborts in a row', async () => {
@@ -148,7 +176,11 @@ describe('POST /v1/chat when the upstream fails', () => {
     const tag = randomUUID().slice(0, 8);
     for (let i = 0; i < runs; i++) {
       // Alternate a flowing stream and a silent one, and the moment of leaving.
-      h.fake.queue(i % 2 === 0 ? { kind: 'slow', chunks: Array.from({ length: 100 }, () => 'x'), chunkDelayMs: 5 } : { kind: 'stall', afterChunks: 1 });
+      h.fake.queue(
+        i % 2 === 0
+          ? { kind: 'slow', chunks: Array.from({ length: 100 }, () => 'x'), chunkDelayMs: 5 }
+          : { kind: 'stall', afterChunks: 1 },
+      );
       const stream = await openStream(h.server.url, h.key, { message: `Abort ${tag} ${i}` });
       assert.equal(stream.res.statusCode, 200);
       await stream.next();
@@ -179,7 +211,10 @@ describe('POST /v1/chat with MAX_CONCURRENT_STREAMS_PER_KEY=2', () => {
 
   it('refuses the third concurrent stream of one identity with 429 TOO_MANY_STREAMS, and not another identity', async () => {
     h.fake.queue(SLOW, SLOW, SLOW);
-    const streams = [await openStream(h.server.url, h.key, { message: 'One' }), await openStream(h.server.url, h.key, { message: 'Two' })];
+    const streams = [
+      await openStream(h.server.url, h.key, { message: 'One' }),
+      await openStream(h.server.url, h.key, { message: 'Two' }),
+    ];
     try {
       const third = await h.chat({ message: 'Three' });
       assert.equal(third.status, 429);
@@ -195,7 +230,10 @@ describe('POST /v1/chat with MAX_CONCURRENT_STREAMS_PER_KEY=2', () => {
 
   it('gives slots back after aborts, so the identity can stream again', async () => {
     h.fake.queue(SLOW, SLOW);
-    for (const s of [await openStream(h.server.url, h.key, { message: 'One' }), await openStream(h.server.url, h.key, { message: 'Two' })]) {
+    for (const s of [
+      await openStream(h.server.url, h.key, { message: 'One' }),
+      await openStream(h.server.url, h.key, { message: 'Two' }),
+    ]) {
       await s.next();
       s.abort();
     }

@@ -30,7 +30,12 @@ function chatUrl(): string {
 }
 
 function post(signal?: AbortSignal): Promise<Response> {
-  return upstreamFetch(chatUrl(), { method: 'POST', headers: new Headers(HEADERS), body: BODY, ...(signal ? { signal } : {}) });
+  return upstreamFetch(chatUrl(), {
+    method: 'POST',
+    headers: new Headers(HEADERS),
+    body: BODY,
+    ...(signal ? { signal } : {}),
+  });
 }
 
 async function readAll(body: Response['body']): Promise<string> {
@@ -109,21 +114,27 @@ describe('createUpstreamFetch()', () => {
     const first = await it.next();
     assert.equal(first.done, false);
     controller.abort();
-    await assert.rejects(async () => {
-      for (;;) if ((await it.next()).done === true) return;
-    }, (err: Error) => err.name === 'AbortError');
+    await assert.rejects(
+      async () => {
+        for (;;) if ((await it.next()).done === true) return;
+      },
+      (err: Error) => err.name === 'AbortError',
+    );
     assert.ok((await fake.waitForClose(index, 1000)) < 1000);
     await waitForIdlePool();
   });
 
   it('rejects a refused connection with TypeError("fetch failed") carrying the cause code', async () => {
     const port = await closedPort();
-    await assert.rejects(upstreamFetch(`http://127.0.0.1:${port}/v1/chat/completions`, { method: 'POST', body: BODY }), (err: Error) => {
-      assert.equal(err.name, 'TypeError');
-      assert.equal(err.message, 'fetch failed');
-      assert.equal((err.cause as { code?: string }).code, 'ECONNREFUSED');
-      return true;
-    });
+    await assert.rejects(
+      upstreamFetch(`http://127.0.0.1:${port}/v1/chat/completions`, { method: 'POST', body: BODY }),
+      (err: Error) => {
+        assert.equal(err.name, 'TypeError');
+        assert.equal(err.message, 'fetch failed');
+        assert.equal((err.cause as { code?: string }).code, 'ECONNREFUSED');
+        return true;
+      },
+    );
   });
 
   it('refuses a compressed body it did not ask for', async () => {
@@ -160,7 +171,11 @@ describe('createUpstreamFetch() requests', () => {
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
     try {
       const { port } = server.address() as AddressInfo;
-      const res = await upstreamFetch(`http://127.0.0.1:${port}/moved`, { method: 'POST', headers: { 'accept-encoding': 'gzip, br' }, body: '{}' });
+      const res = await upstreamFetch(`http://127.0.0.1:${port}/moved`, {
+        method: 'POST',
+        headers: { 'accept-encoding': 'gzip, br' },
+        body: '{}',
+      });
       assert.equal(res.status, 302, 'the redirect is handed back, not followed');
       assert.equal(res.ok, false);
       assert.equal(res.headers.get('location'), '/elsewhere');
@@ -175,7 +190,14 @@ describe('createUpstreamFetch() requests', () => {
 
 describe('the openai SDK over createUpstreamFetch()', () => {
   function client(baseURL = fake.url): OpenAI {
-    return new OpenAI({ apiKey: 'test-key', baseURL, maxRetries: 0, timeout: 2000, logLevel: 'off', fetch: upstreamFetch });
+    return new OpenAI({
+      apiKey: 'test-key',
+      baseURL,
+      maxRetries: 0,
+      timeout: 2000,
+      logLevel: 'off',
+      fetch: upstreamFetch,
+    });
   }
 
   it('streams chat chunks and reports the upstream request id', async () => {
@@ -192,8 +214,19 @@ describe('the openai SDK over createUpstreamFetch()', () => {
   it('retries after a 500 (the SDK discards that body) and streams the next answer', async () => {
     fake.queue({ kind: 'status', status: 500 }, { kind: 'normal' });
     const index = fake.requests.length;
-    const sdk = new OpenAI({ apiKey: 'test-key', baseURL: fake.url, maxRetries: 1, timeout: 2000, logLevel: 'off', fetch: upstreamFetch });
-    const stream = await sdk.chat.completions.create({ model: 'fake-model-1', stream: true, messages: [{ role: 'user', content: 'hi' }] });
+    const sdk = new OpenAI({
+      apiKey: 'test-key',
+      baseURL: fake.url,
+      maxRetries: 1,
+      timeout: 2000,
+      logLevel: 'off',
+      fetch: upstreamFetch,
+    });
+    const stream = await sdk.chat.completions.create({
+      model: 'fake-model-1',
+      stream: true,
+      messages: [{ role: 'user', content: 'hi' }],
+    });
     let text = '';
     for await (const chunk of stream) text += chunk.choices[0]?.delta?.content ?? '';
     assert.equal(text, 'Hello world');
@@ -205,7 +238,10 @@ describe('the openai SDK over createUpstreamFetch()', () => {
     fake.queue({ kind: 'status', status: 429, retryAfter: '7' });
     const err = await client()
       .chat.completions.create({ model: 'fake-model-1', stream: true, messages: [{ role: 'user', content: 'hi' }] })
-      .then(() => undefined, (e: unknown) => e);
+      .then(
+        () => undefined,
+        (e: unknown) => e,
+      );
     assert.ok(err instanceof RateLimitError);
     const classified = classifyUpstreamError(err);
     assert.equal(classified.kind, 'unavailable');
@@ -217,16 +253,29 @@ describe('the openai SDK over createUpstreamFetch()', () => {
     const port = await closedPort();
     const err = await client(`http://127.0.0.1:${port}/v1`)
       .chat.completions.create({ model: 'fake-model-1', messages: [{ role: 'user', content: 'hi' }] })
-      .then(() => undefined, (e: unknown) => e);
+      .then(
+        () => undefined,
+        (e: unknown) => e,
+      );
     assert.ok(err instanceof APIConnectionError);
     assert.equal(classifyUpstreamError(err).kind, 'connection');
   });
 
   it('times out a hanging upstream as a timeout (504), not a connection error', async () => {
     fake.queue({ kind: 'hang' });
-    const err = await new OpenAI({ apiKey: 'test-key', baseURL: fake.url, maxRetries: 0, timeout: 200, logLevel: 'off', fetch: upstreamFetch })
-      .chat.completions.create({ model: 'fake-model-1', messages: [{ role: 'user', content: 'hi' }] })
-      .then(() => undefined, (e: unknown) => e);
+    const err = await new OpenAI({
+      apiKey: 'test-key',
+      baseURL: fake.url,
+      maxRetries: 0,
+      timeout: 200,
+      logLevel: 'off',
+      fetch: upstreamFetch,
+    }).chat.completions
+      .create({ model: 'fake-model-1', messages: [{ role: 'user', content: 'hi' }] })
+      .then(
+        () => undefined,
+        (e: unknown) => e,
+      );
     assert.equal(classifyUpstreamError(err).kind, 'timeout');
     await waitForIdlePool();
   });

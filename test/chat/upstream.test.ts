@@ -43,7 +43,12 @@ interface Harness {
 
 /** An upstream client against the fake, with captured logs; `withSecrets: false` disables the logger's redaction. */
 function harness(env: Record<string, string> = {}, withSecrets = true, baseUrl = fake.url): Harness {
-  const parsed = parseConfig({ OPENAI_BASE_URL: baseUrl, OPENAI_API_KEY: CANARY_KEY, UPSTREAM_MAX_RETRIES: '0', ...env });
+  const parsed = parseConfig({
+    OPENAI_BASE_URL: baseUrl,
+    OPENAI_API_KEY: CANARY_KEY,
+    UPSTREAM_MAX_RETRIES: '0',
+    ...env,
+  });
   if (!parsed.ok) throw new Error(parsed.problems.join('; '));
   const lines: string[] = [];
   const secrets = withSecrets ? parsed.config.secrets.values : [];
@@ -112,7 +117,11 @@ describe('stream()', () => {
   it('reports finish reason length when the upstream cut the answer', async () => {
     fake.setBehaviour({ kind: 'normal', finishReason: 'length' });
     const events = await collect(await harness().upstream.stream(REQUEST, new AbortController().signal));
-    assert.deepEqual(events.at(-1), { type: 'done', finishReason: 'length', usage: { promptTokens: 12, completionTokens: 3 } });
+    assert.deepEqual(events.at(-1), {
+      type: 'done',
+      finishReason: 'length',
+      usage: { promptTokens: 12, completionTokens: 3 },
+    });
   });
 
   it('rejects a 500 as a 502 AppError that does not carry the upstream text, and logs that text', async () => {
@@ -307,7 +316,9 @@ describe('complete()', () => {
 
   it('rejects with a 504 timeout when the answer does not come within the deadline', async () => {
     fake.setBehaviour({ kind: 'hang' });
-    const { err, ms } = await failure(() => harness({ UPSTREAM_TIMEOUT_MS: '300' }).upstream.complete(REQUEST, new AbortController().signal));
+    const { err, ms } = await failure(() =>
+      harness({ UPSTREAM_TIMEOUT_MS: '300' }).upstream.complete(REQUEST, new AbortController().signal),
+    );
     assert.equal(err.toAppError().status, 504);
     assert.ok(ms < 1000, `took ${ms} ms`);
   });
@@ -316,7 +327,9 @@ describe('complete()', () => {
 describe('classifyUpstreamError()', () => {
   it('treats 503 and 529 as unavailable and other statuses as status errors', () => {
     const headers = new Headers({ 'retry-after': '3', 'x-request-id': 'req_x' });
-    const overloaded = classifyUpstreamError(new InternalServerError(529, { message: 'overloaded' }, undefined, headers));
+    const overloaded = classifyUpstreamError(
+      new InternalServerError(529, { message: 'overloaded' }, undefined, headers),
+    );
     assert.equal(overloaded.kind, 'unavailable');
     assert.equal(overloaded.retryAfterSeconds, 3);
     assert.equal(overloaded.upstreamRequestId, 'req_x');
@@ -325,8 +338,12 @@ describe('classifyUpstreamError()', () => {
   });
 
   it('treats a body timeout as timeout and other transport failures as broken or connection', () => {
-    const bodyTimeout = new TypeError('terminated', { cause: Object.assign(new Error('Body Timeout Error'), { code: 'UND_ERR_BODY_TIMEOUT' }) });
-    const reset = new TypeError('terminated', { cause: Object.assign(new Error('other side closed'), { code: 'UND_ERR_SOCKET' }) });
+    const bodyTimeout = new TypeError('terminated', {
+      cause: Object.assign(new Error('Body Timeout Error'), { code: 'UND_ERR_BODY_TIMEOUT' }),
+    });
+    const reset = new TypeError('terminated', {
+      cause: Object.assign(new Error('other side closed'), { code: 'UND_ERR_SOCKET' }),
+    });
     assert.equal(classifyUpstreamError(bodyTimeout).kind, 'timeout');
     assert.equal(classifyUpstreamError(reset).kind, 'broken');
     assert.equal(classifyUpstreamError(new SyntaxError('bad json')).kind, 'broken');

@@ -21,7 +21,10 @@ function capturingLog(): { log: Logger; lines(): string[] } {
     log,
     lines() {
       log.flush();
-      return chunks.join('').split('\n').filter((line) => line !== '');
+      return chunks
+        .join('')
+        .split('\n')
+        .filter((line) => line !== '');
     },
   };
 }
@@ -113,7 +116,10 @@ describe('postgresPoolConfig()', () => {
     const ca = join(dir, 'ca.pem');
     await writeFile(ca, '-----BEGIN CERTIFICATE-----\ntest\n-----END CERTIFICATE-----\n');
     const options = postgresPoolConfig(
-      testConfig({ DATABASE_URL: 'postgres://app:pw@db.example:5432/app?sslmode=no-verify&application_name=probe', DATABASE_CA_FILE: ca }),
+      testConfig({
+        DATABASE_URL: 'postgres://app:pw@db.example:5432/app?sslmode=no-verify&application_name=probe',
+        DATABASE_CA_FILE: ca,
+      }),
     );
     assert.deepEqual(effectiveSsl(options), { ca: await readFile(ca, 'utf8'), rejectUnauthorized: true });
     const url = new URL(options.connectionString as string);
@@ -124,7 +130,9 @@ describe('postgresPoolConfig()', () => {
   it('postgresPoolConfig() reads DATABASE_PASSWORD_FILE again for every connection', async () => {
     const file = join(dir, 'password');
     await writeFile(file, 'first\n');
-    const options = postgresPoolConfig(testConfig({ DATABASE_URL: 'postgres://app@db.example:5432/app', DATABASE_PASSWORD_FILE: file }));
+    const options = postgresPoolConfig(
+      testConfig({ DATABASE_URL: 'postgres://app@db.example:5432/app', DATABASE_PASSWORD_FILE: file }),
+    );
     // What pg will ask when it connects: the client the pool builds from these options.
     const password = passwordAsked(options);
     assert.equal(await password(), 'first');
@@ -183,7 +191,10 @@ describe('DATABASE_PASSWORD_FILE on PostgreSQL', { skip: NEEDS_POSTGRES }, () =>
     const url = new URL(TEST_DATABASE_URL as string);
     url.username = role;
     url.password = '';
-    db = await createDatabase(testConfig({ DATABASE_URL: url.toString(), DATABASE_PASSWORD_FILE: join(dir, 'password') }), createLogger({ level: 'silent' }));
+    db = await createDatabase(
+      testConfig({ DATABASE_URL: url.toString(), DATABASE_PASSWORD_FILE: join(dir, 'password') }),
+      createLogger({ level: 'silent' }),
+    );
   });
   after(async () => {
     await db?.close();

@@ -12,7 +12,10 @@ test('isDatabaseUnavailable() recognises connection failures, shutdowns and a pa
   assert.equal(isDatabaseUnavailable(coded('password authentication failed', '28P01')), true);
   assert.equal(isDatabaseUnavailable(coded('too many connections', '53300')), true);
   assert.equal(isDatabaseUnavailable(new Error('timeout exceeded when trying to connect')), true);
-  assert.equal(isDatabaseUnavailable(new Error('wrapped', { cause: new Error('Connection terminated unexpectedly') })), true);
+  assert.equal(
+    isDatabaseUnavailable(new Error('wrapped', { cause: new Error('Connection terminated unexpectedly') })),
+    true,
+  );
 });
 
 test('isDatabaseUnavailable() leaves bugs and data errors alone', () => {

@@ -109,7 +109,9 @@ for (const engine of engines) {
   });
 }
 
-describe('migrate() from several instances at once on PostgreSQL', { skip: !TEST_DATABASE_URL && 'needs TEST_DATABASE_URL' }, () => {
+describe('migrate() from several instances at once on PostgreSQL', {
+  skip: !TEST_DATABASE_URL && 'needs TEST_DATABASE_URL',
+}, () => {
   let fresh: Fresh;
   const dbs: Database[] = [];
   let impatient: Database;
@@ -133,7 +135,10 @@ describe('migrate() from several instances at once on PostgreSQL', { skip: !TEST
     const { rows } = await (dbs[0] as Database).pool.query<{ version: string; n: number }>(
       'SELECT version, count(*)::int AS n FROM schema_migrations GROUP BY version ORDER BY version',
     );
-    assert.deepEqual(rows, versions.map((version) => ({ version, n: 1 })));
+    assert.deepEqual(
+      rows,
+      versions.map((version) => ({ version, n: 1 })),
+    );
   });
 
   it("migrate() waits for another instance's migration that outlasts its own lock_timeout", async () => {

@@ -127,20 +127,29 @@ describe('DATABASE_PASSWORD_FILE on PostgreSQL', { skip: !TEST_DATABASE_URL && '
       );
       traffic.killedAt = performance.now();
       killed = rows.filter((r) => r.terminated).map((r) => r.pid);
-      await waitFor('successful requests on new connections', 10_000, () => (traffic.okAfterKill >= 30 ? true : undefined));
+      await waitFor('successful requests on new connections', 10_000, () =>
+        traffic.okAfterKill >= 30 ? true : undefined,
+      );
     } finally {
       await traffic.stop();
     }
 
     assert.ok(killed.length >= 1, 'the rotation killed at least one of the server’s connections');
     // At most the one request in flight on each killed connection may fail.
-    assert.ok(traffic.failures.length <= killed.length, `${traffic.failures.length} failed requests for ${killed.length} killed connections: ${traffic.failures.join(', ')}`);
+    assert.ok(
+      traffic.failures.length <= killed.length,
+      `${traffic.failures.length} failed requests for ${killed.length} killed connections: ${traffic.failures.join(', ')}`,
+    );
     const health = await fetch(`${app.url}/health`);
     assert.equal(health.status, 200);
     await health.arrayBuffer();
     const now = await appBackends();
     assert.ok(now.length >= 1, 'the server holds connections again');
-    assert.deepEqual(now.filter((pid) => killed.includes(pid)), [], 'every connection is a new one');
+    assert.deepEqual(
+      now.filter((pid) => killed.includes(pid)),
+      [],
+      'every connection is a new one',
+    );
     // The new connections could only log in with the new password: the old one is refused now.
     const stale = new pg.Client({ connectionString: roleUrl(oldPassword) });
     await assert.rejects(stale.connect(), (err: Error & { code?: string }) => err.code === '28P01');

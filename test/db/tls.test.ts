@@ -39,16 +39,75 @@ async function openssl(dir: string, ...args: string[]): Promise<void> {
 }
 
 async function makeCa(dir: string, name: string): Promise<string> {
-  await openssl(dir, 'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', `${name}.key`, '-out', `${name}.crt`,
-    '-days', '2', '-subj', `/CN=${name}`, '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign');
+  await openssl(
+    dir,
+    'req',
+    '-x509',
+    '-newkey',
+    'ec',
+    '-pkeyopt',
+    'ec_paramgen_curve:P-256',
+    '-nodes',
+    '-keyout',
+    `${name}.key`,
+    '-out',
+    `${name}.crt`,
+    '-days',
+    '2',
+    '-subj',
+    `/CN=${name}`,
+    '-addext',
+    'basicConstraints=critical,CA:TRUE',
+    '-addext',
+    'keyUsage=critical,keyCertSign,cRLSign',
+  );
   return join(dir, `${name}.crt`);
 }
 
-async function makeServerCert(dir: string, name: string, ca: string, commonName: string, altNames: string): Promise<{ certFile: string; keyFile: string }> {
-  await writeFile(join(dir, `${name}.ext`), `subjectAltName = ${altNames}\nextendedKeyUsage = serverAuth\nbasicConstraints = CA:FALSE\n`);
-  await openssl(dir, 'req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', `/CN=${commonName}`);
-  await openssl(dir, 'x509', '-req', '-in', `${name}.csr`, '-CA', `${ca}.crt`, '-CAkey', `${ca}.key`, '-CAcreateserial', '-days', '2', '-out', `${name}.crt`,
-    '-extfile', `${name}.ext`);
+async function makeServerCert(
+  dir: string,
+  name: string,
+  ca: string,
+  commonName: string,
+  altNames: string,
+): Promise<{ certFile: string; keyFile: string }> {
+  await writeFile(
+    join(dir, `${name}.ext`),
+    `subjectAltName = ${altNames}\nextendedKeyUsage = serverAuth\nbasicConstraints = CA:FALSE\n`,
+  );
+  await openssl(
+    dir,
+    'req',
+    '-newkey',
+    'ec',
+    '-pkeyopt',
+    'ec_paramgen_curve:P-256',
+    '-nodes',
+    '-keyout',
+    `${name}.key`,
+    '-out',
+    `${name}.csr`,
+    '-subj',
+    `/CN=${commonName}`,
+  );
+  await openssl(
+    dir,
+    'x509',
+    '-req',
+    '-in',
+    `${name}.csr`,
+    '-CA',
+    `${ca}.crt`,
+    '-CAkey',
+    `${ca}.key`,
+    '-CAcreateserial',
+    '-days',
+    '2',
+    '-out',
+    `${name}.crt`,
+    '-extfile',
+    `${name}.ext`,
+  );
   return { certFile: join(dir, `${name}.crt`), keyFile: join(dir, `${name}.key`) };
 }
 
@@ -62,7 +121,10 @@ async function makePki(dir: string): Promise<Pki> {
 
 /** Opens the app's database on `url` with DATABASE_CA_FILE=`caFile` and asks whether the session is encrypted. */
 async function sessionIsEncrypted(url: string, caFile: string): Promise<boolean> {
-  const db = await createDatabase(testConfig({ DATABASE_URL: url, DATABASE_CA_FILE: caFile }), createLogger({ level: 'silent' }));
+  const db = await createDatabase(
+    testConfig({ DATABASE_URL: url, DATABASE_CA_FILE: caFile }),
+    createLogger({ level: 'silent' }),
+  );
   try {
     const { rows } = await db.pool.query<{ ssl: boolean }>('SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()');
     return (rows[0] as { ssl: boolean }).ssl;
@@ -97,7 +159,10 @@ describe('DATABASE_CA_FILE against a PostgreSQL server with TLS', { skip: UNAVAI
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'db-tls-test-'));
     pki = await makePki(dir);
-    [instance, otherNameInstance] = await Promise.all([startPgInstance({ tls: pki.server }), startPgInstance({ tls: pki.otherName })]);
+    [instance, otherNameInstance] = await Promise.all([
+      startPgInstance({ tls: pki.server }),
+      startPgInstance({ tls: pki.otherName }),
+    ]);
   });
   after(async () => {
     await Promise.all([instance?.stop(), otherNameInstance?.stop()]);
@@ -114,7 +179,14 @@ describe('DATABASE_CA_FILE against a PostgreSQL server with TLS', { skip: UNAVAI
 
   // Each of these in a connection string would override pg's ssl object (dependency notes §6.2):
   // sslmode=no-verify and ssl=no-verify skip verification, sslmode=disable and ssl=0 turn TLS off.
-  for (const query of ['sslmode=no-verify', 'sslmode=disable', 'sslmode=prefer', 'sslmode=require', 'ssl=0', 'ssl=no-verify']) {
+  for (const query of [
+    'sslmode=no-verify',
+    'sslmode=disable',
+    'sslmode=prefer',
+    'sslmode=require',
+    'ssl=0',
+    'ssl=no-verify',
+  ]) {
     it(`createDatabase() with the right CA still connects over TLS when the URL says ${query}`, async () => {
       assert.equal(await sessionIsEncrypted(urlOf(instance, `?${query}`), pki.rightCa), true);
     });
@@ -126,6 +198,9 @@ describe('DATABASE_CA_FILE against a PostgreSQL server with TLS', { skip: UNAVAI
 
   it('createDatabase() refuses a certificate from the right CA issued for another host name', async () => {
     // Signed by the trusted CA but only for db.example, while the URL says 127.0.0.1: only the name check can refuse it.
-    await assert.rejects(sessionIsEncrypted(urlOf(otherNameInstance), pki.rightCa), certificateRefused('ERR_TLS_CERT_ALTNAME_INVALID'));
+    await assert.rejects(
+      sessionIsEncrypted(urlOf(otherNameInstance), pki.rightCa),
+      certificateRefused('ERR_TLS_CERT_ALTNAME_INVALID'),
+    );
   });
 });

@@ -39,7 +39,9 @@ for (const engine of engines) {
       // One client: whatever withTransaction hands back is exactly what the next caller gets.
       const env = engine.external ? { DB_POOL_MAX: '1' } : { DATABASE_URL: undefined };
       db = await createDatabase(testConfig(env, dir), log);
-      await db.pool.query(`CREATE TABLE ${table} (id int PRIMARY KEY, parent int REFERENCES ${table} (id) DEFERRABLE INITIALLY DEFERRED)`);
+      await db.pool.query(
+        `CREATE TABLE ${table} (id int PRIMARY KEY, parent int REFERENCES ${table} (id) DEFERRABLE INITIALLY DEFERRED)`,
+      );
     });
     after(async () => {
       if (engine.external) await db?.pool.query(`DROP TABLE IF EXISTS ${table}`);
@@ -94,7 +96,9 @@ for (const engine of engines) {
   });
 }
 
-describe('withTransaction() on PostgreSQL when the backend dies mid-transaction', { skip: !TEST_DATABASE_URL && 'needs TEST_DATABASE_URL' }, () => {
+describe('withTransaction() on PostgreSQL when the backend dies mid-transaction', {
+  skip: !TEST_DATABASE_URL && 'needs TEST_DATABASE_URL',
+}, () => {
   let db: Database;
   let admin: pg.Client;
 

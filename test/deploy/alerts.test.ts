@@ -60,7 +60,8 @@ function exportedSeriesNames(): Set<string> {
   const names = new Set<string>(['up']);
   for (const name of METRIC_NAMES) {
     names.add(name);
-    if (rendered.includes(`# TYPE ${name} histogram\n`)) for (const s of ['_bucket', '_sum', '_count']) names.add(name + s);
+    if (rendered.includes(`# TYPE ${name} histogram\n`))
+      for (const s of ['_bucket', '_sum', '_count']) names.add(name + s);
   }
   return names;
 }
@@ -71,7 +72,8 @@ describe('deploy/alerts.yml', () => {
   it('alerts.yml has the groups/rules layout, space indentation and eight rules', () => {
     assert.match(text, /^groups:\n {2}- name: chat-server\n {4}rules:\n/m);
     assert.ok(!text.includes('\t'), 'no tabs in YAML');
-    for (const line of text.split('\n')) assert.equal((/^ */.exec(line)?.[0].length ?? 0) % 2, 0, `odd indentation: ${line}`);
+    for (const line of text.split('\n'))
+      assert.equal((/^ */.exec(line)?.[0].length ?? 0) % 2, 0, `odd indentation: ${line}`);
     assert.equal(rules.length, 8);
     assert.equal(text.match(/^ {6}- alert: /gm)?.length, rules.length);
   });
@@ -122,6 +124,10 @@ describe('deploy/alerts.yml', () => {
   });
 
   it('metricNames() finds selectors and ignores functions, labels, keywords and numbers', () => {
-    assert.deepEqual(metricNames('sum by (le) (rate(a_total{x="y z"}[5m])) / b_count > 1.5e9 and on (instance) up'), ['a_total', 'b_count', 'up']);
+    assert.deepEqual(metricNames('sum by (le) (rate(a_total{x="y z"}[5m])) / b_count > 1.5e9 and on (instance) up'), [
+      'a_total',
+      'b_count',
+      'up',
+    ]);
   });
 });

@@ -37,7 +37,8 @@ function serviceSettings(text: string): Map<string, string[]> {
 function timeSpanMs(span: string): number {
   const units: Record<string, number> = { ms: 1, s: 1000, sec: 1000, m: 60_000, min: 60_000, h: 3_600_000 };
   let total = 0;
-  for (const m of span.matchAll(/(\d+(?:\.\d+)?)\s*([a-z]*)/g)) total += Number(m[1]) * (units[m[2] || 's'] ?? Number.NaN);
+  for (const m of span.matchAll(/(\d+(?:\.\d+)?)\s*([a-z]*)/g))
+    total += Number(m[1]) * (units[m[2] || 's'] ?? Number.NaN);
   return total;
 }
 
@@ -54,13 +55,23 @@ describe('deploy/chat-server.service', () => {
     const flag = '--max-semi-space-size=4';
     assert.ok(settings.get('Environment')?.includes(`NODE_OPTIONS=${flag}`), 'Environment=NODE_OPTIONS in the unit');
     assert.ok(settings.get('Environment')?.includes('MALLOC_ARENA_MAX=2'), 'Environment=MALLOC_ARENA_MAX in the unit');
-    const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { scripts: Record<string, string> };
+    const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as {
+      scripts: Record<string, string>;
+    };
     const start = pkg.scripts['start']?.split(' ') ?? [];
     assert.ok(start.includes(flag), 'npm start passes the flag');
     assert.equal(start[0], 'MALLOC_ARENA_MAX=2', 'npm start sets the arena count');
     const bench = readFileSync(new URL('../../bench/support/ours.ts', import.meta.url), 'utf8');
-    assert.match(bench, /PRODUCTION_NODE_FLAGS: readonly string\[\] = \['--max-semi-space-size=4'\]/, 'bench/support/ours.ts flags');
-    assert.match(bench, /PRODUCTION_ENV: Readonly<Record<string, string>> = \{ MALLOC_ARENA_MAX: '2' \}/, 'bench/support/ours.ts environment');
+    assert.match(
+      bench,
+      /PRODUCTION_NODE_FLAGS: readonly string\[\] = \['--max-semi-space-size=4'\]/,
+      'bench/support/ours.ts flags',
+    );
+    assert.match(
+      bench,
+      /PRODUCTION_ENV: Readonly<Record<string, string>> = \{ MALLOC_ARENA_MAX: '2' \}/,
+      'bench/support/ours.ts environment',
+    );
   });
 
   it('TimeoutStopSec outlasts the default SHUTDOWN_GRACE_MS drain, and SIGTERM starts it', () => {
@@ -95,7 +106,9 @@ describe('deploy/chat-server.service', () => {
   });
 
   it(`systemd-analyze security rates the sandbox at or below ${MAX_EXPOSURE}`, { skip: skipWithoutAnalyze }, () => {
-    const run = spawnSync('systemd-analyze', ['security', '--offline=true', '--no-pager', unitPath], { encoding: 'utf8' });
+    const run = spawnSync('systemd-analyze', ['security', '--offline=true', '--no-pager', unitPath], {
+      encoding: 'utf8',
+    });
     assert.equal(run.status, 0, run.stderr);
     const m = /Overall exposure level for chat-server\.service: (\d+(?:\.\d+)?)/.exec(run.stdout);
     assert.ok(m, `no overall exposure line in:\n${run.stdout}${run.stderr}`);

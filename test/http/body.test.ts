@@ -20,13 +20,30 @@ function throwsApp(fn: () => unknown, code: string, status: number): void {
 }
 
 describe('isJsonContentType()', () => {
-  for (const header of ['application/json', 'Application/JSON', 'application/json; charset=utf-8', 'application/json;charset="UTF-8"', 'application/json; foo=bar']) {
+  for (const header of [
+    'application/json',
+    'Application/JSON',
+    'application/json; charset=utf-8',
+    'application/json;charset="UTF-8"',
+    'application/json; foo=bar',
+  ]) {
     it(`isJsonContentType() accepts ${header}`, () => {
       assert.equal(isJsonContentType(header), true);
     });
   }
 
-  for (const header of [undefined, '', 'text/plain', 'application/jsonp', 'application/json-seq', 'text/json', 'application/x-www-form-urlencoded', 'application/json; charset=latin1', 'application/json; charset=utf-16', 'application/json; charset=']) {
+  for (const header of [
+    undefined,
+    '',
+    'text/plain',
+    'application/jsonp',
+    'application/json-seq',
+    'text/json',
+    'application/x-www-form-urlencoded',
+    'application/json; charset=latin1',
+    'application/json; charset=utf-16',
+    'application/json; charset=',
+  ]) {
     it(`isJsonContentType() refuses ${JSON.stringify(header)}`, () => {
       assert.equal(isJsonContentType(header), false);
     });
@@ -87,7 +104,10 @@ describe('readJson()', () => {
   });
   after(() => served.close());
 
-  function post(body: string, headers: Record<string, string> = { 'content-type': 'application/json' }): Promise<Response> {
+  function post(
+    body: string,
+    headers: Record<string, string> = { 'content-type': 'application/json' },
+  ): Promise<Response> {
     return fetch(`${served.url}/echo`, { method: 'POST', headers, body });
   }
 
@@ -164,12 +184,16 @@ describe('readJson()', () => {
 
   it('readJson() answers 413 for a streamed node:http request body with no Content-Length', async () => {
     const { status, body } = await new Promise<{ status: number; body: string }>((resolve, reject) => {
-      const req = request(`${served.url}/echo`, { method: 'POST', headers: { 'content-type': 'application/json' } }, (res) => {
-        let text = '';
-        res.setEncoding('utf8');
-        res.on('data', (c: string) => (text += c));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: text }));
-      });
+      const req = request(
+        `${served.url}/echo`,
+        { method: 'POST', headers: { 'content-type': 'application/json' } },
+        (res) => {
+          let text = '';
+          res.setEncoding('utf8');
+          res.on('data', (c: string) => (text += c));
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, body: text }));
+        },
+      );
       req.on('error', reject);
       assert.equal(req.getHeader('content-length'), undefined);
       req.write(`["${'y'.repeat(50)}",`);
@@ -183,7 +207,10 @@ describe('readJson()', () => {
     t.mock.timers.enable({ apis: ['setTimeout'] }); // the deadline timer is armed when the reader starts
     const reached = new Promise<void>((resolve) => (arrived = resolve));
     t.after(() => (arrived = () => {}));
-    const response = rawRequest(served.port, `POST /echo HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 10\r\n\r\n{`);
+    const response = rawRequest(
+      served.port,
+      `POST /echo HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 10\r\n\r\n{`,
+    );
     await reached;
     t.mock.timers.tick(5_000);
     const text = await response;

@@ -5,7 +5,10 @@ import { addressGroup, createClientIp, normaliseAddress } from '../../lib/http/c
 import { route, serve, type Served } from '../support/http.ts';
 
 function req(remoteAddress: string | undefined, xff?: string): IncomingMessage {
-  return { socket: { remoteAddress }, headers: xff === undefined ? {} : { 'x-forwarded-for': xff } } as unknown as IncomingMessage;
+  return {
+    socket: { remoteAddress },
+    headers: xff === undefined ? {} : { 'x-forwarded-for': xff },
+  } as unknown as IncomingMessage;
 }
 
 describe('normaliseAddress()', () => {
@@ -86,9 +89,13 @@ describe('createClientIp() behind trusted proxies', () => {
   describe('through a real socket', () => {
     let served: Served;
     before(async () => {
-      served = await serve([route('GET', '/ip', async (ctx) => ({ kind: 'json', status: 200, body: { ip: ctx.clientIp } }))], [], {
-        clientIp: createClientIp(['127.0.0.1']),
-      });
+      served = await serve(
+        [route('GET', '/ip', async (ctx) => ({ kind: 'json', status: 200, body: { ip: ctx.clientIp } }))],
+        [],
+        {
+          clientIp: createClientIp(['127.0.0.1']),
+        },
+      );
     });
     after(() => served.close());
 

@@ -18,7 +18,10 @@ function headerBlocks(raw: string): Array<Array<[string, string]>> {
         .split('\r\n\r\n')[0]!
         .split('\r\n')
         .slice(1)
-        .map((line): [string, string] => [line.slice(0, line.indexOf(':')).toLowerCase(), line.slice(line.indexOf(':') + 1).trim()]),
+        .map((line): [string, string] => [
+          line.slice(0, line.indexOf(':')).toLowerCase(),
+          line.slice(line.indexOf(':') + 1).trim(),
+        ]),
     );
 }
 
@@ -33,7 +36,11 @@ describe('respond (synchronous answers)', () => {
         { method: 'GET', pattern: '/sync', handler: () => CONSTANT },
         { method: 'POST', pattern: '/sync', handler: () => CONSTANT },
         { method: 'GET', pattern: '/async', handler: async () => CONSTANT },
-        { method: 'GET', pattern: '/own-cache', handler: () => ({ kind: 'json', status: 200, body: {}, headers: { 'Cache-Control': 'max-age=60' } }) },
+        {
+          method: 'GET',
+          pattern: '/own-cache',
+          handler: () => ({ kind: 'json', status: 200, body: {}, headers: { 'Cache-Control': 'max-age=60' } }),
+        },
         {
           method: 'GET',
           pattern: '/refuse',

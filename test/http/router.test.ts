@@ -82,7 +82,11 @@ describe('createRouter()', () => {
   });
 
   it('createRouter() lists OPTIONS but not HEAD in Allow for a POST-only path', () => {
-    assert.deepEqual(match('GET', '/v1/chat'), { kind: 'method-not-allowed', pattern: '/v1/chat', allow: 'OPTIONS, POST' });
+    assert.deepEqual(match('GET', '/v1/chat'), {
+      kind: 'method-not-allowed',
+      pattern: '/v1/chat',
+      allow: 'OPTIONS, POST',
+    });
   });
 
   it('createRouter() serves HEAD with the GET handler', () => {
@@ -145,12 +149,19 @@ describe('createRouter()', () => {
   });
 
   it('createRouter() throws on a duplicate route', () => {
-    assert.throws(() => createRouter([...routes, { method: 'GET', pattern: '/health', handler: getHealth }]), /Duplicate route: GET \/health/);
+    assert.throws(
+      () => createRouter([...routes, { method: 'GET', pattern: '/health', handler: getHealth }]),
+      /Duplicate route: GET \/health/,
+    );
   });
 
   it('createRouter() throws on two names for one param position', () => {
     assert.throws(
-      () => createRouter([...routes, { method: 'PATCH', pattern: '/v1/conversations/:conversationId', handler: getHealth }]),
+      () =>
+        createRouter([
+          ...routes,
+          { method: 'PATCH', pattern: '/v1/conversations/:conversationId', handler: getHealth },
+        ]),
       /Conflicting parameter names/,
     );
   });

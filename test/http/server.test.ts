@@ -117,8 +117,17 @@ describe('the HTTP server', () => {
       assert.equal(res.status, 500);
       assertSecurityProfile(res.headers, true /* HSTS is on by default */);
       const requestId = res.headers.get('x-request-id');
-      assert.deepEqual(await problem(res), { type: 'about:blank', title: 'Internal server error', status: 500, code: 'INTERNAL', requestId });
-      const logged = h.server.logs().split('\n').find((line) => line.includes('SQL-DETAIL-MARKER'));
+      assert.deepEqual(await problem(res), {
+        type: 'about:blank',
+        title: 'Internal server error',
+        status: 500,
+        code: 'INTERNAL',
+        requestId,
+      });
+      const logged = h.server
+        .logs()
+        .split('\n')
+        .find((line) => line.includes('SQL-DETAIL-MARKER'));
       assert.ok(logged?.includes(`"requestId":"${requestId}"`), `the cause is logged with the request id: ${logged}`);
     });
   });
@@ -126,7 +135,11 @@ describe('the HTTP server', () => {
   describe('body limit', () => {
     it('a 20 kB JSON POST to an unknown /v1 path answers 413 before authentication or routing', async () => {
       const body = JSON.stringify({ message: 'x'.repeat(20_000) });
-      const res = await fetch(`${url}/v1/no-such-route`, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
+      const res = await fetch(`${url}/v1/no-such-route`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body,
+      });
       assert.equal(res.status, 413);
       assertSecurityProfile(res.headers, true /* HSTS is on by default */);
       assert.deepEqual(await problem(res), {
@@ -169,7 +182,10 @@ describe('the HTTP server', () => {
 
   describe('requests node:http cannot parse', () => {
     it('a 20 kB header answers 431 problem+json with the security headers', async () => {
-      const res = await rawExchange(url, `GET /health/live HTTP/1.1\r\nHost: test\r\nX-Big: ${'a'.repeat(20_000)}\r\n\r\n`);
+      const res = await rawExchange(
+        url,
+        `GET /health/live HTTP/1.1\r\nHost: test\r\nX-Big: ${'a'.repeat(20_000)}\r\n\r\n`,
+      );
       assert.equal(res.status, 431);
       assertSecurityProfile(res.headers, true /* HSTS is on by default */);
       assert.equal(res.headers.get('content-type'), PROBLEM_TYPE);
@@ -221,7 +237,10 @@ describe('the HTTP server', () => {
 
     it('an ill-formed incoming x-request-id is replaced by a generated one', async () => {
       const res = await fetch(`${url}/health/live`, { headers: { 'x-request-id': 'short' } });
-      assert.match(res.headers.get('x-request-id') ?? '', /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/);
+      assert.match(
+        res.headers.get('x-request-id') ?? '',
+        /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/,
+      );
     });
   });
 
@@ -306,7 +325,11 @@ describe('the HTTP server', () => {
     it('a preflight from an allowed origin answers 204 with the CORS grant', async () => {
       const res = await fetch(`${url}/v1/chat`, {
         method: 'OPTIONS',
-        headers: { origin: ALLOWED_ORIGIN, 'access-control-request-method': 'POST', 'access-control-request-headers': 'content-type' },
+        headers: {
+          origin: ALLOWED_ORIGIN,
+          'access-control-request-method': 'POST',
+          'access-control-request-headers': 'content-type',
+        },
       });
       assert.equal(res.status, 204);
       assert.equal(res.headers.get('access-control-allow-origin'), ALLOWED_ORIGIN);
@@ -322,13 +345,19 @@ describe('the HTTP server', () => {
       });
       assert.equal(res.status, 403);
       assertSecurityProfile(res.headers, true /* HSTS is on by default */);
-      assert.deepEqual([...res.headers.keys()].filter((name) => name.startsWith('access-control-')), []);
+      assert.deepEqual(
+        [...res.headers.keys()].filter((name) => name.startsWith('access-control-')),
+        [],
+      );
     });
 
     it('a simple request from a foreign origin gets no CORS headers', async () => {
       const res = await fetch(`${url}/health/live`, { headers: { origin: 'https://evil.example' } });
       assert.equal(res.status, 200);
-      assert.deepEqual([...res.headers.keys()].filter((name) => name.startsWith('access-control-')), []);
+      assert.deepEqual(
+        [...res.headers.keys()].filter((name) => name.startsWith('access-control-')),
+        [],
+      );
     });
   });
 });

@@ -17,8 +17,14 @@ describe('createMemoryStore()', () => {
     const store = createMemoryStore({ now: clock.now });
     const policy = bucketPolicy(1, 3); // 3 at once, then 1 per minute
     const decisions = [1, 2, 3, 4].map(() => store.takeSync('k', policy));
-    assert.deepEqual(decisions.map((d) => d.allowed), [true, true, true, false]);
-    assert.deepEqual(decisions.map((d) => d.remaining), [2, 1, 0, 0]);
+    assert.deepEqual(
+      decisions.map((d) => d.allowed),
+      [true, true, true, false],
+    );
+    assert.deepEqual(
+      decisions.map((d) => d.remaining),
+      [2, 1, 0, 0],
+    );
     assert.equal(decisions[3]?.retryAfterSeconds, 60);
     clock.advance(20_500);
     assert.equal(store.takeSync('k', policy).retryAfterSeconds, 40); // 39.5 s rounds up
@@ -31,7 +37,12 @@ describe('createMemoryStore()', () => {
     store.takeSync('k', twoPerSecond);
     assert.equal(store.takeSync('k', twoPerSecond).allowed, false);
     clock.advance(1000);
-    assert.deepEqual(store.takeSync('k', twoPerSecond), { allowed: true, remaining: 0, resetSeconds: 2, retryAfterSeconds: 0 });
+    assert.deepEqual(store.takeSync('k', twoPerSecond), {
+      allowed: true,
+      remaining: 0,
+      resetSeconds: 2,
+      retryAfterSeconds: 0,
+    });
   });
 
   it('memoryStore.takeSync() keeps one bucket per key', () => {
@@ -45,7 +56,12 @@ describe('createMemoryStore()', () => {
 
   it('memoryStore.take() resolves to the same decision as takeSync()', async () => {
     const store = createMemoryStore({ now: () => 0 });
-    assert.deepEqual(await store.take('k', twoPerSecond), { allowed: true, remaining: 1, resetSeconds: 1, retryAfterSeconds: 0 });
+    assert.deepEqual(await store.take('k', twoPerSecond), {
+      allowed: true,
+      remaining: 1,
+      resetSeconds: 1,
+      retryAfterSeconds: 0,
+    });
     await store.close();
     assert.equal(store.size(), 0);
   });
@@ -60,7 +76,12 @@ describe('createMemoryStore()', () => {
     assert.equal(store.takeSync('c', twoPerSecond).allowed, true);
     assert.equal(store.size(), 2);
     // b was partly spent and is still: 1.5 tokens, one taken, none left.
-    assert.deepEqual(store.takeSync('b', twoPerSecond), { allowed: true, remaining: 0, resetSeconds: 2, retryAfterSeconds: 0 });
+    assert.deepEqual(store.takeSync('b', twoPerSecond), {
+      allowed: true,
+      remaining: 0,
+      resetSeconds: 2,
+      retryAfterSeconds: 0,
+    });
   });
 
   it('memoryStore finds a refilled bucket behind a spent one at the head', () => {
@@ -97,7 +118,12 @@ describe('createMemoryStore()', () => {
     store.takeSync('a', twoPerSecond); // full again at 1 s
     store.takeSync('b', twoPerSecond); // full again at 1 s
     clock.advance(400);
-    assert.deepEqual(store.takeSync('c', twoPerSecond), { allowed: false, remaining: 0, resetSeconds: 1, retryAfterSeconds: 1 });
+    assert.deepEqual(store.takeSync('c', twoPerSecond), {
+      allowed: false,
+      remaining: 0,
+      resetSeconds: 1,
+      retryAfterSeconds: 1,
+    });
     assert.equal(store.size(), 2);
     // Both buckets kept their spent token: 1.4 left each, so one more then none.
     assert.equal(store.takeSync('a', twoPerSecond).remaining, 0);

@@ -60,7 +60,10 @@ async function embeddedPglite(): Promise<Backend> {
 
 /** Moves a bucket's last update back in time: the database clock cannot be mocked, the row can. */
 async function ageBucket(pool: pg.Pool, key: string, seconds: number): Promise<void> {
-  await pool.query(`UPDATE rate_limit_buckets SET updated_at = updated_at - make_interval(secs => $2) WHERE key = $1`, [key, seconds]);
+  await pool.query(`UPDATE rate_limit_buckets SET updated_at = updated_at - make_interval(secs => $2) WHERE key = $1`, [
+    key,
+    seconds,
+  ]);
 }
 
 async function storedTokens(pool: pg.Pool, key: string): Promise<number | undefined> {
@@ -68,7 +71,12 @@ async function storedTokens(pool: pg.Pool, key: string): Promise<number | undefi
   return rows[0]?.tokens;
 }
 
-async function takeTimes(store: ReturnType<typeof createPostgresStore>, key: string, policy: BucketPolicy, times: number) {
+async function takeTimes(
+  store: ReturnType<typeof createPostgresStore>,
+  key: string,
+  policy: BucketPolicy,
+  times: number,
+) {
   const decisions = [];
   for (let i = 0; i < times; i++) decisions.push(await store.take(key, policy));
   return decisions;
@@ -95,13 +103,21 @@ function defineStoreTests(label: string, skip: string | false, open: () => Promi
     });
 
     it('postgresStore.take() starts a new key full and takes one token', async () => {
-      assert.deepEqual(await store.take(freshKey(), fivePerMinute), { allowed: true, remaining: 4, resetSeconds: 12, retryAfterSeconds: 0 });
+      assert.deepEqual(await store.take(freshKey(), fivePerMinute), {
+        allowed: true,
+        remaining: 4,
+        resetSeconds: 12,
+        retryAfterSeconds: 0,
+      });
     });
 
     it('postgresStore.take() refuses after the burst and takes nothing on a refusal', async () => {
       const key = freshKey();
       const decisions = await takeTimes(store, key, fivePerMinute, 7);
-      assert.deepEqual(decisions.map((d) => d.allowed), [true, true, true, true, true, false, false]);
+      assert.deepEqual(
+        decisions.map((d) => d.allowed),
+        [true, true, true, true, true, false, false],
+      );
       assert.equal(decisions[6]?.remaining, 0);
       assert.equal(decisions[6]?.retryAfterSeconds, 12);
       const tokens = await storedTokens(backend.pools[0], key);
@@ -156,7 +172,9 @@ function defineStoreTests(label: string, skip: string | false, open: () => Promi
       assert.equal(await store.sweep(), 1);
       assert.equal(await storedTokens(backend.pools[0], idle), undefined);
       assert.notEqual(await storedTokens(backend.pools[0], spent), undefined);
-      const afterSweep = Number((await backend.pools[0].query('SELECT count(*) AS n FROM rate_limit_buckets')).rows[0].n);
+      const afterSweep = Number(
+        (await backend.pools[0].query('SELECT count(*) AS n FROM rate_limit_buckets')).rows[0].n,
+      );
       assert.equal(afterSweep, before - 1);
       assert.equal((await store.take(spent, fivePerMinute)).remaining, 1); // 2.5 − 1, its state kept
     });
@@ -170,7 +188,11 @@ describe('createPostgresStore() failures', { skip: !DATABASE_URL && 'needs TEST_
   // A search_path naming a schema that does not exist: every statement fails with 42P01.
   let broken: pg.Pool;
   before(() => {
-    broken = new pg.Pool({ connectionString: DATABASE_URL, max: 2, options: `-c search_path=lim_missing_${randomBytes(6).toString('hex')}` });
+    broken = new pg.Pool({
+      connectionString: DATABASE_URL,
+      max: 2,
+      options: `-c search_path=lim_missing_${randomBytes(6).toString('hex')}`,
+    });
     broken.on('error', () => {});
   });
   after(() => broken.end());

@@ -32,14 +32,20 @@ describe('rateLimitHeaders()', () => {
   });
 
   it('rateLimitHeaders() quotes and escapes a policy name', () => {
-    const headers = rateLimitHeaders({ ...bucketPolicy(60, 5), name: 'per "key" \\ v1' }, { allowed: true, remaining: 4, resetSeconds: 1, retryAfterSeconds: 0 });
+    const headers = rateLimitHeaders(
+      { ...bucketPolicy(60, 5), name: 'per "key" \\ v1' },
+      { allowed: true, remaining: 4, resetSeconds: 1, retryAfterSeconds: 0 },
+    );
     assert.equal(headers[1], '"per \\"key\\" \\\\ v1";q=5;w=5');
     assert.match(headers[1], POLICY_ITEM);
   });
 
   it('rateLimitHeaders() rejects a policy name that could split the header', () => {
     const decision = { allowed: true, remaining: 4, resetSeconds: 1, retryAfterSeconds: 0 };
-    assert.throws(() => rateLimitHeaders({ ...bucketPolicy(60, 5), name: 'a\r\nSet-Cookie: x=1' }, decision), RangeError);
+    assert.throws(
+      () => rateLimitHeaders({ ...bucketPolicy(60, 5), name: 'a\r\nSet-Cookie: x=1' }, decision),
+      RangeError,
+    );
     assert.throws(() => rateLimitHeaders({ ...bucketPolicy(60, 5), name: 'café' }, decision), RangeError);
   });
 });

@@ -73,19 +73,24 @@ describe('takeToken()', () => {
   it('takeToken() never allows more than the burst plus what refilled, whatever the timing', () => {
     const arrivals = fc.array(fc.integer({ min: 0, max: 5_000 }), { minLength: 1, maxLength: 200 });
     fc.assert(
-      fc.property(fc.integer({ min: 1, max: 20 }), fc.integer({ min: 1, max: 600 }), arrivals, (burst, perMinute, gaps) => {
-        const policy = bucketPolicy(perMinute, burst);
-        let state: BucketState | undefined;
-        let nowMs = 0;
-        let allowed = 0;
-        for (const gap of gaps) {
-          nowMs += gap;
-          const step = takeToken(state, policy, nowMs);
-          state = step.state;
-          if (step.decision.allowed) allowed++;
-        }
-        return allowed <= burst + Math.floor((nowMs / 1000) * policy.refillPerSecond + 1e-6);
-      }),
+      fc.property(
+        fc.integer({ min: 1, max: 20 }),
+        fc.integer({ min: 1, max: 600 }),
+        arrivals,
+        (burst, perMinute, gaps) => {
+          const policy = bucketPolicy(perMinute, burst);
+          let state: BucketState | undefined;
+          let nowMs = 0;
+          let allowed = 0;
+          for (const gap of gaps) {
+            nowMs += gap;
+            const step = takeToken(state, policy, nowMs);
+            state = step.state;
+            if (step.decision.allowed) allowed++;
+          }
+          return allowed <= burst + Math.floor((nowMs / 1000) * policy.refillPerSecond + 1e-6);
+        },
+      ),
     );
   });
 });
@@ -104,6 +109,11 @@ describe('bucketPolicy()', () => {
 
 describe('describeDecision()', () => {
   it('describeDecision() reports a full bucket as reset 0', () => {
-    assert.deepEqual(describeDecision(true, 5, fivePerSecond), { allowed: true, remaining: 5, resetSeconds: 0, retryAfterSeconds: 0 });
+    assert.deepEqual(describeDecision(true, 5, fivePerSecond), {
+      allowed: true,
+      remaining: 5,
+      resetSeconds: 0,
+      retryAfterSeconds: 0,
+    });
   });
 });

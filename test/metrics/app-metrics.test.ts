@@ -1,7 +1,12 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import type { ChatObserver } from '../../lib/chat/service.ts';
-import { createAppMetrics, METRIC_NAMES, RATE_LIMIT_REASONS, UPSTREAM_OUTCOMES } from '../../lib/metrics/app-metrics.ts';
+import {
+  createAppMetrics,
+  METRIC_NAMES,
+  RATE_LIMIT_REASONS,
+  UPSTREAM_OUTCOMES,
+} from '../../lib/metrics/app-metrics.ts';
 import type { AppMetrics } from '../../lib/metrics/app-metrics.ts';
 import { validateExposition } from '../support/exposition-grammar.ts';
 
@@ -82,8 +87,10 @@ describe('createAppMetrics()', () => {
 
   it('rate-limit reasons and upstream outcomes are exported as 0 before the first event', (t) => {
     const text = metrics(t).render();
-    for (const reason of RATE_LIMIT_REASONS) assert.equal(value(text, `rate_limit_rejections_total{reason="${reason}"}`), 0);
-    for (const outcome of UPSTREAM_OUTCOMES) assert.equal(value(text, `upstream_requests_total{outcome="${outcome}"}`), 0);
+    for (const reason of RATE_LIMIT_REASONS)
+      assert.equal(value(text, `rate_limit_rejections_total{reason="${reason}"}`), 0);
+    for (const outcome of UPSTREAM_OUTCOMES)
+      assert.equal(value(text, `upstream_requests_total{outcome="${outcome}"}`), 0);
   });
 
   it('counting methods increment their series', (t) => {

@@ -38,7 +38,10 @@ describe('createRegistry()', () => {
 
   it('counter.inc() rejects negative and NaN increments', () => {
     const c = createRegistry().counter('x_total', 'X.');
-    assert.throws(() => c.inc(undefined, -1), { name: 'RangeError', message: 'Counter x_total cannot be incremented by -1' });
+    assert.throws(() => c.inc(undefined, -1), {
+      name: 'RangeError',
+      message: 'Counter x_total cannot be incremented by -1',
+    });
     assert.throws(() => c.inc(undefined, Number.NaN), RangeError);
     assert.throws(() => c.labels().inc(-2), RangeError);
   });
@@ -61,7 +64,10 @@ describe('createRegistry()', () => {
     b.inc();
     b.inc();
     b.dec(3);
-    assert.equal(r.render(), '# HELP queue_depth Items waiting.\n# TYPE queue_depth gauge\nqueue_depth{queue="a"} 14\nqueue_depth{queue="b"} -1\n');
+    assert.equal(
+      r.render(),
+      '# HELP queue_depth Items waiting.\n# TYPE queue_depth gauge\nqueue_depth{queue="a"} 14\nqueue_depth{queue="b"} -1\n',
+    );
   });
 
   it('gauge() calls collect before every render', () => {
@@ -97,7 +103,10 @@ describe('createRegistry()', () => {
       '# HELP size_bytes Size.\n# TYPE size_bytes histogram\nsize_bytes_bucket{le="1024"} 0\nsize_bytes_bucket{le="+Inf"} 0\nsize_bytes_sum 0\nsize_bytes_count 0\n',
     );
     h.labels().observe(4096);
-    assert.match(r.render(), /^size_bytes_bucket\{le="1024"\} 0\nsize_bytes_bucket\{le="\+Inf"\} 1\nsize_bytes_sum 4096\nsize_bytes_count 1$/m);
+    assert.match(
+      r.render(),
+      /^size_bytes_bucket\{le="1024"\} 0\nsize_bytes_bucket\{le="\+Inf"\} 1\nsize_bytes_sum 4096\nsize_bytes_count 1$/m,
+    );
   });
 
   it('histogram() rejects NaN observations and bad bucket lists', () => {
@@ -114,7 +123,10 @@ describe('createRegistry()', () => {
   it('render() escapes label values (backslash, quote, newline) and HELP text (backslash, newline)', () => {
     const r = createRegistry();
     r.counter('esc_total', 'Say "hi" \\ then\nbye.', ['v']).inc({ v: 'a\\b"c\nd' });
-    assert.equal(r.render(), '# HELP esc_total Say "hi" \\\\ then\\nbye.\n# TYPE esc_total counter\nesc_total{v="a\\\\b\\"c\\nd"} 1\n');
+    assert.equal(
+      r.render(),
+      '# HELP esc_total Say "hi" \\\\ then\\nbye.\n# TYPE esc_total counter\nesc_total{v="a\\\\b\\"c\\nd"} 1\n',
+    );
   });
 
   it('formatNumber() renders +Inf, -Inf, NaN and integers without exponent', () => {
@@ -140,12 +152,15 @@ describe('createRegistry()', () => {
   it('registry refuses invalid metric and label names and duplicate registrations', () => {
     const r = createRegistry();
     for (const bad of ['1abc', 'a-b', '', 'é']) assert.throws(() => r.counter(bad, 'X.'), /Invalid metric name/);
-    for (const bad of ['__reserved', '1a', 'a:b', 'a-b']) assert.throws(() => r.counter(`ok_${bad.length}_total`, 'X.', [bad]), /Invalid label name/);
+    for (const bad of ['__reserved', '1a', 'a:b', 'a-b'])
+      assert.throws(() => r.counter(`ok_${bad.length}_total`, 'X.', [bad]), /Invalid label name/);
     assert.throws(() => r.counter('dup_labels_total', 'X.', ['a', 'a']), /Duplicate label name/);
     r.counter('ns:ok_total', 'Colons are allowed in metric names.');
     r.histogram('req_seconds', 'R.', [], [1]);
     assert.throws(() => r.gauge('req_seconds', 'R.'), { message: 'Metric already registered: req_seconds' });
-    assert.throws(() => r.counter('req_seconds_count', 'R.'), { message: 'Metric already registered: req_seconds_count' });
+    assert.throws(() => r.counter('req_seconds_count', 'R.'), {
+      message: 'Metric already registered: req_seconds_count',
+    });
   });
 
   it('registry folds label sets beyond maxSeries into one overflow series labelled "other"', () => {
@@ -167,7 +182,10 @@ describe('createRegistry()', () => {
     const r = createRegistry();
     const c = r.counter('raw_total', 'Raw.', ['path']);
     for (let i = 0; i < 1500; i++) c.inc({ path: `/item/${i}` });
-    const lines = r.render().split('\n').filter((l) => l.startsWith('raw_total{'));
+    const lines = r
+      .render()
+      .split('\n')
+      .filter((l) => l.startsWith('raw_total{'));
     assert.equal(lines.length, 1001);
     assert.ok(lines.includes('raw_total{path="other"} 500'));
     const small = createRegistry({ maxSeries: 3 });
@@ -181,7 +199,13 @@ describe('createRegistry()', () => {
     const c = r.counter('sep_total', 'Sep.', ['a', 'b']);
     c.labels('x\u0001y', 'z').inc();
     c.labels('x', 'y\u0001z').inc();
-    assert.equal(r.render().split('\n').filter((l) => l.startsWith('sep_total{')).length, 2);
+    assert.equal(
+      r
+        .render()
+        .split('\n')
+        .filter((l) => l.startsWith('sep_total{')).length,
+      2,
+    );
   });
 
   it('render() sorts series by label values whatever the insertion order, metrics in registration order', () => {
@@ -190,8 +214,16 @@ describe('createRegistry()', () => {
     const a = r.counter('a_total', 'A.', ['k']);
     for (const k of ['zeta', 'alpha', 'mid']) b.inc({ k });
     a.inc({ k: 'x' });
-    const samples = r.render().split('\n').filter((l) => l !== '' && !l.startsWith('#'));
-    assert.deepEqual(samples, ['b_total{k="alpha"} 1', 'b_total{k="mid"} 1', 'b_total{k="zeta"} 1', 'a_total{k="x"} 1']);
+    const samples = r
+      .render()
+      .split('\n')
+      .filter((l) => l !== '' && !l.startsWith('#'));
+    assert.deepEqual(samples, [
+      'b_total{k="alpha"} 1',
+      'b_total{k="mid"} 1',
+      'b_total{k="zeta"} 1',
+      'a_total{k="x"} 1',
+    ]);
   });
 
   it('render() of an empty registry is the empty string', () => {
@@ -211,7 +243,13 @@ describe('createRegistry()', () => {
     g.set(Number.NaN, { v: 'nan' });
     g.set(1e21, { v: 'big' });
     const h = r.histogram('h_seconds', 'Histogram.', ['route'], [0.001, 0.5, 10]);
-    for (const [v, route] of [[0.0001, '/a'], [0.7, '/a'], [100, '/b'], [0.5, '/"c"']] as const) h.observe(v, { route });
+    for (const [v, route] of [
+      [0.0001, '/a'],
+      [0.7, '/a'],
+      [100, '/b'],
+      [0.5, '/"c"'],
+    ] as const)
+      h.observe(v, { route });
     r.histogram('empty_seconds', 'Never observed.', [], [1]);
     assert.deepEqual(validateExposition(r.render()), []);
   });
@@ -232,14 +270,25 @@ describe('validateExposition()', () => {
     ['duplicate series', '# TYPE x counter\nx{a="1"} 1\nx{a="1"} 2\n', /duplicate series/],
     ['bad HELP escape', '# HELP x a \\" b\n# TYPE x counter\nx 1\n', /HELP text has an invalid escape/],
     ['histogram without +Inf', '# TYPE h histogram\nh_bucket{le="1"} 1\nh_sum 1\nh_count 1\n', /no \+Inf bucket/],
-    ['histogram +Inf differs from _count', '# TYPE h histogram\nh_bucket{le="+Inf"} 2\nh_sum 1\nh_count 3\n', /\+Inf bucket differs from _count/],
-    ['histogram not cumulative', '# TYPE h histogram\nh_bucket{le="1"} 2\nh_bucket{le="+Inf"} 1\nh_sum 1\nh_count 1\n', /not cumulative/],
+    [
+      'histogram +Inf differs from _count',
+      '# TYPE h histogram\nh_bucket{le="+Inf"} 2\nh_sum 1\nh_count 3\n',
+      /\+Inf bucket differs from _count/,
+    ],
+    [
+      'histogram not cumulative',
+      '# TYPE h histogram\nh_bucket{le="1"} 2\nh_bucket{le="+Inf"} 1\nh_sum 1\nh_count 1\n',
+      /not cumulative/,
+    ],
     ['histogram without _sum', '# TYPE h histogram\nh_bucket{le="+Inf"} 1\nh_count 1\n', /missing _count or _sum/],
   ];
   for (const [what, text, problem] of bad) {
     it(`validateExposition() reports ${what}`, () => {
       const problems = validateExposition(text);
-      assert.ok(problems.some((p) => problem.test(p)), `expected ${problem} among ${JSON.stringify(problems)}`);
+      assert.ok(
+        problems.some((p) => problem.test(p)),
+        `expected ${problem} among ${JSON.stringify(problems)}`,
+      );
     });
   }
 

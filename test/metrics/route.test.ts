@@ -12,7 +12,10 @@ function sample(text: string, series: string): number | undefined {
   return line === undefined ? undefined : Number(line.slice(series.length + 1));
 }
 
-async function scrape(url: string, headers: Record<string, string> = {}): Promise<{ status: number; type: string | null; text: string }> {
+async function scrape(
+  url: string,
+  headers: Record<string, string> = {},
+): Promise<{ status: number; type: string | null; text: string }> {
   const res = await fetch(`${url}/metrics`, { headers });
   return { status: res.status, type: res.headers.get('content-type'), text: await res.text() };
 }
@@ -117,7 +120,12 @@ describe('GET /metrics without METRICS_TOKEN', () => {
   });
 
   // What reverse proxies add: a local proxy relaying the internet must not make it loopback.
-  const relayed = { 'X-Forwarded-For': '203.0.113.7', Forwarded: 'for=203.0.113.7', 'X-Real-IP': '203.0.113.7', Via: '1.1 proxy' };
+  const relayed = {
+    'X-Forwarded-For': '203.0.113.7',
+    Forwarded: 'for=203.0.113.7',
+    'X-Real-IP': '203.0.113.7',
+    Via: '1.1 proxy',
+  };
   for (const [header, value] of Object.entries(relayed)) {
     it(`GET /metrics answers 401 to a loopback request relayed by a proxy (${header})`, async () => {
       const { status, text } = await scrape(server.url, { [header]: value });

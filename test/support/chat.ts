@@ -124,7 +124,8 @@ function parseFrame(block: string): SseFrame {
 /** Reads a whole SSE response into its event frames (heartbeat comments dropped). */
 export async function readEvents(res: Response): Promise<SseFrame[]> {
   const type = res.headers.get('content-type') ?? '';
-  if (!type.startsWith('text/event-stream')) throw new Error(`Expected an event stream, got ${res.status} ${type}: ${await res.text()}`);
+  if (!type.startsWith('text/event-stream'))
+    throw new Error(`Expected an event stream, got ${res.status} ${type}: ${await res.text()}`);
   if (res.body === null) throw new Error('Response has no body');
   const frames: SseFrame[] = [];
   for await (const frame of sseFrames(res.body)) if (frame.event !== undefined) frames.push(frame);
@@ -147,7 +148,11 @@ export function openStream(baseUrl: string, key: string, body: unknown): Promise
     const req = request(`${baseUrl}/v1/chat`, {
       method: 'POST',
       agent: false,
-      headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload), authorization: `Bearer ${key}` },
+      headers: {
+        'content-type': 'application/json',
+        'content-length': Buffer.byteLength(payload),
+        authorization: `Bearer ${key}`,
+      },
     });
     req.on('error', reject);
     req.on('response', (res) => {
@@ -172,7 +177,11 @@ export function openStream(baseUrl: string, key: string, body: unknown): Promise
 }
 
 /** Polls `check` until it returns a value other than undefined, or fails after `timeoutMs`. */
-export async function waitFor<T>(what: string, timeoutMs: number, check: () => Promise<T | undefined> | T | undefined): Promise<T> {
+export async function waitFor<T>(
+  what: string,
+  timeoutMs: number,
+  check: () => Promise<T | undefined> | T | undefined,
+): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const value = await check();
@@ -197,7 +206,10 @@ const MESSAGE_COLUMNS = 'role, content, status, finish_reason, error_code, promp
 
 /** The messages of a conversation, oldest first, straight from the database. */
 export async function storedMessages(pool: pg.Pool, conversationId: string): Promise<MessageRow[]> {
-  const { rows } = await pool.query<MessageRow>(`SELECT ${MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1 ORDER BY seq`, [conversationId]);
+  const { rows } = await pool.query<MessageRow>(
+    `SELECT ${MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1 ORDER BY seq`,
+    [conversationId],
+  );
   return rows;
 }
 
@@ -224,7 +236,10 @@ export async function messagesAfterShutdown(server: TestServer, conversationId: 
   const { PGlite } = await import('@electric-sql/pglite');
   const engine = await PGlite.create(join(server.config.dataDir, 'pglite'));
   try {
-    const { rows } = await engine.query<MessageRow>(`SELECT ${MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1 ORDER BY seq`, [conversationId]);
+    const { rows } = await engine.query<MessageRow>(
+      `SELECT ${MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1 ORDER BY seq`,
+      [conversationId],
+    );
     return rows;
   } finally {
     await engine.close();

@@ -147,7 +147,9 @@ export function validateExposition(text: string): string[] {
     const suffix = current === undefined ? undefined : familyOf(sample.name, current.family, current.type);
     if (current === undefined || suffix === undefined) {
       const known = [...typed.keys()].some((family) => sample.name === family || sample.name.startsWith(`${family}_`));
-      return void problems.push(`${at}: ${sample.name} ${known ? 'is not grouped under its TYPE line' : 'has no TYPE line before it'}`);
+      return void problems.push(
+        `${at}: ${sample.name} ${known ? 'is not grouped under its TYPE line' : 'has no TYPE line before it'}`,
+      );
     }
     const id = `${sample.name}${seriesKey(sample.labels)}`;
     if (seen.has(id)) problems.push(`${at}: duplicate series ${id}`);

@@ -57,7 +57,9 @@ interface Exchange {
 }
 
 /** Starts the fake on 127.0.0.1 (or `host`), port 0 unless given; `apiKey` makes it refuse any other bearer token. */
-export async function startFakeUpstream(options: { host?: string; port?: number; apiKey?: string } = {}): Promise<FakeUpstream> {
+export async function startFakeUpstream(
+  options: { host?: string; port?: number; apiKey?: string } = {},
+): Promise<FakeUpstream> {
   const host = options.host ?? '127.0.0.1';
   const requests: RecordedRequest[] = [];
   const sockets = new Set<Socket>();
@@ -130,7 +132,12 @@ export async function startFakeUpstream(options: { host?: string; port?: number;
     },
     openSockets: () => sockets.size,
     waitForClose(index, timeoutMs) {
-      return waitFor(() => requests[index]?.closedAt !== undefined, closeWaiters, timeoutMs, `request ${index} to close`);
+      return waitFor(
+        () => requests[index]?.closedAt !== undefined,
+        closeWaiters,
+        timeoutMs,
+        `request ${index} to close`,
+      );
     },
     async close() {
       for (const t of timers) clearTimeout(t);
@@ -230,8 +237,10 @@ async function streamChunks(ex: Exchange, b: ChunkBehaviour): Promise<void> {
   const model = typeof ex.body.model === 'string' ? ex.body.model : 'fake-model';
   const chunk = (choices: unknown[], extra: object = {}): string =>
     `data: ${JSON.stringify({ id, object: 'chat.completion.chunk', created, model, choices, ...extra })}\n\n`;
-  const delta = (d: object, finish: string | null = null): string => chunk([{ index: 0, delta: d, finish_reason: finish }]);
-  const delayMs = b.kind === 'normal' ? (b.chunkDelayMs ?? 0) : b.kind === 'slow' ? (b.chunkDelayMs ?? SLOW_DELAY_MS) : 0;
+  const delta = (d: object, finish: string | null = null): string =>
+    chunk([{ index: 0, delta: d, finish_reason: finish }]);
+  const delayMs =
+    b.kind === 'normal' ? (b.chunkDelayMs ?? 0) : b.kind === 'slow' ? (b.chunkDelayMs ?? SLOW_DELAY_MS) : 0;
   const content = contentOf(b);
 
   startSse(res);

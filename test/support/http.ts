@@ -33,7 +33,11 @@ export async function serve(
   options: ServeOptions = {},
 ): Promise<Served> {
   const chunks: string[] = [];
-  const log = createLogger({ level: options.level ?? 'debug', secrets: options.secrets ?? [], sink: (chunk) => chunks.push(chunk) });
+  const log = createLogger({
+    level: options.level ?? 'debug',
+    secrets: options.secrets ?? [],
+    sink: (chunk) => chunks.push(chunk),
+  });
   const listener = createApp({
     routes,
     middleware: typeof middleware === 'function' ? middleware(log) : middleware,

@@ -47,7 +47,10 @@ export interface MintOptions {
 }
 
 /** An HS256 JWT signed by jose (independent of the verifier under test). */
-export function mintJwt(claims: Record<string, unknown> = { sub: 'user-1' }, options: MintOptions = {}): Promise<string> {
+export function mintJwt(
+  claims: Record<string, unknown> = { sub: 'user-1' },
+  options: MintOptions = {},
+): Promise<string> {
   const jwt = new SignJWT(claims).setProtectedHeader({ alg: 'HS256', typ: 'JWT' }).setIssuedAt();
   const expiresIn = options.expiresInSeconds === undefined ? 300 : options.expiresInSeconds;
   if (expiresIn !== null) jwt.setExpirationTime(Math.floor(Date.now() / 1000) + expiresIn);
@@ -55,7 +58,9 @@ export function mintJwt(claims: Record<string, unknown> = { sub: 'user-1' }, opt
 }
 
 /** An `alg: none` token: a header, claims, and an empty signature. */
-export function unsignedJwt(claims: Record<string, unknown> = { sub: 'user-1', exp: Math.floor(Date.now() / 1000) + 300 }): string {
+export function unsignedJwt(
+  claims: Record<string, unknown> = { sub: 'user-1', exp: Math.floor(Date.now() / 1000) + 300 },
+): string {
   const part = (value: unknown) => Buffer.from(JSON.stringify(value)).toString('base64url');
   return `${part({ alg: 'none', typ: 'JWT' })}.${part(claims)}.`;
 }
@@ -87,7 +92,9 @@ export function runKeysCli(args: readonly string[], env: Record<string, string>)
 /** The environment for `keys`: TEST_DATABASE_URL when set, else the embedded database in `dataDir`. */
 export function keysCliEnv(dataDir: string): Record<string, string> {
   // debug: the most talkative level must still leave stdout to the result alone
-  return TEST_DATABASE_URL === undefined ? { DATA_DIR: dataDir, LOG_LEVEL: 'debug' } : { DATABASE_URL: TEST_DATABASE_URL, LOG_LEVEL: 'debug' };
+  return TEST_DATABASE_URL === undefined
+    ? { DATA_DIR: dataDir, LOG_LEVEL: 'debug' }
+    : { DATABASE_URL: TEST_DATABASE_URL, LOG_LEVEL: 'debug' };
 }
 
 /** Polls `check` every `intervalMs` until it is true; resolves with the milliseconds that took, rejects after `timeoutMs`. */

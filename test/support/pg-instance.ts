@@ -59,7 +59,19 @@ export async function startPgInstance(options: PgInstanceOptions = {}): Promise<
     await writeFile(pwFile, `${password}\n`, { mode: 0o600 });
     if (owner !== undefined) await chown(pwFile, owner.uid, owner.gid);
     // -N: no fsync, a test instance never needs to survive a crash.
-    await pg('initdb', ['-D', dataDir, '-U', user, `--pwfile=${pwFile}`, '--auth-host=scram-sha-256', '--auth-local=trust', '-N', '-E', 'UTF8', '--locale=C']);
+    await pg('initdb', [
+      '-D',
+      dataDir,
+      '-U',
+      user,
+      `--pwfile=${pwFile}`,
+      '--auth-host=scram-sha-256',
+      '--auth-local=trust',
+      '-N',
+      '-E',
+      'UTF8',
+      '--locale=C',
+    ]);
     await rm(pwFile);
     const port = await freePort();
     const settings = [
@@ -87,7 +99,10 @@ export async function startPgInstance(options: PgInstanceOptions = {}): Promise<
       hostType = 'hostssl';
     }
     await appendFile(join(dataDir, 'postgresql.conf'), `\n# test instance\n${settings.join('\n')}\n`);
-    await writeFile(join(dataDir, 'pg_hba.conf'), `local all all trust\n${hostType} all all 127.0.0.1/32 scram-sha-256\n`);
+    await writeFile(
+      join(dataDir, 'pg_hba.conf'),
+      `local all all trust\n${hostType} all all 127.0.0.1/32 scram-sha-256\n`,
+    );
     await pg('pg_ctl', ['-D', dataDir, '-l', logFile, '-w', '-t', '30', 'start']);
     started = true;
     let stopped = false;
@@ -114,7 +129,10 @@ export async function startPgInstance(options: PgInstanceOptions = {}): Promise<
     const log = await readFile(logFile, 'utf8').catch(() => '');
     if (started) await pg('pg_ctl', ['-D', dataDir, '-m', 'immediate', '-w', 'stop']).catch(() => {});
     await rm(dir, { recursive: true, force: true });
-    throw new Error(`Could not start a PostgreSQL test instance: ${(err as Error).message}${log === '' ? '' : `\nserver log:\n${log}`}`, { cause: err });
+    throw new Error(
+      `Could not start a PostgreSQL test instance: ${(err as Error).message}${log === '' ? '' : `\nserver log:\n${log}`}`,
+      { cause: err },
+    );
   }
 }
 
@@ -123,7 +141,10 @@ async function pg(binary: string, args: readonly string[]): Promise<void> {
   const path = join(PG_BIN_DIR, binary);
   const [file, argv] = RUN_AS_POSTGRES ? ['runuser', ['-u', 'postgres', '--', path, ...args]] : [path, [...args]];
   // pg_ctl start leaves the server running with our pipes unless its output goes to the log file (-l).
-  await run(file, argv, { timeout: 60_000, env: { PATH: process.env['PATH'] ?? '/usr/bin:/bin', LANG: 'C', LC_ALL: 'C' } });
+  await run(file, argv, {
+    timeout: 60_000,
+    env: { PATH: process.env['PATH'] ?? '/usr/bin:/bin', LANG: 'C', LC_ALL: 'C' },
+  });
 }
 
 async function postgresIds(): Promise<{ uid: number; gid: number }> {

@@ -18,7 +18,10 @@ const HSTS = 'max-age=31536000; includeSubDomains';
 export function assertSecurityProfile(headers: { get(name: string): string | null }, hsts: boolean): void {
   for (const [name, value] of Object.entries(PROFILE)) assert.equal(headers.get(name), value, name);
   const permissions = headers.get('permissions-policy') ?? '';
-  assert.ok(permissions !== '' && permissions.split(',').every((d) => /^\s*[a-z-]+=\(\)$/.test(d)), `permissions-policy denies all: ${permissions}`);
+  assert.ok(
+    permissions !== '' && permissions.split(',').every((d) => /^\s*[a-z-]+=\(\)$/.test(d)),
+    `permissions-policy denies all: ${permissions}`,
+  );
   assert.match(permissions, /camera=\(\)/);
   assert.match(permissions, /geolocation=\(\)/);
   assert.match(permissions, /microphone=\(\)/);

@@ -43,7 +43,11 @@ export async function startTestServer(env: Record<string, string | undefined> = 
   const dataDir = await mkdtemp(join(tmpdir(), 'chat-test-'));
   const config = testConfig(env, dataDir);
   const lines: string[] = [];
-  const log = createLogger({ level: config.logLevel, secrets: config.secrets.values, sink: (chunk) => lines.push(chunk) });
+  const log = createLogger({
+    level: config.logLevel,
+    secrets: config.secrets.values,
+    sink: (chunk) => lines.push(chunk),
+  });
   const running = await startServer(config, log);
   let closed = false;
   return {

@@ -29,7 +29,10 @@ interface Link {
 }
 
 /** Starts a proxy on 127.0.0.1 port 0 in front of `target`. */
-export async function startTcpProxy(target: { host: string; port: number }, initialMode: ProxyMode = 'pass'): Promise<TcpProxy> {
+export async function startTcpProxy(
+  target: { host: string; port: number },
+  initialMode: ProxyMode = 'pass',
+): Promise<TcpProxy> {
   let mode = initialMode;
   const links = new Set<Link>();
 

@@ -50,14 +50,18 @@ export function auth(options: AuthOptions): Middleware {
     if (wait > 0) {
       // Refused before the credentials are even looked at: guessing costs the attacker, not us.
       options.onThrottled?.(ctx);
-      throw new AppError('AUTH_THROTTLED', { detail: 'Too many failed authentication attempts', headers: { 'Retry-After': String(wait) } });
+      throw new AppError('AUTH_THROTTLED', {
+        detail: 'Too many failed authentication attempts',
+        headers: { 'Retry-After': String(wait) },
+      });
     }
     const header = ctx.req.headers.authorization;
     if (header === undefined || header === '') {
       throw new AppError('UNAUTHORIZED', { detail: 'Send Authorization: Bearer <API key or JWT>', headers: CHALLENGE });
     }
     // A key verified moments ago: no promise, no await.
-    const known = cached !== undefined && /^bearer /i.test(header) ? cached(header.slice(7).trim(), ctx.req.socket) : undefined;
+    const known =
+      cached !== undefined && /^bearer /i.test(header) ? cached(header.slice(7).trim(), ctx.req.socket) : undefined;
     if (known !== undefined) {
       ctx.identity = known;
       return next();
@@ -72,6 +76,7 @@ function bearerToken(header: string): string {
     throw new AppError('INVALID_TOKEN', { detail: 'Expected a Bearer token' });
   }
   const token = header.slice(7).trim();
-  if (token === '' || token.length > MAX_TOKEN_LENGTH) throw new AppError('INVALID_TOKEN', { detail: 'Expected a Bearer token' });
+  if (token === '' || token.length > MAX_TOKEN_LENGTH)
+    throw new AppError('INVALID_TOKEN', { detail: 'Expected a Bearer token' });
   return token;
 }

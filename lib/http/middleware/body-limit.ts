@@ -7,7 +7,10 @@ export function bodyLimit(maxBytes: number): Middleware {
   return function bodyLimitMiddleware(ctx: Context, next: Next): Promise<void> | undefined {
     const declared = ctx.req.headers['content-length'];
     if (declared !== undefined && Number(declared) > maxBytes) {
-      throw new AppError('BODY_TOO_LARGE', { detail: `Body exceeds ${maxBytes} bytes`, headers: { connection: 'close' } });
+      throw new AppError('BODY_TOO_LARGE', {
+        detail: `Body exceeds ${maxBytes} bytes`,
+        headers: { connection: 'close' },
+      });
     }
     return next();
   };

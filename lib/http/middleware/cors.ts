@@ -52,11 +52,16 @@ function answerOptions(
     }
     if (!routeExists) throw new AppError('NOT_FOUND', { detail: 'No such resource' });
     ctx.headers.push(
-      'access-control-allow-origin', origin,
-      'access-control-allow-methods', ALLOW_METHODS,
-      'access-control-allow-headers', ALLOW_HEADERS,
-      'access-control-max-age', maxAge,
-      'vary', 'origin',
+      'access-control-allow-origin',
+      origin,
+      'access-control-allow-methods',
+      ALLOW_METHODS,
+      'access-control-allow-headers',
+      ALLOW_HEADERS,
+      'access-control-max-age',
+      maxAge,
+      'vary',
+      'origin',
     );
   } else if (!routeExists) {
     throw new AppError('NOT_FOUND', { detail: 'No such resource' });

@@ -18,7 +18,12 @@ export function errorHandler(options: ErrorHandlerOptions = {}): Middleware {
       // The cause chain goes to the log with the request id; the client gets a generic 500.
       ctx.log.error('unhandled error', { err, requestId: ctx.requestId, route: ctx.route });
     } else if (appErr.status >= 500 && appErr.cause !== undefined) {
-      ctx.log.error('request failed', { code: appErr.code, err: appErr.cause, requestId: ctx.requestId, route: ctx.route });
+      ctx.log.error('request failed', {
+        code: appErr.code,
+        err: appErr.cause,
+        requestId: ctx.requestId,
+        route: ctx.route,
+      });
     }
     if (!ctx.res.headersSent) {
       sendProblem(ctx, appErr);

@@ -8,16 +8,25 @@ export interface SecurityHeaderOptions {
 /** The headers as a flat [name, value, …] list, exported for tests and for responses written outside the chain. */
 export function securityHeaderList(options: SecurityHeaderOptions): string[] {
   const list = [
-    'content-security-policy', "default-src 'none'; frame-ancestors 'none'",
-    'x-content-type-options', 'nosniff',
-    'x-frame-options', 'DENY',
-    'referrer-policy', 'no-referrer',
-    'cross-origin-resource-policy', 'same-origin',
-    'cross-origin-opener-policy', 'same-origin',
-    'permissions-policy', 'accelerometer=(), camera=(), geolocation=(), gyroscope=(), magnetometer=(), microphone=(), payment=(), usb=(), interest-cohort=()',
-    'cache-control', 'no-store',
+    'content-security-policy',
+    "default-src 'none'; frame-ancestors 'none'",
+    'x-content-type-options',
+    'nosniff',
+    'x-frame-options',
+    'DENY',
+    'referrer-policy',
+    'no-referrer',
+    'cross-origin-resource-policy',
+    'same-origin',
+    'cross-origin-opener-policy',
+    'same-origin',
+    'permissions-policy',
+    'accelerometer=(), camera=(), geolocation=(), gyroscope=(), magnetometer=(), microphone=(), payment=(), usb=(), interest-cohort=()',
+    'cache-control',
+    'no-store',
     // Modern browsers' XSS auditors were removed; `0` stops old ones from creating XS-leaks.
-    'x-xss-protection', '0',
+    'x-xss-protection',
+    '0',
   ];
   if (options.hsts) list.push('strict-transport-security', 'max-age=31536000; includeSubDomains');
   return list;

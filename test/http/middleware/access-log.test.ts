@@ -29,7 +29,10 @@ describe('accessLog()', () => {
     served = await serve(routes, (log) => [
       requestId(),
       securityHeaders({ hsts: false }),
-      accessLog({ log, observe: (ctx: Context, durationMs: number) => observed.push({ route: ctx.route, durationMs }) }),
+      accessLog({
+        log,
+        observe: (ctx: Context, durationMs: number) => observed.push({ route: ctx.route, durationMs }),
+      }),
       errorHandler(),
       bodyLimit(1024),
       identify,
@@ -104,7 +107,10 @@ describe('accessLog()', () => {
 
   it('accessLog() writes one line for a 413 refused by declared length while the body is still coming', async () => {
     const before = requestLines().length;
-    const response = await rawRequest(served.port, 'POST /v1/chat HTTP/1.1\r\nhost: x\r\ncontent-length: 20000\r\n\r\nx');
+    const response = await rawRequest(
+      served.port,
+      'POST /v1/chat HTTP/1.1\r\nhost: x\r\ncontent-length: 20000\r\n\r\nx',
+    );
     assert.equal(rawStatus(response), 413);
     const lines = requestLines().slice(before);
     assert.equal(lines.length, 1, JSON.stringify(lines));

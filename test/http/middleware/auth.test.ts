@@ -17,7 +17,13 @@ function get(url: string, options: { headers?: Record<string, string>; localAddr
     const req = request(url, { headers: options.headers, localAddress: options.localAddress, agent: false }, (res) => {
       let text = '';
       res.setEncoding('utf8').on('data', (chunk: string) => (text += chunk));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: text === '' ? {} : (JSON.parse(text) as Record<string, unknown>) }));
+      res.on('end', () =>
+        resolve({
+          status: res.statusCode ?? 0,
+          headers: res.headers,
+          body: text === '' ? {} : (JSON.parse(text) as Record<string, unknown>),
+        }),
+      );
     });
     req.on('error', reject);
     req.end();
@@ -26,9 +32,14 @@ function get(url: string, options: { headers?: Record<string, string>; localAddr
 
 const BAD_KEY = { authorization: 'Bearer not-a-credential' };
 
-async function statuses(url: string, times: number, options: Parameters<typeof get>[1] | ((i: number) => Parameters<typeof get>[1])): Promise<number[]> {
+async function statuses(
+  url: string,
+  times: number,
+  options: Parameters<typeof get>[1] | ((i: number) => Parameters<typeof get>[1]),
+): Promise<number[]> {
   const out: number[] = [];
-  for (let i = 0; i < times; i++) out.push((await get(url, typeof options === 'function' ? options(i) : options)).status);
+  for (let i = 0; i < times; i++)
+    out.push((await get(url, typeof options === 'function' ? options(i) : options)).status);
   return out;
 }
 
@@ -140,7 +151,10 @@ describe('auth() in the real app', () => {
   });
 
   it('refuses a JWT signed with another secret with 401', async () => {
-    const res = await get(agents, fresh(bearer(await mintJwt({ sub: 'user-1' }, { secret: 'another-secret-of-at-least-32-bytes!!' }))));
+    const res = await get(
+      agents,
+      fresh(bearer(await mintJwt({ sub: 'user-1' }, { secret: 'another-secret-of-at-least-32-bytes!!' }))),
+    );
     assert.equal(res.status, 401);
   });
 
@@ -157,7 +171,18 @@ describe('auth() in the real app', () => {
       const { requestId: _, ...body } = (await get(agents, fresh(bearer(token)))).body;
       bodies.add(JSON.stringify(body));
     }
-    assert.deepEqual([...bodies], [JSON.stringify({ type: 'about:blank', title: 'Invalid credentials', status: 401, code: 'INVALID_TOKEN', detail: 'Invalid credentials' })]);
+    assert.deepEqual(
+      [...bodies],
+      [
+        JSON.stringify({
+          type: 'about:blank',
+          title: 'Invalid credentials',
+          status: 401,
+          code: 'INVALID_TOKEN',
+          detail: 'Invalid credentials',
+        }),
+      ],
+    );
   });
 
   it('serves GET /health without credentials', async () => {
@@ -179,7 +204,10 @@ describe('auth() in the real app', () => {
       assert.equal(res.body['code'], 'AUTH_THROTTLED');
       assert.match(String(res.headers['content-type']), /^application\/problem\+json/);
       assert.match(String(res.headers['retry-after']), /^[1-9]\d*$/);
-      assert.ok(Number(res.headers['retry-after']) <= 6, `Retry-After ${String(res.headers['retry-after'])} exceeds one refill (6 s)`);
+      assert.ok(
+        Number(res.headers['retry-after']) <= 6,
+        `Retry-After ${String(res.headers['retry-after'])} exceeds one refill (6 s)`,
+      );
     });
 
     it('refuses a valid key from a throttled address with 429 before checking it', async () => {
@@ -195,13 +223,18 @@ describe('auth() in the real app', () => {
     });
 
     it('ignores X-Forwarded-For from a peer that is not a trusted proxy', async () => {
-      const seen = await statuses(agents, 11, (i) => ({ headers: { ...BAD_KEY, 'x-forwarded-for': `203.0.113.${i + 1}` }, localAddress: '127.0.0.8' }));
+      const seen = await statuses(agents, 11, (i) => ({
+        headers: { ...BAD_KEY, 'x-forwarded-for': `203.0.113.${i + 1}` },
+        localAddress: '127.0.0.8',
+      }));
       assert.equal(seen[10], 429);
     });
 
     it('keys failures behind a trusted proxy to the right-most untrusted X-Forwarded-For entry, not a spoofed left-most one', async () => {
       // The client rotates a forged left-most entry; the proxy appended the address it really saw.
-      const seen = await statuses(agents, 11, (i) => ({ headers: { ...BAD_KEY, 'x-forwarded-for': `198.18.0.${i + 1}, 198.51.100.7` } }));
+      const seen = await statuses(agents, 11, (i) => ({
+        headers: { ...BAD_KEY, 'x-forwarded-for': `198.18.0.${i + 1}, 198.51.100.7` },
+      }));
       assert.deepEqual(seen, [...Array<number>(10).fill(401), 429]);
     });
 
@@ -247,10 +280,16 @@ describe('auth() when the key store is unreachable', { skip: !TEST_DATABASE_URL 
     proxy.setMode('reset');
     t.after(() => proxy.setMode('pass'));
     const during = await statuses(agents, 12, { headers: bearer(key.key), localAddress: '127.0.2.2' });
-    assert.ok(during.every((status) => status >= 500), `statuses ${during.join(',')}`);
+    assert.ok(
+      during.every((status) => status >= 500),
+      `statuses ${during.join(',')}`,
+    );
     proxy.setMode('pass');
     // The pool reconnects on the next query; the address must not have been throttled meanwhile.
-    const ms = await msUntil(async () => (await get(agents, { headers: bearer(key.key), localAddress: '127.0.2.2' })).status === 200, 5_000);
+    const ms = await msUntil(
+      async () => (await get(agents, { headers: bearer(key.key), localAddress: '127.0.2.2' })).status === 200,
+      5_000,
+    );
     assert.ok(ms < 5_000);
   });
 });

@@ -49,7 +49,10 @@ describe('bodyLimit()', () => {
   });
 
   it('bodyLimit() answers before the body is sent', async () => {
-    const response = await rawRequest(served.port, `POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 20000\r\n\r\nx`);
+    const response = await rawRequest(
+      served.port,
+      `POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 20000\r\n\r\nx`,
+    );
     assert.equal(rawStatus(response), 413);
   });
 

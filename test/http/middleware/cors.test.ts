@@ -20,7 +20,15 @@ describe('cors()', () => {
   before(async () => {
     served = await serve(
       [route('GET', '/v1/agents', ok({ agents: [] })), route('POST', '/v1/chat', ok())],
-      [requestId(), errorHandler(), cors({ origins: [ALLOWED, 'http://localhost:5173'], maxAgeSeconds: 600, onReject: (_ctx: Context, origin: string) => rejected.push(origin) })],
+      [
+        requestId(),
+        errorHandler(),
+        cors({
+          origins: [ALLOWED, 'http://localhost:5173'],
+          maxAgeSeconds: 600,
+          onReject: (_ctx: Context, origin: string) => rejected.push(origin),
+        }),
+      ],
     );
   });
   after(() => served.close());
@@ -28,7 +36,11 @@ describe('cors()', () => {
   function preflight(origin: string, path = '/v1/chat', method = 'POST'): Promise<Response> {
     return fetch(`${served.url}${path}`, {
       method: 'OPTIONS',
-      headers: { origin, 'access-control-request-method': method, 'access-control-request-headers': 'authorization, content-type' },
+      headers: {
+        origin,
+        'access-control-request-method': method,
+        'access-control-request-headers': 'authorization, content-type',
+      },
     });
   }
 
@@ -59,7 +71,13 @@ describe('cors()', () => {
     assert.equal(res.headers.get('vary'), 'origin');
   });
 
-  for (const near of ['https://app.example.com.evil.example.net', 'http://app.example.com', 'https://app.example.com:8443', 'https://xapp.example.com', 'null']) {
+  for (const near of [
+    'https://app.example.com.evil.example.net',
+    'http://app.example.com',
+    'https://app.example.com:8443',
+    'https://xapp.example.com',
+    'null',
+  ]) {
     it(`cors() matches origins exactly and refuses ${near}`, async () => {
       const res = await fetch(`${served.url}/v1/agents`, { headers: { origin: near } });
       assert.deepEqual(corsHeaders(res.headers), []);

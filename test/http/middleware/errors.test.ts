@@ -33,7 +33,10 @@ describe('errorHandler()', () => {
           throw new AppError('RATE_LIMITED', { detail: 'Slow down', headers: { 'Retry-After': '7' } });
         }),
         route('GET', '/server', async () => {
-          throw new AppError('UPSTREAM_ERROR', { detail: `upstream said ${SECRET_MESSAGE}`, cause: new Error('upstream 500: quota exceeded') });
+          throw new AppError('UPSTREAM_ERROR', {
+            detail: `upstream said ${SECRET_MESSAGE}`,
+            cause: new Error('upstream 500: quota exceeded'),
+          });
         }),
         route('GET', '/ok', async () => ({ kind: 'json', status: 200, body: { ok: true } })),
       ],
@@ -96,7 +99,13 @@ describe('errorHandler()', () => {
     const res = await fetch(`${served.url}/server`);
     assert.equal(res.status, 502);
     const text = await res.text();
-    assert.deepEqual(JSON.parse(text), { type: 'about:blank', title: 'Upstream error', status: 502, code: 'UPSTREAM_ERROR', requestId: res.headers.get('x-request-id') });
+    assert.deepEqual(JSON.parse(text), {
+      type: 'about:blank',
+      title: 'Upstream error',
+      status: 502,
+      code: 'UPSTREAM_ERROR',
+      requestId: res.headers.get('x-request-id'),
+    });
   });
 
   it('errorHandler() logs the cause of a 5xx AppError', async () => {

@@ -103,11 +103,16 @@ describe('rateLimit() with the memory store in the real app', () => {
       await res.arrayBuffer();
       seen.push([res.status, res.headers.get('ratelimit')]);
     }
-    assert.deepEqual(seen, Array.from({ length: 8 }, () => [200, null]));
+    assert.deepEqual(
+      seen,
+      Array.from({ length: 8 }, () => [200, null]),
+    );
   });
 });
 
-describe('rateLimit() with the postgres store shared by two instances', { skip: !TEST_DATABASE_URL && 'needs TEST_DATABASE_URL' }, () => {
+describe('rateLimit() with the postgres store shared by two instances', {
+  skip: !TEST_DATABASE_URL && 'needs TEST_DATABASE_URL',
+}, () => {
   const servers: TestServer[] = [];
 
   before(async () => {
@@ -145,7 +150,10 @@ describe('rateLimit() with the postgres store shared by two instances', { skip: 
     const key = await createTestKey(servers[0]!.db.pool, 'rl-shared-refill');
     assert.deepEqual(await burst(servers, key, 6), [200, 200, 200, 200, 200, 429]);
     // The database clock decides; move the bucket's last update 2.5 s into the past instead of sleeping.
-    await servers[0]!.db.pool.query(`UPDATE rate_limit_buckets SET updated_at = updated_at - interval '2.5 seconds' WHERE key = $1`, [key.identity]);
+    await servers[0]!.db.pool.query(
+      `UPDATE rate_limit_buckets SET updated_at = updated_at - interval '2.5 seconds' WHERE key = $1`,
+      [key.identity],
+    );
     assert.deepEqual(await burst(servers, key, 3), [200, 200, 429]);
   });
 });
@@ -224,7 +232,9 @@ describe('rateLimit() when the postgres store fails', () => {
   });
 });
 
-describe('rateLimit() when the postgres store loses its database connection', { skip: !TEST_DATABASE_URL && 'needs TEST_DATABASE_URL' }, () => {
+describe('rateLimit() when the postgres store loses its database connection', {
+  skip: !TEST_DATABASE_URL && 'needs TEST_DATABASE_URL',
+}, () => {
   let proxy: TcpProxy;
   let server: TestServer;
 

@@ -8,7 +8,10 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{1
 describe('requestId()', () => {
   let served: Served;
   before(async () => {
-    served = await serve([route('GET', '/id', async (ctx) => ({ kind: 'json', status: 200, body: { requestId: ctx.requestId } }))], [requestId()]);
+    served = await serve(
+      [route('GET', '/id', async (ctx) => ({ kind: 'json', status: 200, body: { requestId: ctx.requestId } }))],
+      [requestId()],
+    );
   });
   after(() => served.close());
 
@@ -38,7 +41,16 @@ describe('requestId()', () => {
     assert.notEqual(first.header, second.header);
   });
 
-  for (const bad of ['abcdefg', 'x'.repeat(129), 'abc def gh', 'abcdefgh<script>', 'abcdefgh%0d%0a', 'abcdefgh;x', 'abcdefgh,ijklmnop', 'éèéèéèéèéè']) {
+  for (const bad of [
+    'abcdefg',
+    'x'.repeat(129),
+    'abc def gh',
+    'abcdefgh<script>',
+    'abcdefgh%0d%0a',
+    'abcdefgh;x',
+    'abcdefgh,ijklmnop',
+    'éèéèéèéèéè',
+  ]) {
     it(`requestId() replaces the malformed incoming id ${JSON.stringify(bad.slice(0, 20))}`, async () => {
       const { header, seen } = await get({ 'x-request-id': Buffer.from(bad).toString('latin1') });
       assert.match(header ?? '', UUID);
