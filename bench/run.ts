@@ -16,12 +16,10 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
+import { runSse, type SseReport } from './sse.ts';
 import {
   BENCH_DIR,
   CLIENT_CPU,
-  NODE,
-  REPO_ROOT,
-  SERVER_CPU,
   commandVersion,
   cpuBusy,
   cpuJiffies,
@@ -32,16 +30,18 @@ import {
   lockedVersions,
   machineFacts,
   median,
+  NODE,
+  type Proc,
   processCpuSeconds,
+  REPO_ROOT,
   rssKiB,
+  SERVER_CPU,
   startPinned,
   table,
   waitForLine,
-  type Proc,
 } from './support/harness.ts';
-import { chooseGenerator, loadCommand, runLoad, type Generator, type LoadResult } from './support/load.ts';
-import { ORIGIN, cleanupOurs, oursCommand, prepareOurs, startOurs, type OursPrep } from './support/ours.ts';
-import { runSse, type SseReport } from './sse.ts';
+import { chooseGenerator, type Generator, type LoadResult, loadCommand, runLoad } from './support/load.ts';
+import { cleanupOurs, ORIGIN, type OursPrep, oursCommand, prepareOurs, startOurs } from './support/ours.ts';
 
 const { values: flags } = parseArgs({
   options: {

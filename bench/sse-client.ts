@@ -7,7 +7,7 @@
 //   hold        opens `n` streams (at most `openConcurrency` connecting at once), reports when each
 //               has shown `tokenMarker`, then keeps them open until a 'close' line on stdin.
 // Only loopback URLs are accepted; every mode is bounded in count and time.
-import { Agent, request, type IncomingMessage } from 'node:http';
+import { Agent, type IncomingMessage, request } from 'node:http';
 import { createInterface } from 'node:readline';
 
 export interface Target {

@@ -6,28 +6,28 @@
 // the relay's cost per stream compares with the upstream's cost of producing it: it is not an
 // overhead figure (see /work/shared/notes/performance-anchors.md).
 import { join } from 'node:path';
+import type { Target } from './sse-client.ts';
 import {
   BENCH_DIR,
   CLIENT_CPU,
-  NODE,
-  REPO_ROOT,
-  SERVER_CPU,
   fmt,
   fmtInt,
   freePort,
   median,
+  NODE,
+  type Proc,
   processCpuSeconds,
   quantile,
+  REPO_ROOT,
   rssKiB,
+  SERVER_CPU,
   sleep,
   startPinned,
   table,
   waitForLine,
-  type Proc,
 } from './support/harness.ts';
-import { heapAfterGc, heapNow, inspectorUrl, writeHeapSnapshot, type HeapFigures } from './support/inspector.ts';
-import { ORIGIN, oursCommand, startOurs, type OursPrep } from './support/ours.ts';
-import type { Target } from './sse-client.ts';
+import { type HeapFigures, heapAfterGc, heapNow, inspectorUrl, writeHeapSnapshot } from './support/inspector.ts';
+import { ORIGIN, type OursPrep, oursCommand, startOurs } from './support/ours.ts';
 
 export interface SseOptions {
   rounds: number;

@@ -5,12 +5,12 @@
 //
 // The PostgreSQL run works in a throwaway schema (lim_bench_<random>) that it drops at the end.
 import { randomBytes } from 'node:crypto';
-import pg from 'pg';
 import { PGlite } from '@electric-sql/pglite';
 import { createPgConfig } from '@electric-sql/pglite/node-postgres';
+import pg from 'pg';
 import { createMemoryStore } from '../lib/limits/memory-store.ts';
 import { createPostgresStore } from '../lib/limits/postgres-store.ts';
-import { bucketPolicy, type BucketStore } from '../lib/limits/token-bucket.ts';
+import { type BucketStore, bucketPolicy } from '../lib/limits/token-bucket.ts';
 
 const policy = bucketPolicy(600, 20);
 const KEYS = 10_000;

@@ -8,8 +8,8 @@
 // delta and then waits on next(), as the chat service does while the model is quiet. Prints
 // process.memoryUsage() per stream, as running and after a forced GC, against a warmed-up baseline.
 import { spawn } from 'node:child_process';
+import { type AddressInfo, createServer } from 'node:net';
 import { join } from 'node:path';
-import { createServer, type AddressInfo } from 'node:net';
 import { createInterface } from 'node:readline';
 import { writeHeapSnapshot } from 'node:v8';
 import { createUpstream, type UpstreamStream } from '../lib/chat/upstream.ts';

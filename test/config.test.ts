@@ -1,8 +1,8 @@
-import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
+import { describe, it } from 'node:test';
 import { inspect } from 'node:util';
-import { ENV_SCHEMA, parseConfig, SECRET_VARIABLES, type Config } from '../lib/config.ts';
+import { type Config, ENV_SCHEMA, parseConfig, SECRET_VARIABLES } from '../lib/config.ts';
 
 /** A value that must never appear in a problem, a log line or a serialised config. */
 const CANARY = 'canary-3b9d6f1a8c2e4d7f90a1b3c5d7e9f1a2';

@@ -1,15 +1,15 @@
-import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
-import { mintKey, openStream, type MessageRow, type OpenStream, type SseFrame } from './support/chat.ts';
-import { startFakeUpstream, type FakeUpstream } from './support/fake-upstream.ts';
+import { type MessageRow, mintKey, type OpenStream, openStream, type SseFrame } from './support/chat.ts';
+import { type FakeUpstream, startFakeUpstream } from './support/fake-upstream.ts';
 import { CANARY, TEST_DATABASE_URL } from './support/server.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));

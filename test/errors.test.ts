@@ -1,6 +1,6 @@
-import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { AppError, ERROR_CODES, isAppError, problemBody, toAppError, type ErrorCode } from '../lib/errors.ts';
+import { describe, it } from 'node:test';
+import { AppError, ERROR_CODES, type ErrorCode, isAppError, problemBody, toAppError } from '../lib/errors.ts';
 
 const REQUEST_ID = 'req-0123456789';
 

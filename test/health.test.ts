@@ -1,11 +1,11 @@
-import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { rm } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { performance } from 'node:perf_hooks';
-import { startTcpProxy, type TcpProxy } from './support/tcp-proxy.ts';
+import { after, before, describe, it } from 'node:test';
 import { startTestServer, TEST_DATABASE_URL, type TestServer } from './support/server.ts';
+import { startTcpProxy, type TcpProxy } from './support/tcp-proxy.ts';
 
 const OK_BODY = '{"status":"ok"}';
 const UNAVAILABLE_BODY = '{"status":"unavailable"}';

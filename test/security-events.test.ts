@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { test, type TestContext } from 'node:test';
+import { type TestContext, test } from 'node:test';
 import { createLogger } from '../lib/log.ts';
 import { createSecurityEvents } from '../lib/security-events.ts';
 

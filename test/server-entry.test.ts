@@ -1,17 +1,17 @@
-import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
+import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
-import { mintKey, openStream, type OpenStream } from './support/chat.ts';
-import { startFakeUpstream, type FakeUpstream } from './support/fake-upstream.ts';
-import { CANARY, TEST_DATABASE_URL } from './support/server.ts';
+import { mintKey, type OpenStream, openStream } from './support/chat.ts';
 import { scratchDatabase } from './support/database.ts';
+import { type FakeUpstream, startFakeUpstream } from './support/fake-upstream.ts';
+import { CANARY, TEST_DATABASE_URL } from './support/server.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const START_TIMEOUT_MS = 20_000;

@@ -1,8 +1,9 @@
 // d+. express 5 + helmet + cors (one allowlisted origin) + express-rate-limit + pino-http writing to /dev/null.
-import express from 'express';
-import helmet from 'helmet';
+
 import cors from 'cors';
+import express from 'express';
 import { rateLimit } from 'express-rate-limit';
+import helmet from 'helmet';
 import { pino } from 'pino';
 import { pinoHttp } from 'pino-http';
 import { AGENTS, ALLOWED_ORIGIN, announce, EXPECTED_AUTHORIZATION, HOST, peerPort } from './common.ts';

@@ -1,8 +1,9 @@
 // c+. fastify 5 + @fastify/helmet + @fastify/cors (one allowlisted origin) + @fastify/rate-limit + its own pino logger to /dev/null.
-import Fastify from 'fastify';
-import helmet from '@fastify/helmet';
+
 import cors from '@fastify/cors';
+import helmet from '@fastify/helmet';
 import rateLimit from '@fastify/rate-limit';
+import Fastify from 'fastify';
 import { AGENTS, ALLOWED_ORIGIN, announce, EXPECTED_AUTHORIZATION, HOST, peerPort } from './common.ts';
 
 // Fastify's default request logging (two lines a request) at level info, written to /dev/null.

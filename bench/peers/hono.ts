@@ -1,6 +1,7 @@
 // e+. hono + @hono/node-server + secureHeaders + cors (one allowlisted origin) + bodyLimit + requestId.
-import { Hono } from 'hono';
+
 import { serve } from '@hono/node-server';
+import { Hono } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
 import { cors } from 'hono/cors';
 import { requestId } from 'hono/request-id';

@@ -3,9 +3,9 @@
 // Every process the harness starts is registered here and killed on exit, error or signal;
 // servers go on CPU 0, load generators and clients on CPU 1, through `taskset` (which execs,
 // so the pid we hold is the node/wrk process itself).
-import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
-import { openSync, readFileSync, existsSync } from 'node:fs';
-import { createServer, type AddressInfo } from 'node:net';
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { existsSync, openSync, readFileSync } from 'node:fs';
+import { type AddressInfo, createServer } from 'node:net';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 

@@ -1,7 +1,7 @@
 // HTTP load generators: wrk (preferred, when installed) or autocannon (a bench dependency), pinned to CPU 1.
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
-import { BENCH_DIR, CLIENT_CPU, NODE, commandVersion, lockedVersions, onPath, startPinned } from './harness.ts';
+import { BENCH_DIR, CLIENT_CPU, commandVersion, lockedVersions, NODE, onPath, startPinned } from './harness.ts';
 
 export type Generator = 'wrk' | 'autocannon';
 

@@ -8,7 +8,7 @@ import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { NODE, REPO_ROOT, SERVER_CPU, startPinned, waitForHttp, type Proc } from './harness.ts';
+import { NODE, type Proc, REPO_ROOT, SERVER_CPU, startPinned, waitForHttp } from './harness.ts';
 
 export const ORIGIN = 'http://localhost:5173';
 /** The server's entry point, relative to the repo root (overridable to test the 'unavailable' path). */

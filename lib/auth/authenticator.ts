@@ -5,7 +5,7 @@ import { findApiKeyByHash } from '../db/api-keys.ts';
 import { AppError } from '../errors.ts';
 import type { Identity } from '../http/types.ts';
 import { hashApiKey, keysEqual, looksLikeApiKey } from './api-key.ts';
-import { looksLikeJwt, type JwtVerifier } from './jwt.ts';
+import { type JwtVerifier, looksLikeJwt } from './jwt.ts';
 
 export interface AuthenticatorOptions {
   pool: pg.Pool;

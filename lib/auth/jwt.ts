@@ -4,8 +4,9 @@
 // token: a secret allows only HS*, an RSA key only RS256, a P-256 key only ES256, an Ed25519
 // key only EdDSA. So `alg: none` and HS/RS key confusion cannot happen. Keys are imported once.
 // Every rejection is `AppError('INVALID_TOKEN')` with a reason that never quotes the token.
+
+import type { JsonWebKey, KeyObject, webcrypto } from 'node:crypto';
 import { createPublicKey } from 'node:crypto';
-import type { KeyObject, JsonWebKey, webcrypto } from 'node:crypto';
 import { AppError } from '../errors.ts';
 
 /** The verified claims set; `sub` and `exp` are guaranteed, the rest are as sent. */

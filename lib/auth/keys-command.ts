@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import type pg from 'pg';
 import type { Config } from '../config.ts';
 import { countApiKeys, insertApiKey, listApiKeys, revokeApiKey } from '../db/api-keys.ts';
-import { createDatabase, DatabaseLockedError } from '../db/database.ts';
+import { createDatabase, type Database, DatabaseLockedError } from '../db/database.ts';
 import { isDatabaseUnavailable } from '../db/errors.ts';
 import { migrate } from '../db/migrate.ts';
 import type { Logger } from '../log.ts';
@@ -26,7 +26,7 @@ export async function runKeysCommand(config: Config, log: Logger, args: readonly
     process.stderr.write(`${USAGE}\nNAME: 1-100 characters of A-Z a-z 0-9 . _ -\n`);
     return 2;
   }
-  let db;
+  let db: Database;
   try {
     db = await createDatabase(config, log);
   } catch (err) {

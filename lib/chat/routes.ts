@@ -8,7 +8,7 @@ import { readJson } from '../http/body.ts';
 import type { Route } from '../http/router.ts';
 import type { Context, Identity, Reply } from '../http/types.ts';
 import type { AgentRegistry } from './agents.ts';
-import { validationError, type ChatService } from './service.ts';
+import { type ChatService, validationError } from './service.ts';
 
 export interface ChatRoutesOptions {
   pool: pg.Pool;

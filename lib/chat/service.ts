@@ -2,12 +2,12 @@
 import { performance } from 'node:perf_hooks';
 import type pg from 'pg';
 import * as z from 'zod';
-import { saveAssistantMessage, startTurn, type AssistantMessage } from '../db/conversations.ts';
+import { type AssistantMessage, saveAssistantMessage, startTurn } from '../db/conversations.ts';
 import { AppError } from '../errors.ts';
 import type { Context, Reply, SseEvent } from '../http/types.ts';
 import type { Logger } from '../log.ts';
 import type { AgentRegistry } from './agents.ts';
-import type { Upstream, UpstreamRequest, UpstreamUsage } from './upstream.ts';
+import type { Upstream, UpstreamCompletion, UpstreamRequest, UpstreamStream, UpstreamUsage } from './upstream.ts';
 import { classifyUpstreamError, type UpstreamError } from './upstream-errors.ts';
 
 /** Optional hooks for metrics; the service works without them. */
@@ -202,7 +202,7 @@ export function createChatService(options: ChatServiceOptions): ChatService {
       const head = { conversationId: turn.conversationId, messageId: answer.id, agent: agent.id };
       if (!input.stream) return await completeTurn(ctx, request, signal, answer, head);
       const started = performance.now();
-      let stream;
+      let stream: UpstreamStream;
       try {
         stream = await upstream.stream(request, signal);
       } catch (err) {
@@ -251,7 +251,7 @@ export function createChatService(options: ChatServiceOptions): ChatService {
     answer: AssistantMessage,
     head: object,
   ): Promise<Reply> {
-    let result;
+    let result: UpstreamCompletion;
     try {
       result = await upstream.complete(request, signal);
     } catch (err) {

@@ -16,7 +16,7 @@
 // (SocketError, BodyTimeoutError with their UND_ERR codes), which the classifier reads from the
 // cause chain either way. Not kept: redirects are not followed (the API answers, it does not
 // redirect), and bodies are requested uncompressed instead of being decoded here.
-import { request, type Dispatcher } from 'undici';
+import { type Dispatcher, request } from 'undici';
 
 type Body = Dispatcher.ResponseData['body'];
 type RawHeaders = Dispatcher.ResponseData['headers'];
@@ -113,8 +113,9 @@ export function createUpstreamFetch(dispatcher: Dispatcher): typeof fetch {
 /** Lower-cased name/value pairs; we always ask for an uncompressed body (fetch decoded it, we do not). */
 function requestHeaders(init: RequestInit['headers']): Record<string, string> {
   const out: Record<string, string> = {};
-  if (init !== undefined)
-    (init instanceof Headers ? init : new Headers(init)).forEach((value, name) => (out[name] = value));
+  if (init !== undefined) {
+    for (const [name, value] of init instanceof Headers ? init : new Headers(init)) out[name] = value;
+  }
   out['accept-encoding'] = 'identity';
   return out;
 }

@@ -10,14 +10,14 @@ import type { ChatCompletionChunk } from 'openai/resources/chat/completions';
 import { Agent as UndiciAgent } from 'undici';
 import type { Config } from '../config.ts';
 import type { Logger } from '../log.ts';
-import { classifyUpstreamError, describeCause, UpstreamError, type AbortReason } from './upstream-errors.ts';
+import { type AbortReason, classifyUpstreamError, describeCause, UpstreamError } from './upstream-errors.ts';
 import { createUpstreamFetch } from './upstream-fetch.ts';
 
 export {
+  type AbortReason,
   classifyUpstreamError,
   parseRetryAfter,
   UpstreamError,
-  type AbortReason,
   type UpstreamErrorKind,
 } from './upstream-errors.ts';
 

@@ -1,6 +1,7 @@
 // Client address: the socket peer, or the right-most untrusted X-Forwarded-For entry behind trusted proxies.
-import { BlockList, isIP } from 'node:net';
+
 import type { IncomingMessage } from 'node:http';
+import { BlockList, isIP } from 'node:net';
 
 /** Strips the IPv4-mapped IPv6 prefix so one client has one spelling. */
 export function normaliseAddress(address: string | undefined): string {

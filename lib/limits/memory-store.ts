@@ -10,7 +10,7 @@
 // used bucket and the likeliest to be full; a full scan happens only when the head is not, at most
 // once per `minSweepIntervalMs` and not before some bucket can have refilled, so a key flood
 // cannot turn each request into an O(n) scan.
-import { takeToken, type BucketPolicy, type BucketStore, type Decision, msUntilFull } from './token-bucket.ts';
+import { type BucketPolicy, type BucketStore, type Decision, msUntilFull, takeToken } from './token-bucket.ts';
 
 export interface MemoryStoreOptions {
   /** Most buckets held at once; default 100 000 (about 25 MB of heap with address-sized keys). */

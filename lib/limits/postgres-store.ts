@@ -10,7 +10,7 @@
 // locked, so the Retry-After we compute is exact (save one race, handled in take()). Errors
 // propagate; the middleware fails closed.
 import type pg from 'pg';
-import { describeDecision, type BucketPolicy, type BucketStore, type Decision } from './token-bucket.ts';
+import { type BucketPolicy, type BucketStore, type Decision, describeDecision } from './token-bucket.ts';
 
 export interface PostgresStoreOptions {
   /** How often to delete buckets that have surely refilled; default 60 000 ms; 0 disables the timer. */

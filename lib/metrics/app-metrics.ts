@@ -3,10 +3,11 @@
 // Every method here may run once per request or per token, so label children are resolved
 // once and cached; values that are sampled (pool, memory, event-loop delay) are read by collect
 // hooks when Prometheus scrapes, not on the request path. deploy/alerts.yml uses these names.
-import { monitorEventLoopDelay } from 'node:perf_hooks';
+
 import type { ELDHistogram } from 'node:perf_hooks';
-import { createRegistry } from './registry.ts';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import type { Counter, CounterChild, Gauge, Histogram, HistogramChild, Registry } from './registry.ts';
+import { createRegistry } from './registry.ts';
 
 /** Why a request was refused with 429: the token bucket, the failed-auth throttle, or the stream cap. */
 export const RATE_LIMIT_REASONS = ['rate_limit', 'auth_throttle', 'streams'] as const;

@@ -235,19 +235,35 @@ function buildCounter(name: string, family: Family<Cell>): [Counter, Render] {
 
 function buildGauge(name: string, family: Family<Cell>, collect: (() => void) | undefined): [Gauge, Render] {
   const gauge: Gauge = {
-    set: (value, labels) => void (family.getByLabels(labels).n = value),
-    inc: (labels, by = 1) => void (family.getByLabels(labels).n += by),
-    dec: (labels, by = 1) => void (family.getByLabels(labels).n -= by),
+    set(value, labels) {
+      family.getByLabels(labels).n = value;
+    },
+    inc(labels, by = 1) {
+      family.getByLabels(labels).n += by;
+    },
+    dec(labels, by = 1) {
+      family.getByLabels(labels).n -= by;
+    },
     labels(...values) {
       const cell = family.get(values);
       return {
-        set: (value) => void (cell.n = value),
-        inc: (by = 1) => void (cell.n += by),
-        dec: (by = 1) => void (cell.n -= by),
+        set(value) {
+          cell.n = value;
+        },
+        inc(by = 1) {
+          cell.n += by;
+        },
+        dec(by = 1) {
+          cell.n -= by;
+        },
       };
     },
   };
-  return [gauge, (out) => (collect?.(), renderScalars(out, name, family))];
+  const render: Render = (out) => {
+    collect?.();
+    renderScalars(out, name, family);
+  };
+  return [gauge, render];
 }
 
 function buildHistogram(
@@ -316,7 +332,10 @@ export function createRegistry(options: MetricOptions = {}): Registry {
     return {
       family,
       add(render: Render): void {
-        renderers.push((out) => (out.push(...header), render(out)));
+        renderers.push((out) => {
+          out.push(...header);
+          render(out);
+        });
       },
     };
   }

@@ -1,5 +1,5 @@
 // GET /metrics: Prometheus text, behind METRICS_TOKEN or, without one, for loopback peers only.
-import { timingSafeEqual, createHash } from 'node:crypto';
+import { createHash, timingSafeEqual } from 'node:crypto';
 import { AppError } from '../errors.ts';
 import type { Route } from '../http/router.ts';
 import type { Context } from '../http/types.ts';

@@ -6,17 +6,18 @@
 // The logger redacts known secrets by value, so the raw response bytes are checked as well, and
 // the logs are also searched for a prefix of the canary (a truncated leak survives redaction)
 // and for a private marker from a chat message (message content is never logged).
-import { after, before, describe, it } from 'node:test';
+
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { CHAT_ENV, readEvents } from '../support/chat.ts';
-import { startFakeUpstream, UPSTREAM_SECRET_DETAIL, type FakeUpstream } from '../support/fake-upstream.ts';
+import { type FakeUpstream, startFakeUpstream, UPSTREAM_SECRET_DETAIL } from '../support/fake-upstream.ts';
 import { mintJwt, unsignedJwt } from '../support/keys.ts';
 import { CANARY, startTestServer, TEST_DATABASE_URL, type TestServer } from '../support/server.ts';
 import { exchange, mintIdentity } from './support.ts';

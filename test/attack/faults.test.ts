@@ -2,14 +2,15 @@
 // a misbehaving upstream, and 1,000 clients that leave mid-stream. After each one the server must
 // still answer, hold no pool client, stream slot, turn or upstream request, and have stored an
 // assistant message, in some status, for every user message it accepted.
-import { after, before, describe, it } from 'node:test';
+
 import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
+import { type ChatHarness, openStream, readEvents, startChat, waitFor } from '../support/chat.ts';
 import type { Behaviour } from '../support/fake-upstream.ts';
-import { openStream, readEvents, startChat, waitFor, type ChatHarness } from '../support/chat.ts';
 import { TEST_DATABASE_URL } from '../support/server.ts';
-import { startTcpProxy, type ProxyMode, type TcpProxy } from '../support/tcp-proxy.ts';
-import { assertSettled, assistantStatuses, messageCounts, mintIdentity, sleep, type Identity } from './support.ts';
+import { type ProxyMode, startTcpProxy, type TcpProxy } from '../support/tcp-proxy.ts';
+import { assertSettled, assistantStatuses, type Identity, messageCounts, mintIdentity, sleep } from './support.ts';
 
 // pg's client-side query timeout is DB_STATEMENT_TIMEOUT_MS + 1 s (lib/db/database.ts): 2 s here.
 const STATEMENT_TIMEOUT_MS = 1_000;

@@ -1,12 +1,13 @@
 // Property-based attacks on the pure parts of the HTTP core: no input makes them throw
 // anything unexpected, and no output carries a line break where it would forge a field.
-import { describe, it } from 'node:test';
+
 import assert from 'node:assert/strict';
 import type { IncomingMessage } from 'node:http';
-import fc from 'fast-check';
-import { AppError, ERROR_CODES, problemBody, type ErrorCode } from '../../lib/errors.ts';
-import { isJsonContentType, parseJson } from '../../lib/http/body.ts';
 import { isIP } from 'node:net';
+import { describe, it } from 'node:test';
+import fc from 'fast-check';
+import { AppError, ERROR_CODES, type ErrorCode, problemBody } from '../../lib/errors.ts';
+import { isJsonContentType, parseJson } from '../../lib/http/body.ts';
 import { addressGroup, createClientIp } from '../../lib/http/client-ip.ts';
 import { createRouter, type Route } from '../../lib/http/router.ts';
 import { formatSse } from '../../lib/http/sse.ts';

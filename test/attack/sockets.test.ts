@@ -1,11 +1,12 @@
 // Raw-socket attacks against the running app: slow clients, oversized and ambiguous requests,
 // pipelining, request smuggling and a crowd of idle connections. Every check looks at the bytes
 // on the wire, because these attacks live below what fetch() lets a test send.
-import { after, before, describe, it } from 'node:test';
+
 import assert from 'node:assert/strict';
 import type { Socket } from 'node:net';
+import { after, before, describe, it } from 'node:test';
 import { connectionBudget } from '../../lib/http/server.ts';
-import { startChat, waitFor, type ChatHarness } from '../support/chat.ts';
+import { type ChatHarness, startChat, waitFor } from '../support/chat.ts';
 import {
   assertSecurityHeaders,
   assertSettled,

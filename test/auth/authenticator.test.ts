@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import type pg from 'pg';
 import { SignJWT } from 'jose';
+import type pg from 'pg';
 import { generateApiKey } from '../../lib/auth/api-key.ts';
 import { createAuthenticator } from '../../lib/auth/authenticator.ts';
 import { createJwtVerifier } from '../../lib/auth/jwt.ts';

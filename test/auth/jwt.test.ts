@@ -2,12 +2,12 @@ import assert from 'node:assert/strict';
 import { generateKeyPairSync, sign as nodeSign } from 'node:crypto';
 import { test } from 'node:test';
 import fc from 'fast-check';
-import { SignJWT, exportJWK, exportSPKI, generateKeyPair, jwtVerify } from 'jose';
-import { createJwtVerifier, looksLikeJwt } from '../../lib/auth/jwt.ts';
+import { exportJWK, exportSPKI, generateKeyPair, jwtVerify, SignJWT } from 'jose';
 import type { JwtVerifierOptions } from '../../lib/auth/jwt.ts';
+import { createJwtVerifier, looksLikeJwt } from '../../lib/auth/jwt.ts';
 import { AppError } from '../../lib/errors.ts';
-import { RFC7515_A1, RFC7515_A2, RFC7515_A3, RFC8037_A4, RFC_NOW_SECONDS } from './fixtures/rfc-vectors.ts';
-import { NOW, SECRET, assertInvalid, claims, segment, signHmac } from './fixtures/tokens.ts';
+import { RFC_NOW_SECONDS, RFC7515_A1, RFC7515_A2, RFC7515_A3, RFC8037_A4 } from './fixtures/rfc-vectors.ts';
+import { assertInvalid, claims, NOW, SECRET, segment, signHmac } from './fixtures/tokens.ts';
 
 const ISSUER = 'https://issuer.test';
 const AUDIENCE = 'chat-api';

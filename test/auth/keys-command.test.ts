@@ -6,12 +6,12 @@ import { after, before, describe, it } from 'node:test';
 import { ensureDevKey } from '../../lib/auth/keys-command.ts';
 import {
   bearer,
+  type CliResult,
   keySpellings,
   keysCliEnv,
   msUntil,
   runKeysCli,
   uniqueKeyName,
-  type CliResult,
 } from '../support/keys.ts';
 import { startTestServer, TEST_DATABASE_URL, type TestServer } from '../support/server.ts';
 

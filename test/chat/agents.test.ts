@@ -1,11 +1,11 @@
-import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseConfig } from '../../lib/config.ts';
-import type { Config } from '../../lib/config.ts';
+import { after, before, describe, it } from 'node:test';
 import { loadAgents } from '../../lib/chat/agents.ts';
+import type { Config } from '../../lib/config.ts';
+import { parseConfig } from '../../lib/config.ts';
 
 const SECRET_PROMPT = 'PROMPT-SECRET-MARKER';
 let dir: string;

@@ -7,7 +7,7 @@ import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { readEvents, startChat, storedAnswer, type ChatHarness } from '../support/chat.ts';
+import { type ChatHarness, readEvents, startChat, storedAnswer } from '../support/chat.ts';
 import { CANARY } from '../support/server.ts';
 
 const MAX_MESSAGE_CHARS = 50;

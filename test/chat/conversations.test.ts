@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
-import { openStream, readEvents, startChat, storedMessages, type ChatHarness } from '../support/chat.ts';
+import { type ChatHarness, openStream, readEvents, type SseFrame, startChat, storedMessages } from '../support/chat.ts';
 
 interface Summary {
   id: string;
@@ -164,7 +164,7 @@ describe('conversations API', () => {
     const requestId = String(stream.res.headers['x-request-id']);
     const id = ((await stream.next())?.data as { conversationId: string }).conversationId;
     assert.equal((await h.call('DELETE', `/v1/conversations/${id}`, owner)).status, 204);
-    let last;
+    let last: SseFrame | undefined;
     for (let f = await stream.next(); f !== undefined; f = await stream.next()) last = f;
     assert.equal(last?.event, 'done');
     const errors = h.server

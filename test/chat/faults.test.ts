@@ -3,17 +3,17 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
-import { UPSTREAM_SECRET_DETAIL } from '../support/fake-upstream.ts';
 import {
+  type ChatHarness,
   messagesAfterShutdown,
   openStream,
   readEvents,
+  type SseFrame,
   startChat,
   storedAnswer,
   waitFor,
-  type ChatHarness,
-  type SseFrame,
 } from '../support/chat.ts';
+import { UPSTREAM_SECRET_DETAIL } from '../support/fake-upstream.ts';
 
 const TIMEOUT_MS = 1000;
 const IDLE_TIMEOUT_MS = 800;

@@ -1,12 +1,12 @@
-import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { after, before, describe, it } from 'node:test';
 import OpenAI, { APIConnectionError, RateLimitError } from 'openai';
 import { Agent } from 'undici';
-import { createUpstreamFetch } from '../../lib/chat/upstream-fetch.ts';
 import { classifyUpstreamError } from '../../lib/chat/upstream-errors.ts';
-import { startFakeUpstream, type FakeUpstream } from '../support/fake-upstream.ts';
+import { createUpstreamFetch } from '../../lib/chat/upstream-fetch.ts';
+import { type FakeUpstream, startFakeUpstream } from '../support/fake-upstream.ts';
 
 let fake: FakeUpstream;
 let agent: Agent;

@@ -1,16 +1,16 @@
-import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer } from 'node:http';
+import { after, before, describe, it } from 'node:test';
 import { APIConnectionError, InternalServerError } from 'openai';
-import { parseConfig } from '../../lib/config.ts';
-import type { Config } from '../../lib/config.ts';
-import { createLogger } from '../../lib/log.ts';
-import type { Logger } from '../../lib/log.ts';
-import { AppError } from '../../lib/errors.ts';
-import { classifyUpstreamError, createUpstream, parseRetryAfter, UpstreamError } from '../../lib/chat/upstream.ts';
 import type { Upstream, UpstreamEvent, UpstreamRequest, UpstreamStream } from '../../lib/chat/upstream.ts';
-import { startFakeUpstream, UPSTREAM_SECRET_DETAIL } from '../support/fake-upstream.ts';
+import { classifyUpstreamError, createUpstream, parseRetryAfter, UpstreamError } from '../../lib/chat/upstream.ts';
+import type { Config } from '../../lib/config.ts';
+import { parseConfig } from '../../lib/config.ts';
+import { AppError } from '../../lib/errors.ts';
+import type { Logger } from '../../lib/log.ts';
+import { createLogger } from '../../lib/log.ts';
 import type { FakeUpstream } from '../support/fake-upstream.ts';
+import { startFakeUpstream, UPSTREAM_SECRET_DETAIL } from '../support/fake-upstream.ts';
 
 const CANARY_KEY = 'sk-canary-upstream-key-7f3a9c2e1b';
 const REQUEST: UpstreamRequest = {

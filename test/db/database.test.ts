@@ -1,4 +1,3 @@
-import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -7,8 +6,9 @@ import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
-import { createDatabase, DatabaseLockedError, postgresPoolConfig, type Database } from '../../lib/db/database.ts';
+import { createDatabase, type Database, DatabaseLockedError, postgresPoolConfig } from '../../lib/db/database.ts';
 import { createLogger, type Logger } from '../../lib/log.ts';
 import { TEST_DATABASE_URL, testConfig } from '../support/server.ts';
 

@@ -1,14 +1,14 @@
-import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import pg from 'pg';
+import { after, before, describe, it } from 'node:test';
+import type pg from 'pg';
 import { createDatabase, type Database } from '../../lib/db/database.ts';
-import { loadMigrations, migrate, type Migration } from '../../lib/db/migrate.ts';
+import { loadMigrations, type Migration, migrate } from '../../lib/db/migrate.ts';
 import { createLogger } from '../../lib/log.ts';
-import { TEST_DATABASE_URL, testConfig } from '../support/server.ts';
 import { scratchDatabase } from '../support/database.ts';
+import { TEST_DATABASE_URL, testConfig } from '../support/server.ts';
 
 const log = createLogger({ level: 'silent' });
 

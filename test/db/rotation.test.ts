@@ -1,9 +1,9 @@
-import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
 import { mintKey, waitFor } from '../support/chat.ts';
 import { startTestServer, TEST_DATABASE_URL, type TestServer } from '../support/server.ts';

@@ -1,13 +1,13 @@
-import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, execFileSync } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import { createDatabase } from '../../lib/db/database.ts';
 import { createLogger } from '../../lib/log.ts';
-import { PG_INSTANCE_UNAVAILABLE, startPgInstance, type PgInstance } from '../support/pg-instance.ts';
+import { PG_INSTANCE_UNAVAILABLE, type PgInstance, startPgInstance } from '../support/pg-instance.ts';
 import { testConfig } from '../support/server.ts';
 
 const run = promisify(execFile);

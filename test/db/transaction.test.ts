@@ -1,9 +1,9 @@
-import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
 import { createDatabase, type Database } from '../../lib/db/database.ts';
 import { withTransaction } from '../../lib/db/transaction.ts';

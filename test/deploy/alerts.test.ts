@@ -1,8 +1,9 @@
 // YAML sanity for deploy/alerts.yml without a YAML library: the file keeps one fixed layout
 // (single-quoted one-line strings), so each rule's fields can be read line by line.
-import { describe, it } from 'node:test';
+
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
+import { describe, it } from 'node:test';
 import { createAppMetrics, METRIC_NAMES } from '../../lib/metrics/app-metrics.ts';
 
 const text = readFileSync(new URL('../../deploy/alerts.yml', import.meta.url), 'utf8');

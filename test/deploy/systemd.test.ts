@@ -1,10 +1,11 @@
 // deploy/chat-server.service: its contract lines, systemd's own parser, and its sandbox score.
-import { describe, it } from 'node:test';
+
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { ENV_SCHEMA } from '../../lib/config.ts';
 

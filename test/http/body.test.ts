@@ -1,11 +1,11 @@
-import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { request } from 'node:http';
+import { after, before, describe, it } from 'node:test';
 import { AppError } from '../../lib/errors.ts';
 import { isJsonContentType, parseJson, readJson } from '../../lib/http/body.ts';
 import { errorHandler } from '../../lib/http/middleware/errors.ts';
 import type { Context } from '../../lib/http/types.ts';
-import { rawRequest, rawStatus, route, serve, type Served } from '../support/http.ts';
+import { rawRequest, rawStatus, route, type Served, serve } from '../support/http.ts';
 
 const MAX_BYTES = 64;
 

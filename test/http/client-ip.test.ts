@@ -1,8 +1,8 @@
-import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import type { IncomingMessage } from 'node:http';
+import { after, before, describe, it } from 'node:test';
 import { addressGroup, createClientIp, normaliseAddress } from '../../lib/http/client-ip.ts';
-import { route, serve, type Served } from '../support/http.ts';
+import { route, type Served, serve } from '../support/http.ts';
 
 function req(remoteAddress: string | undefined, xff?: string): IncomingMessage {
   return {

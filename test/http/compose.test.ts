@@ -1,5 +1,5 @@
-import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
 import { compose } from '../../lib/http/compose.ts';
 import type { Context, Middleware } from '../../lib/http/types.ts';
 

@@ -1,12 +1,12 @@
-import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
 import { AppError } from '../../lib/errors.ts';
 import { cors } from '../../lib/http/middleware/cors.ts';
 import { errorHandler } from '../../lib/http/middleware/errors.ts';
 import { requestId } from '../../lib/http/middleware/request-id.ts';
 import { securityHeaders } from '../../lib/http/middleware/security-headers.ts';
 import type { Reply } from '../../lib/http/types.ts';
-import { rawRequest, serve, type Served } from '../support/http.ts';
+import { rawRequest, type Served, serve } from '../support/http.ts';
 
 /** Header lines of each response in a raw byte stream, as [name, value] pairs per response. */
 function headerBlocks(raw: string): Array<Array<[string, string]>> {

@@ -1,5 +1,5 @@
-import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
 import { createRouter, type Match, type Route } from '../../lib/http/router.ts';
 import type { Handler } from '../../lib/http/types.ts';
 

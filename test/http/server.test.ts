@@ -1,9 +1,9 @@
-import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { connect, type Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
-import { startChat, type ChatHarness } from '../support/chat.ts';
+import { after, before, describe, it } from 'node:test';
+import { type ChatHarness, startChat } from '../support/chat.ts';
 import { assertSecurityProfile } from '../support/security-profile.ts';
 
 const ALLOWED_ORIGIN = 'https://app.example';

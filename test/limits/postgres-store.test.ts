@@ -1,12 +1,12 @@
-import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import pg from 'pg';
+import { after, before, describe, it } from 'node:test';
 import { PGlite } from '@electric-sql/pglite';
 import { createPgConfig } from '@electric-sql/pglite/node-postgres';
+import pg from 'pg';
 import { createPostgresStore } from '../../lib/limits/postgres-store.ts';
-import { bucketPolicy, type BucketPolicy } from '../../lib/limits/token-bucket.ts';
+import { type BucketPolicy, bucketPolicy } from '../../lib/limits/token-bucket.ts';
 
 const DATABASE_URL = process.env.TEST_DATABASE_URL;
 

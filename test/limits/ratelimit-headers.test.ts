@@ -1,5 +1,5 @@
-import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
 import { rateLimitHeaders, retryAfterSeconds, windowSeconds } from '../../lib/limits/ratelimit-headers.ts';
 import { bucketPolicy, takeToken } from '../../lib/limits/token-bucket.ts';
 

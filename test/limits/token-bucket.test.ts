@@ -1,7 +1,7 @@
-import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
 import fc from 'fast-check';
-import { bucketPolicy, describeDecision, takeToken, type BucketState } from '../../lib/limits/token-bucket.ts';
+import { type BucketState, bucketPolicy, describeDecision, takeToken } from '../../lib/limits/token-bucket.ts';
 
 const fivePerSecond = { capacity: 5, refillPerSecond: 5 };
 const onePerMinute = bucketPolicy(1, 1);

@@ -1,13 +1,13 @@
-import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
 import type { ChatObserver } from '../../lib/chat/service.ts';
+import type { AppMetrics } from '../../lib/metrics/app-metrics.ts';
 import {
   createAppMetrics,
   METRIC_NAMES,
   RATE_LIMIT_REASONS,
   UPSTREAM_OUTCOMES,
 } from '../../lib/metrics/app-metrics.ts';
-import type { AppMetrics } from '../../lib/metrics/app-metrics.ts';
 import { validateExposition } from '../support/exposition-grammar.ts';
 
 /** The value of one sample line, e.g. `value(text, 'chat_active_streams')`; undefined when absent. */

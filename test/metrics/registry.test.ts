@@ -1,5 +1,5 @@
-import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
 import { CONTENT_TYPE, createRegistry, formatNumber } from '../../lib/metrics/registry.ts';
 import { validateExposition } from '../support/exposition-grammar.ts';
 

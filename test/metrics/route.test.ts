@@ -1,8 +1,8 @@
-import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
+import { after, before, describe, it } from 'node:test';
 import { METRIC_NAMES } from '../../lib/metrics/app-metrics.ts';
-import { readEvents, startChat, type ChatHarness } from '../support/chat.ts';
+import { type ChatHarness, readEvents, startChat } from '../support/chat.ts';
 import { validateExposition } from '../support/exposition-grammar.ts';
 import { CANARY, startTestServer, type TestServer } from '../support/server.ts';
 

@@ -1,12 +1,12 @@
 // Shared helpers for the chat integration tests: the real app in front of the fake upstream,
 // API keys minted straight into the database, and an SSE frame reader for response bodies.
 import { randomUUID } from 'node:crypto';
-import { request, type IncomingMessage } from 'node:http';
+import { type IncomingMessage, request } from 'node:http';
 import { join } from 'node:path';
 import pg from 'pg';
 import { generateApiKey } from '../../lib/auth/api-key.ts';
 import { insertApiKey } from '../../lib/db/api-keys.ts';
-import { startFakeUpstream, type FakeUpstream } from './fake-upstream.ts';
+import { type FakeUpstream, startFakeUpstream } from './fake-upstream.ts';
 import { startTestServer, TEST_DATABASE_URL, type TestServer } from './server.ts';
 
 /** Small upstream deadlines and no retries, so fault tests finish in about a second. */

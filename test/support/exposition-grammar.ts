@@ -121,7 +121,7 @@ export function validateExposition(text: string): string[] {
   const finish = () => current?.type === 'histogram' && checkHistograms(current.family, current.histograms, problems);
   const lines = text.split('\n');
   if (lines.at(-1) === '') lines.pop();
-  lines.forEach((line, index) => {
+  const checkLine = (line: string, index: number): void => {
     const at = `line ${index + 1}`;
     const comment = /^# (HELP|TYPE) (\S+) ?(.*)$/.exec(line);
     if (line.startsWith('#')) {
@@ -165,7 +165,8 @@ export function validateExposition(text: string): string[] {
       series.buckets.push([le === '+Inf' ? Infinity : Number(le), sample.value]);
     } else if (suffix === '_sum') series.sum = sample.value;
     else series.count = sample.value;
-  });
+  };
+  for (const [index, line] of lines.entries()) checkLine(line, index);
   finish();
   return problems;
 }

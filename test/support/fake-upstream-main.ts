@@ -4,8 +4,8 @@
 //
 // Prints the base URL (for OPENAI_BASE_URL) on stdout and runs until SIGINT/SIGTERM.
 import { parseArgs } from 'node:util';
-import { startFakeUpstream } from './fake-upstream.ts';
 import type { Behaviour } from './fake-upstream.ts';
+import { startFakeUpstream } from './fake-upstream.ts';
 
 /** Parses argv, starts the fake and closes it on a signal. */
 async function main(): Promise<void> {

@@ -4,10 +4,11 @@
 // completion) and can misbehave on demand: hang before headers, stall or reset mid-stream,
 // answer an error status or send garbage, so the client's timeouts and error mapping are
 // tested against real sockets rather than mocks.
-import { createServer } from 'node:http';
-import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
-import type { Socket } from 'node:net';
+
 import { randomBytes } from 'node:crypto';
+import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
+import { createServer } from 'node:http';
+import type { Socket } from 'node:net';
 
 /** What the fake does with the next request. */
 export type Behaviour =

@@ -1,6 +1,6 @@
 // Serves a small route table through createApp on a real node:http server on port 0, with captured logs.
 import { createServer, type IncomingMessage } from 'node:http';
-import { connect, type AddressInfo } from 'node:net';
+import { type AddressInfo, connect } from 'node:net';
 import { createApp } from '../../lib/http/app.ts';
 import { createClientIp } from '../../lib/http/client-ip.ts';
 import type { Route } from '../../lib/http/router.ts';

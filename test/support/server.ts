@@ -2,9 +2,9 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseConfig, type Config } from '../../lib/config.ts';
+import { type Config, parseConfig } from '../../lib/config.ts';
 import { createLogger, type Logger } from '../../lib/log.ts';
-import { startServer, type RunningServer } from '../../lib/main.ts';
+import { type RunningServer, startServer } from '../../lib/main.ts';
 
 /** A value set as every secret variable; no log line, body or header may ever contain it. */
 export const CANARY = 'canary-7f3c9e1d5b2a4f68a0c1e3d5b7f9a2c4';

@@ -1,5 +1,5 @@
-import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
 import { accessLog } from '../../../lib/http/middleware/access-log.ts';
 import { bodyLimit } from '../../../lib/http/middleware/body-limit.ts';
 import { errorHandler } from '../../../lib/http/middleware/errors.ts';
@@ -7,7 +7,7 @@ import { requestId } from '../../../lib/http/middleware/request-id.ts';
 import { securityHeaders } from '../../../lib/http/middleware/security-headers.ts';
 import type { Context, Middleware } from '../../../lib/http/types.ts';
 import { createLogger } from '../../../lib/log.ts';
-import { ok, rawRequest, rawStatus, route, serve, type Served } from '../../support/http.ts';
+import { ok, rawRequest, rawStatus, route, type Served, serve } from '../../support/http.ts';
 
 describe('accessLog()', () => {
   let served: Served;

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { request } from 'node:http';
 import { after, before, describe, it } from 'node:test';
-import { bearer, createTestKey, mintJwt, msUntil, unsignedJwt, type TestKey } from '../../support/keys.ts';
+import { bearer, createTestKey, mintJwt, msUntil, type TestKey, unsignedJwt } from '../../support/keys.ts';
 import { startTestServer, TEST_DATABASE_URL, type TestServer } from '../../support/server.ts';
 import { startTcpProxy, type TcpProxy } from '../../support/tcp-proxy.ts';
 

@@ -1,10 +1,10 @@
-import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
 import { bodyLimit } from '../../../lib/http/middleware/body-limit.ts';
 import { errorHandler } from '../../../lib/http/middleware/errors.ts';
 import { requestId } from '../../../lib/http/middleware/request-id.ts';
 import type { Middleware } from '../../../lib/http/types.ts';
-import { rawRequest, rawStatus, route, serve, type Served } from '../../support/http.ts';
+import { rawRequest, rawStatus, route, type Served, serve } from '../../support/http.ts';
 
 const MAX_BYTES = 100;
 

@@ -1,10 +1,10 @@
-import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
 import { cors } from '../../../lib/http/middleware/cors.ts';
 import { errorHandler } from '../../../lib/http/middleware/errors.ts';
 import { requestId } from '../../../lib/http/middleware/request-id.ts';
 import type { Context } from '../../../lib/http/types.ts';
-import { ok, route, serve, type Served } from '../../support/http.ts';
+import { ok, route, type Served, serve } from '../../support/http.ts';
 
 const ALLOWED = 'https://app.example.com';
 const FOREIGN = 'https://evil.example.net';

@@ -1,10 +1,10 @@
-import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
 import { AppError } from '../../../lib/errors.ts';
 import { errorHandler } from '../../../lib/http/middleware/errors.ts';
 import { requestId } from '../../../lib/http/middleware/request-id.ts';
 import type { Middleware } from '../../../lib/http/types.ts';
-import { route, serve, type Served } from '../../support/http.ts';
+import { route, type Served, serve } from '../../support/http.ts';
 
 const SECRET_MESSAGE = 'relation "api_keys" does not exist at SELECT hash FROM api_keys';
 

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
 import { bearer, createTestKey, msUntil, type TestKey } from '../../support/keys.ts';
 import { startTestServer, TEST_DATABASE_URL, type TestServer } from '../../support/server.ts';

@@ -1,11 +1,11 @@
-import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
 import { AppError } from '../../../lib/errors.ts';
 import { bodyLimit } from '../../../lib/http/middleware/body-limit.ts';
 import { errorHandler } from '../../../lib/http/middleware/errors.ts';
 import { requestId } from '../../../lib/http/middleware/request-id.ts';
 import { securityHeaderList, securityHeaders } from '../../../lib/http/middleware/security-headers.ts';
-import { ok, rawRequest, route, serve, type Served } from '../../support/http.ts';
+import { ok, rawRequest, route, type Served, serve } from '../../support/http.ts';
 import { assertSecurityProfile } from '../../support/security-profile.ts';
 
 describe('securityHeaders()', () => {
