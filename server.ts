@@ -56,7 +56,7 @@ async function serve(): Promise<void> {
       process.exit(130);
     }
     stopping = true;
-    log.info('draining', { signal, graceMs: config.shutdownGraceMs });
+    log.info('draining', { signal, graceMs: config.shutdownGraceMs, readinessMs: config.drainReadinessMs });
     drain();
   };
   process.on('SIGTERM', () => stop('SIGTERM'));

@@ -84,12 +84,16 @@ export const ENV_SCHEMA = {
   METRICS_TOKEN: optional(z.string().min(16, 'must be at least 16 characters')),
   HSTS: withDefault(bool, 'true'),
   SHUTDOWN_GRACE_MS: withDefault(int(0, 600_000), '10000'),
+  // Unset = 5000 or the whole grace when that is shorter; set, it must fit within SHUTDOWN_GRACE_MS.
+  DRAIN_READINESS_MS: optional(int(0, 600_000)),
   HEADERS_TIMEOUT_MS: withDefault(int(1000, 15_000), '10000'),
   REQUEST_TIMEOUT_MS: withDefault(int(1000, 60_000), '30000'),
   KEEP_ALIVE_TIMEOUT_MS: withDefault(int(100, 120_000), '5000'),
   MAX_REQUESTS_PER_SOCKET: withDefault(int(0, 1_000_000), '1000'),
   MAX_CONNECTIONS: optional(int(1, 1_000_000)),
 } as const;
+
+const DEFAULT_DRAIN_READINESS_MS = 5000;
 
 /** Variable names whose values are secrets; they are never printed. */
 export const SECRET_VARIABLES = ['OPENAI_API_KEY', 'JWT_SECRET', 'METRICS_TOKEN', 'DATABASE_URL'] as const;
@@ -149,6 +153,8 @@ export interface Config {
   metricsTokenSet: boolean;
   hsts: boolean;
   shutdownGraceMs: number;
+  /** How long a drain keeps listening, answering 503, before it closes the listener (within the grace). */
+  drainReadinessMs: number;
   http: {
     headersTimeoutMs: number;
     requestTimeoutMs: number;
@@ -181,6 +187,11 @@ function crossFieldProblems(env: Record<string, string | undefined>): string[] {
   const headersTimeout = ENV_SCHEMA.HEADERS_TIMEOUT_MS.safeParse(env['HEADERS_TIMEOUT_MS']);
   if (requestTimeout.success && headersTimeout.success && requestTimeout.data < headersTimeout.data) {
     problems.push('REQUEST_TIMEOUT_MS: must be greater than or equal to HEADERS_TIMEOUT_MS');
+  }
+  const grace = ENV_SCHEMA.SHUTDOWN_GRACE_MS.safeParse(env['SHUTDOWN_GRACE_MS']);
+  const readiness = ENV_SCHEMA.DRAIN_READINESS_MS.safeParse(env['DRAIN_READINESS_MS']);
+  if (grace.success && readiness.success && readiness.data !== undefined && readiness.data > grace.data) {
+    problems.push('DRAIN_READINESS_MS: must be less than or equal to SHUTDOWN_GRACE_MS');
   }
   const jwtSecretSet = ENV_SCHEMA.JWT_SECRET.safeParse(env['JWT_SECRET']).data !== undefined;
   const publicKeySet = ENV_SCHEMA.JWT_PUBLIC_KEY_FILE.safeParse(env['JWT_PUBLIC_KEY_FILE']).data !== undefined;
@@ -270,6 +281,7 @@ function buildConfig(e: Env): Config {
     metricsTokenSet: e.METRICS_TOKEN !== undefined,
     hsts: e.HSTS,
     shutdownGraceMs: e.SHUTDOWN_GRACE_MS,
+    drainReadinessMs: e.DRAIN_READINESS_MS ?? Math.min(DEFAULT_DRAIN_READINESS_MS, e.SHUTDOWN_GRACE_MS),
     http: Object.freeze({
       headersTimeoutMs: e.HEADERS_TIMEOUT_MS,
       requestTimeoutMs: e.REQUEST_TIMEOUT_MS,

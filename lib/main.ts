@@ -2,12 +2,14 @@
 import { readFileSync } from 'node:fs';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { createAuthenticator } from './auth/authenticator.ts';
+import { performance } from 'node:perf_hooks';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { type Authenticate, createAuthenticator } from './auth/authenticator.ts';
 import { createJwtVerifier, type JwtVerifierOptions } from './auth/jwt.ts';
 import { ensureDevKey } from './auth/keys-command.ts';
-import { loadAgents } from './chat/agents.ts';
+import { type AgentRegistry, loadAgents } from './chat/agents.ts';
 import { chatRoutes } from './chat/routes.ts';
-import { type ChatService, createChatService } from './chat/service.ts';
+import { type ChatObserver, type ChatService, createChatService } from './chat/service.ts';
 import { createUpstream, type Upstream } from './chat/upstream.ts';
 import type { Config } from './config.ts';
 import { createDatabase, type Database } from './db/database.ts';
@@ -21,13 +23,14 @@ import { accessLog } from './http/middleware/access-log.ts';
 import { auth } from './http/middleware/auth.ts';
 import { bodyLimit } from './http/middleware/body-limit.ts';
 import { cors } from './http/middleware/cors.ts';
+import { refuseWhileDraining } from './http/middleware/drain.ts';
 import { errorHandler } from './http/middleware/errors.ts';
 import { rateLimit } from './http/middleware/rate-limit.ts';
 import { requestId } from './http/middleware/request-id.ts';
 import { securityHeaderList, securityHeaders } from './http/middleware/security-headers.ts';
 import type { Route } from './http/router.ts';
 import { createHttpServer } from './http/server.ts';
-import type { Context } from './http/types.ts';
+import type { Context, Middleware } from './http/types.ts';
 import { type ConcurrencyLimiter, createConcurrencyLimiter } from './limits/concurrency.ts';
 import { createFailureThrottle } from './limits/failure-throttle.ts';
 import { createMemoryStore } from './limits/memory-store.ts';
@@ -35,9 +38,9 @@ import { createPostgresStore } from './limits/postgres-store.ts';
 import { rateLimitFormatter } from './limits/ratelimit-headers.ts';
 import { bucketPolicy, type Decision } from './limits/token-bucket.ts';
 import type { Logger } from './log.ts';
-import { createAppMetrics } from './metrics/app-metrics.ts';
+import { type AppMetrics, createAppMetrics } from './metrics/app-metrics.ts';
 import { metricsRoutes } from './metrics/routes.ts';
-import { createSecurityEvents, type SecurityEventKind } from './security-events.ts';
+import { createSecurityEvents, type SecurityEventKind, type SecurityEvents } from './security-events.ts';
 
 export interface RunningServer {
   server: Server;
@@ -47,144 +50,220 @@ export interface RunningServer {
   slots: ConcurrencyLimiter;
   upstream: Upstream;
   chat: ChatService;
-  /** Stops accepting, lets requests finish within the grace period, then closes everything. */
+  /** Refuses new work, lets requests finish within the grace period, then closes everything. */
   shutdown(graceMs?: number): Promise<void>;
 }
+
+/** The long-lived parts the routes and middleware are built from. */
+interface Services {
+  agents: AgentRegistry;
+  upstream: Upstream;
+  authenticate: Authenticate;
+  limits: RateLimiter;
+  slots: ConcurrencyLimiter;
+  metrics: AppMetrics;
+  security: SecurityEvents;
+  chat: ChatService;
+  /** Aborted when a drain's grace period ends: live streams stop with SHUTTING_DOWN. */
+  shutdown: AbortController;
+}
+
+/** Whether a drain has begun; middleware and /health read it per request. */
+interface DrainState {
+  draining: boolean;
+}
+
+/** Things to close on shutdown (or after a failed start), last opened first. */
+type Cleanup = () => Promise<void> | void;
+
+// The API lives under this prefix; everything else is operational and public.
+const API_PREFIX = '/v1/';
+// Answer for themselves while draining: readiness says 503, liveness and metrics keep working.
+const DRAIN_EXEMPT = new Set(['/health', '/health/live', '/metrics']);
+// How long the drain waits for aborted streams to store their answers before closing the pool.
+const STREAM_STORE_WAIT_MS = 2_000;
 
 /** Opens the database, applies migrations, builds the app and listens. */
 export async function startServer(config: Config, log: Logger): Promise<RunningServer> {
   const db = await createDatabase(config, log);
-  const cleanups: Array<() => Promise<void> | void> = [() => db.close()];
+  const cleanups: Cleanup[] = [() => db.close()];
   try {
     await migrate(db.pool);
     if (db.kind === 'pglite') await ensureDevKey(db.pool, config.dataDir, log);
-    const agents = await loadAgents(config);
-    const upstream = createUpstream(config, log);
-    cleanups.push(() => upstream.close());
-    const jwt = config.jwt.enabled ? await createJwtVerifier(jwtOptions(config)) : undefined;
-    const limits = createRateLimiter(config, db, log);
-    cleanups.push(() => limits.close());
-    const slots = createConcurrencyLimiter(config.maxConcurrentStreamsPerKey);
-    const metrics = createAppMetrics();
-    cleanups.push(() => metrics.close());
-    metrics.setPoolSource(() => ({
-      total: db.pool.totalCount,
-      idle: db.pool.idleCount,
-      waiting: db.pool.waitingCount,
-    }));
-    metrics.setStreamSlotsSource(() => slots.inUse());
-    const authenticate = createAuthenticator({ pool: db.pool, jwt });
-    const security = createSecurityEvents(log, { onEvent: (kind) => metrics.securityEvent(kind) });
-    const shutdown = new AbortController();
-    const chat = createChatService({
-      pool: db.pool,
-      upstream,
-      agents,
-      slots,
-      log,
-      maxMessageChars: config.maxMessageChars,
-      historyMaxChars: config.historyMaxChars,
-      shutdownSignal: shutdown.signal,
-      observer: {
-        upstreamOutcome: (outcome) => metrics.upstreamOutcome(outcome),
-        firstToken: (seconds) => metrics.firstToken(seconds),
-        streamOpened: () => metrics.streamOpened(),
-        streamClosed: () => metrics.streamClosed(),
-        streamRejected: () => metrics.rateLimitRejected('streams'),
-      },
-    });
-    const event = (kind: SecurityEventKind) => (ctx: Context, reason?: string) =>
-      security.emit(kind, { requestId: ctx.requestId, ip: ctx.clientIp, identity: ctx.identity?.id, reason });
-    let draining = false;
-    let stopping: Promise<void> | undefined;
-    const routes: Route[] = [
-      ...healthRoutes({ pool: db.pool, timeoutMs: config.healthDbTimeoutMs, isDraining: () => draining }),
-      ...chatRoutes({ pool: db.pool, chat, agents, maxBodyBytes: config.maxBodyBytes }),
-      ...metricsRoutes({
-        render: () => metrics.render(),
-        token: config.secrets.metricsToken,
-        onDenied: event('metrics_denied'),
-      }),
-    ];
+    const services = await buildServices(config, db, log, cleanups);
+    const drain: DrainState = { draining: false };
+    const headerList = securityHeaderList({ hsts: config.hsts });
     const listener = createApp({
-      routes,
-      middleware: [
-        requestId(),
-        securityHeaders({ hsts: config.hsts }),
-        accessLog({ log, observe: (ctx, ms) => metrics.observeRequest(ctx.method, ctx.route, ctx.status, ms / 1000) }),
-        errorHandler({
-          classify: (err) =>
-            isDatabaseUnavailable(err)
-              ? new AppError('SERVICE_UNAVAILABLE', { cause: err, headers: { 'Retry-After': '5' } })
-              : undefined,
-        }),
-        bodyLimit(config.maxBodyBytes),
-        cors({ origins: config.corsOrigins, onReject: event('cors_rejected') }),
-        auth({
-          prefix: '/v1/',
-          authenticate,
-          cached: authenticate.cached,
-          throttle: createFailureThrottle(config.authFailuresPerMinute),
-          addressKey: addressGroup,
-          onFailure: (ctx, reason) => {
-            metrics.authFailed('invalid_credentials');
-            event('auth_failure')(ctx, reason);
-          },
-          onThrottled: (ctx) => {
-            metrics.rateLimitRejected('auth_throttle');
-            event('auth_throttled')(ctx);
-          },
-        }),
-        rateLimit({
-          prefix: '/v1/',
-          take: limits.take,
-          headers: limits.headers,
-          onRejected: (ctx) => {
-            metrics.rateLimitRejected('rate_limit');
-            event('rate_limited')(ctx);
-          },
-          onStoreError: (ctx, err) =>
-            log.error('rate-limit store failed; refusing requests', { err, requestId: ctx.requestId }),
-        }),
-      ],
+      routes: buildRoutes(config, db, services, drain),
+      middleware: buildMiddleware(config, services, drain, headerList, log),
       log,
       deadlineMs: config.http.requestTimeoutMs,
       clientIp: createClientIp(config.trustProxy),
     });
-    const server = createHttpServer(
-      { ...config.http, securityHeaders: securityHeaderList({ hsts: config.hsts }), log },
-      listener,
-    );
-    await listen(server, config.port, config.host);
-    const { port } = server.address() as AddressInfo;
-    const host = config.host.includes(':') ? `[${config.host}]` : config.host;
-    log.info('listening', { url: `http://${host}:${port}`, database: db.kind });
+    const server = createHttpServer({ ...config.http, securityHeaders: headerList, log }, listener);
+    const url = await listen(server, config.port, config.host);
+    log.info('listening', { url, database: db.kind });
+    let stopping: Promise<void> | undefined;
+    const { upstream, slots, chat } = services;
     return {
       server,
-      url: `http://${host}:${port}`,
+      url,
       db,
       slots,
       upstream,
       chat,
       shutdown(graceMs = config.shutdownGraceMs) {
         // Idempotent: a second call (a test's cleanup after its own drain) waits for the first.
-        stopping ??= stop(graceMs);
+        stopping ??= stop({ server, services, drain, cleanups, graceMs, readinessMs: config.drainReadinessMs });
         return stopping;
       },
     };
-    async function stop(graceMs: number): Promise<void> {
-      draining = true;
-      await drainServer(server, graceMs);
-      // Streams still open after the grace period end with `event: error` SHUTTING_DOWN and are stored incomplete.
-      shutdown.abort(new AppError('SHUTTING_DOWN'));
-      await waitAtMost(chat.idle(), 2_000);
-      server.closeAllConnections();
-      for (const cleanup of cleanups.reverse()) await cleanup();
-    }
   } catch (err) {
-    for (const cleanup of cleanups.reverse()) await cleanup();
+    await runCleanups(cleanups);
     throw err;
   }
+}
+
+async function buildServices(config: Config, db: Database, log: Logger, cleanups: Cleanup[]): Promise<Services> {
+  const agents = await loadAgents(config);
+  const upstream = createUpstream(config, log);
+  cleanups.push(() => upstream.close());
+  const jwt = config.jwt.enabled ? await createJwtVerifier(jwtOptions(config)) : undefined;
+  const limits = createRateLimiter(config, db, log);
+  cleanups.push(() => limits.close());
+  const slots = createConcurrencyLimiter(config.maxConcurrentStreamsPerKey);
+  const metrics = createAppMetrics();
+  cleanups.push(() => metrics.close());
+  const { pool } = db;
+  metrics.setPoolSource(() => ({ total: pool.totalCount, idle: pool.idleCount, waiting: pool.waitingCount }));
+  metrics.setStreamSlotsSource(() => slots.inUse());
+  const security = createSecurityEvents(log, { onEvent: (kind) => metrics.securityEvent(kind) });
+  const shutdown = new AbortController();
+  const chat = createChatService({
+    pool,
+    upstream,
+    agents,
+    slots,
+    log,
+    maxMessageChars: config.maxMessageChars,
+    historyMaxChars: config.historyMaxChars,
+    shutdownSignal: shutdown.signal,
+    observer: chatObserver(metrics),
+  });
+  const authenticate = createAuthenticator({ pool, jwt });
+  return { agents, upstream, authenticate, limits, slots, metrics, security, chat, shutdown };
+}
+
+function buildRoutes(config: Config, db: Database, services: Services, drain: DrainState): Route[] {
+  const { chat, agents, metrics } = services;
+  const isDraining = () => drain.draining;
+  return [
+    ...healthRoutes({ pool: db.pool, timeoutMs: config.healthDbTimeoutMs, isDraining }),
+    ...chatRoutes({ pool: db.pool, chat, agents, maxBodyBytes: config.maxBodyBytes }),
+    ...metricsRoutes({
+      render: () => metrics.render(),
+      token: config.secrets.metricsToken,
+      onDenied: securityEvent(services.security, 'metrics_denied'),
+    }),
+  ];
+}
+
+/** The chain in order: identify and log every request, refuse early, authenticate, then limit. */
+function buildMiddleware(
+  config: Config,
+  services: Services,
+  drain: DrainState,
+  headerList: readonly string[],
+  log: Logger,
+): Middleware[] {
+  const { metrics, security, authenticate, limits } = services;
+  return [
+    requestId(),
+    securityHeaders(headerList),
+    accessLog({ log, observe: (ctx, ms) => metrics.observeRequest(ctx.method, ctx.route, ctx.status, ms / 1000) }),
+    errorHandler({ classify: databaseUnavailable }),
+    refuseWhileDraining({ isDraining: () => drain.draining, exempt: DRAIN_EXEMPT }),
+    bodyLimit(config.maxBodyBytes),
+    cors({ origins: config.corsOrigins, onReject: securityEvent(security, 'cors_rejected') }),
+    auth({
+      prefix: API_PREFIX,
+      authenticate,
+      cached: authenticate.cached,
+      throttle: createFailureThrottle(config.authFailuresPerMinute),
+      addressKey: addressGroup,
+      onFailure: (ctx, reason) => {
+        metrics.authFailed('invalid_credentials');
+        securityEvent(security, 'auth_failure')(ctx, reason);
+      },
+      onThrottled: (ctx) => {
+        metrics.rateLimitRejected('auth_throttle');
+        securityEvent(security, 'auth_throttled')(ctx);
+      },
+    }),
+    rateLimit({
+      prefix: API_PREFIX,
+      take: limits.take,
+      headers: limits.headers,
+      onRejected: (ctx) => {
+        metrics.rateLimitRejected('rate_limit');
+        securityEvent(security, 'rate_limited')(ctx);
+      },
+      onStoreError: (ctx, err) =>
+        log.error('rate-limit store failed; refusing requests', { err, requestId: ctx.requestId }),
+    }),
+  ];
+}
+
+/** A database that cannot be reached is a 503 the client may retry, not a 500. */
+function databaseUnavailable(err: unknown): AppError | undefined {
+  if (!isDatabaseUnavailable(err)) return undefined;
+  return new AppError('SERVICE_UNAVAILABLE', { cause: err, headers: { 'Retry-After': '5' } });
+}
+
+function securityEvent(security: SecurityEvents, kind: SecurityEventKind) {
+  return (ctx: Context, reason?: string): void =>
+    security.emit(kind, { requestId: ctx.requestId, ip: ctx.clientIp, identity: ctx.identity?.id, reason });
+}
+
+/** The chat service's observer: upstream outcomes, first-token latency and stream counts as metrics. */
+function chatObserver(metrics: AppMetrics): ChatObserver {
+  return {
+    upstreamOutcome: (outcome) => metrics.upstreamOutcome(outcome),
+    firstToken: (seconds) => metrics.firstToken(seconds),
+    streamOpened: () => metrics.streamOpened(),
+    streamClosed: () => metrics.streamClosed(),
+    streamRejected: () => metrics.rateLimitRejected('streams'),
+  };
+}
+
+interface StopOptions {
+  server: Server;
+  services: Services;
+  drain: DrainState;
+  cleanups: Cleanup[];
+  graceMs: number;
+  readinessMs: number;
+}
+
+/**
+ * The drain: keep listening for the readiness window answering 503 (load balancers see /health
+ * fail and stop sending), then close the listener and let requests in flight finish until the
+ * grace period ends; streams still open then stop with SHUTTING_DOWN and are stored incomplete.
+ */
+async function stop(options: StopOptions): Promise<void> {
+  const { server, services, drain, graceMs } = options;
+  const deadlineMs = performance.now() + graceMs;
+  drain.draining = true;
+  await sleep(Math.min(options.readinessMs, graceMs));
+  await closeListener(server, deadlineMs - performance.now());
+  services.shutdown.abort(new AppError('SHUTTING_DOWN'));
+  await waitAtMost(services.chat.idle(), STREAM_STORE_WAIT_MS);
+  server.closeAllConnections();
+  await runCleanups(options.cleanups);
+}
+
+async function runCleanups(cleanups: Cleanup[]): Promise<void> {
+  for (const cleanup of cleanups.reverse()) await cleanup();
 }
 
 function jwtOptions(config: Config): JwtVerifierOptions {
@@ -196,46 +275,50 @@ function jwtOptions(config: Config): JwtVerifierOptions {
   return options;
 }
 
+interface RateLimiter {
+  take(key: string): Decision | Promise<Decision>;
+  headers(decision: Decision): readonly string[];
+  close(): Promise<void>;
+}
+
 /** The per-identity bucket: synchronous in memory, one SQL statement per decision in PostgreSQL. */
-function createRateLimiter(config: Config, db: Database, log: Logger) {
+function createRateLimiter(config: Config, db: Database, log: Logger): RateLimiter {
   const policy = bucketPolicy(config.rateLimit.perMinute, config.rateLimit.burst);
-  const headers: (decision: Decision) => readonly string[] = rateLimitFormatter(policy);
+  const headers = rateLimitFormatter(policy);
   if (config.rateLimit.store === 'postgres') {
     const store = createPostgresStore(db.pool, { onError: (err) => log.warn('rate-limit sweep failed', { err }) });
-    return { take: (key: string) => store.take(key, policy), headers, close: () => store.close() };
+    return { take: (key) => store.take(key, policy), headers, close: () => store.close() };
   }
   const store = createMemoryStore();
-  return { take: (key: string) => store.takeSync(key, policy), headers, close: async () => {} };
+  return { take: (key) => store.takeSync(key, policy), headers, close: async () => {} };
 }
 
 function waitAtMost(promise: Promise<void>, ms: number): Promise<void> {
   let timer: NodeJS.Timeout | undefined;
-  return Promise.race([promise, new Promise<void>((resolve) => (timer = setTimeout(resolve, ms)))]).finally(() =>
-    clearTimeout(timer),
-  );
+  const timeout = new Promise<void>((resolve) => {
+    timer = setTimeout(resolve, ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
-function listen(server: Server, port: number, host: string): Promise<void> {
+/** Listens and resolves with the base URL (the real port when `port` is 0). */
+function listen(server: Server, port: number, host: string): Promise<string> {
   return new Promise((resolve, reject) => {
     server.once('error', reject);
     server.listen(port, host, () => {
       server.off('error', reject);
-      resolve();
+      const bound = (server.address() as AddressInfo).port;
+      resolve(`http://${host.includes(':') ? `[${host}]` : host}:${bound}`);
     });
   });
 }
 
-/** Closes the listener and idle sockets, waits for in-flight requests up to `graceMs`, then cuts the rest. */
-async function drainServer(server: Server, graceMs: number): Promise<void> {
+/** Closes the listener and idle sockets; waits for requests in flight at most `waitMs`. */
+async function closeListener(server: Server, waitMs: number): Promise<void> {
   const closed = new Promise<void>((resolve) => server.close(() => resolve()));
   // Keep-alive sockets that finish their last response become idle; close them as they do.
   const sweep = setInterval(() => server.closeIdleConnections(), 100);
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<void>((resolve) => {
-    timer = setTimeout(resolve, graceMs);
-  });
   server.closeIdleConnections();
-  await Promise.race([closed, timeout]);
+  await waitAtMost(closed, Math.max(0, waitMs));
   clearInterval(sweep);
-  clearTimeout(timer);
 }

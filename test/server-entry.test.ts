@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { type ChildProcess, spawn } from 'node:child_process';
+import { type ChildProcess, type SpawnOptions, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -28,13 +28,18 @@ interface Entry {
 
 const running = new Set<ChildProcess>();
 
-function spawnEntry(args: string[], env: Record<string, string | undefined>): Entry {
+/** `node server.ts …args`, or `npm start` the way a supervisor runs it (its own process group). */
+function spawnEntry(args: string[], env: Record<string, string | undefined>, launcher: 'node' | 'npm' = 'node'): Entry {
   // Only what the test sets: nothing from the developer's shell may leak into the config.
-  const child = spawn(process.execPath, ['server.ts', ...args], {
+  const options: SpawnOptions = {
     cwd: ROOT,
     env: { PATH: process.env['PATH'], ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
-  });
+  };
+  const child: ChildProcess =
+    launcher === 'npm'
+      ? spawn('npm', ['start', '--silent'], { ...options, detached: true })
+      : spawn(process.execPath, ['server.ts', ...args], options);
   running.add(child);
   let stdout = '';
   let stderr = '';
@@ -92,6 +97,14 @@ function spawnEntry(args: string[], env: Record<string, string | undefined>): En
   };
 }
 
+function killGroup(pgid: number): void {
+  try {
+    process.kill(-pgid, 'SIGKILL');
+  } catch {
+    // already gone
+  }
+}
+
 describe('server.ts', () => {
   let dataDir: string;
   let fake: FakeUpstream;
@@ -110,6 +123,7 @@ describe('server.ts', () => {
       OPENAI_BASE_URL: fake.url,
       JWT_SECRET: `${CANARY}-jwt`,
       UPSTREAM_MAX_RETRIES: '0',
+      DRAIN_READINESS_MS: '0',
       ...extra,
     };
   }
@@ -141,7 +155,9 @@ describe('server.ts', () => {
     for (const stream of streams) stream.abort();
     for (const child of running) {
       const closed = once(child, 'close');
-      child.kill('SIGKILL');
+      // An npm start runs in its own group: kill all of it, or an orphaned server keeps the pipes open.
+      if (child.spawnargs[0] === 'npm') killGroup(child.pid as number);
+      else child.kill('SIGKILL');
       await closed;
     }
     await fake?.close();
@@ -189,6 +205,21 @@ describe('server.ts', () => {
     assert.notEqual(code, 0);
     assert.equal(entry.child.signalCode, null, 'it exits by itself, not killed by the signal');
     await entry.line('second signal: exiting at once', 0);
+  });
+
+  it('npm start: SIGTERM to npm itself drains the server, npm exits 0 and nothing of its group is left', async () => {
+    // What docker stop, systemd and timeout do to `npm start`: signal npm's own pid, not the server's.
+    const entry = spawnEntry([], env({ SHUTDOWN_GRACE_MS: '3000', DRAIN_READINESS_MS: '300' }), 'npm');
+    const url = (await entry.line('listening', START_TIMEOUT_MS))['url'] as string;
+    const health = await fetch(`${url}/health`);
+    assert.equal(health.status, 200);
+    await health.arrayBuffer();
+    const group = entry.child.pid as number;
+    process.kill(group, 'SIGTERM');
+    assert.equal(await entry.exit(5_000), 0, 'npm exits 0');
+    assert.equal((await entry.line('draining', 0))['signal'], 'SIGTERM', 'the server itself got the signal');
+    await entry.line('stopped', 0);
+    assert.throws(() => process.kill(-group, 0), { code: 'ESRCH' }, 'no process of the group is left');
   });
 
   const invalid = [

@@ -32,6 +32,7 @@ export function testConfig(env: Record<string, string | undefined> = {}, dataDir
     METRICS_TOKEN: CANARY,
     JWT_SECRET: `${CANARY}-jwt`,
     SHUTDOWN_GRACE_MS: '2000',
+    DRAIN_READINESS_MS: '0',
     ...env,
   });
   if (!result.ok) throw new Error(`test config invalid: ${result.problems.join('; ')}`);

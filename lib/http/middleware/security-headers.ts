@@ -32,11 +32,18 @@ export function securityHeaderList(options: SecurityHeaderOptions): string[] {
   return list;
 }
 
-/** Sets the precomputed headers as the base of every response, errors and 404s included. */
-export function securityHeaders(options: SecurityHeaderOptions): Middleware {
-  const list = securityHeaderList(options);
+/**
+ * Sets the precomputed headers as the base of every response, errors and 404s included; pass the
+ * list securityHeaderList() built when the same list also serves responses written outside the chain.
+ */
+export function securityHeaders(profile: SecurityHeaderOptions | readonly string[]): Middleware {
+  const list = isList(profile) ? (profile as string[]) : securityHeaderList(profile);
   return function securityHeadersMiddleware(ctx: Context, next: Next): Promise<void> | undefined {
     ctx.baseHeaders = list; // shared, never mutated: respond copies it into each response's headers
     return next();
   };
+}
+
+function isList(profile: SecurityHeaderOptions | readonly string[]): profile is readonly string[] {
+  return Array.isArray(profile);
 }
