@@ -69,6 +69,10 @@ export const ENV_SCHEMA = {
   UPSTREAM_IDLE_TIMEOUT_MS: withDefault(int(100, 600_000), '20000'),
   UPSTREAM_MAX_CONNECTIONS: withDefault(int(1, 10_000), '64'),
   UPSTREAM_MAX_RETRIES: withDefault(int(0, 5), '2'),
+  UPSTREAM_MAX_DURATION_MS: withDefault(int(1000, 3_600_000), '300000'),
+  UPSTREAM_MAX_RESPONSE_BYTES: withDefault(int(65_536, 1_073_741_824), '16777216'),
+  MAX_ANSWER_CHARS: withDefault(int(1, 100_000_000), '100000'),
+  DEFAULT_MAX_OUTPUT_TOKENS: withDefault(int(1, 1_000_000), '4096'),
   CORS_ORIGINS: withDefault(corsOrigins, ''),
   MAX_BODY_BYTES: withDefault(int(64, 10_485_760), '10240'),
   RATE_LIMIT_PER_MINUTE: withDefault(int(1, 1_000_000), '60'),
@@ -134,7 +138,15 @@ export interface Config {
     idleTimeoutMs: number;
     maxConnections: number;
     maxRetries: number;
+    /** Deadline for a whole answer, however steadily it streams. */
+    maxDurationMs: number;
+    /** Largest upstream response body, in bytes. */
+    maxResponseBytes: number;
+    /** Output cap of every agent that does not set its own. */
+    defaultMaxOutputTokens: number;
   };
+  /** Longest answer stored or relayed; longer ones end with finish reason `length`. */
+  maxAnswerChars: number;
   maxMessageChars: number;
   historyMaxChars: number;
   corsOrigins: readonly string[];
@@ -259,7 +271,11 @@ function buildConfig(e: Env): Config {
       idleTimeoutMs: e.UPSTREAM_IDLE_TIMEOUT_MS,
       maxConnections: e.UPSTREAM_MAX_CONNECTIONS,
       maxRetries: e.UPSTREAM_MAX_RETRIES,
+      maxDurationMs: e.UPSTREAM_MAX_DURATION_MS,
+      maxResponseBytes: e.UPSTREAM_MAX_RESPONSE_BYTES,
+      defaultMaxOutputTokens: e.DEFAULT_MAX_OUTPUT_TOKENS,
     }),
+    maxAnswerChars: e.MAX_ANSWER_CHARS,
     maxMessageChars: e.MAX_MESSAGE_CHARS,
     historyMaxChars: e.HISTORY_MAX_CHARS,
     corsOrigins: Object.freeze([...e.CORS_ORIGINS]),

@@ -29,6 +29,8 @@ export const ERROR_CODES = {
   SERVICE_UNAVAILABLE: { status: 503, title: 'Service unavailable' },
   RATE_LIMIT_UNAVAILABLE: { status: 503, title: 'Service unavailable' },
   SHUTTING_DOWN: { status: 503, title: 'Server is shutting down' },
+  // Exposed although a 5xx: it names configuration variables, and the operator reading it needs them.
+  MODEL_NOT_CONFIGURED: { status: 503, title: 'No model configured', expose: true },
   UPSTREAM_TIMEOUT: { status: 504, title: 'Upstream timeout' },
 } as const;
 
@@ -63,7 +65,7 @@ export class AppError extends Error {
     this.code = code;
     this.status = options.status ?? entry.status;
     this.title = entry.title;
-    this.expose = this.status < 500;
+    this.expose = 'expose' in entry ? entry.expose : this.status < 500;
     this.detail = options.detail;
     this.headers = options.headers;
     this.extra = options.extra;

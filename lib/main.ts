@@ -8,8 +8,9 @@ import { type Authenticate, createAuthenticator } from './auth/authenticator.ts'
 import { createJwtVerifier, type JwtVerifierOptions } from './auth/jwt.ts';
 import { ensureDevKey } from './auth/keys-command.ts';
 import { type AgentRegistry, loadAgents } from './chat/agents.ts';
+import { nativeChat } from './chat/native.ts';
 import { chatRoutes } from './chat/routes.ts';
-import { type ChatObserver, type ChatService, createChatService } from './chat/service.ts';
+import { type ChatObserver, createTurnEngine, type TurnEngine } from './chat/turn.ts';
 import { createUpstream, type Upstream } from './chat/upstream.ts';
 import type { Config } from './config.ts';
 import { createDatabase, type Database } from './db/database.ts';
@@ -49,7 +50,8 @@ export interface RunningServer {
   db: Database;
   slots: ConcurrencyLimiter;
   upstream: Upstream;
-  chat: ChatService;
+  /** The turn engine: turns in progress, and a promise for when none is. */
+  chat: TurnEngine;
   /** Refuses new work, lets requests finish within the grace period, then closes everything. */
   shutdown(graceMs?: number): Promise<void>;
 }
@@ -63,7 +65,7 @@ interface Services {
   slots: ConcurrencyLimiter;
   metrics: AppMetrics;
   security: SecurityEvents;
-  chat: ChatService;
+  chat: TurnEngine;
   /** Aborted when a drain's grace period ends: live streams stop with SHUTTING_DOWN. */
   shutdown: AbortController;
 }
@@ -82,6 +84,8 @@ const API_PREFIX = '/v1/';
 const DRAIN_EXEMPT = new Set(['/health', '/health/live', '/metrics']);
 // How long the drain waits for aborted streams to store their answers before closing the pool.
 const STREAM_STORE_WAIT_MS = 2_000;
+// How long ended streams get to flush their final frame before every connection is cut.
+const LAST_FRAME_WAIT_MS = 1_000;
 
 /** Opens the database, applies migrations, builds the app and listens. */
 export async function startServer(config: Config, log: Logger): Promise<RunningServer> {
@@ -139,14 +143,19 @@ async function buildServices(config: Config, db: Database, log: Logger, cleanups
   metrics.setStreamSlotsSource(() => slots.inUse());
   const security = createSecurityEvents(log, { onEvent: (kind) => metrics.securityEvent(kind) });
   const shutdown = new AbortController();
-  const chat = createChatService({
+  if (!upstream.configured) {
+    log.warn(
+      'no model configured: the chat routes answer 503 MODEL_NOT_CONFIGURED; set OPENAI_API_KEY or OPENAI_BASE_URL',
+    );
+  }
+  const chat = createTurnEngine({
     pool,
     upstream,
     agents,
     slots,
     log,
-    maxMessageChars: config.maxMessageChars,
     historyMaxChars: config.historyMaxChars,
+    maxAnswerChars: config.maxAnswerChars,
     shutdownSignal: shutdown.signal,
     observer: chatObserver(metrics),
   });
@@ -159,7 +168,12 @@ function buildRoutes(config: Config, db: Database, services: Services, drain: Dr
   const isDraining = () => drain.draining;
   return [
     ...healthRoutes({ pool: db.pool, timeoutMs: config.healthDbTimeoutMs, isDraining }),
-    ...chatRoutes({ pool: db.pool, chat, agents, maxBodyBytes: config.maxBodyBytes }),
+    ...chatRoutes({
+      pool: db.pool,
+      chat: nativeChat({ turns: chat, agents, maxMessageChars: config.maxMessageChars }),
+      agents,
+      maxBodyBytes: config.maxBodyBytes,
+    }),
     ...metricsRoutes({
       render: () => metrics.render(),
       token: config.secrets.metricsToken,
@@ -255,9 +269,13 @@ async function stop(options: StopOptions): Promise<void> {
   const deadlineMs = performance.now() + graceMs;
   drain.draining = true;
   await sleep(Math.min(options.readinessMs, graceMs));
-  await closeListener(server, deadlineMs - performance.now());
+  const listener = closeListener(server);
+  await waitAtMost(listener.closed, deadlineMs - performance.now());
   services.shutdown.abort(new AppError('SHUTTING_DOWN'));
   await waitAtMost(services.chat.idle(), STREAM_STORE_WAIT_MS);
+  // Aborted streams write their last frame after their answer is stored: let them end before cutting.
+  await waitAtMost(listener.closed, LAST_FRAME_WAIT_MS);
+  listener.stopSweeping();
   server.closeAllConnections();
   await runCleanups(options.cleanups);
 }
@@ -296,7 +314,7 @@ function createRateLimiter(config: Config, db: Database, log: Logger): RateLimit
 function waitAtMost(promise: Promise<void>, ms: number): Promise<void> {
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<void>((resolve) => {
-    timer = setTimeout(resolve, ms);
+    timer = setTimeout(resolve, Math.max(0, ms));
   });
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
@@ -313,12 +331,10 @@ function listen(server: Server, port: number, host: string): Promise<string> {
   });
 }
 
-/** Closes the listener and idle sockets; waits for requests in flight at most `waitMs`. */
-async function closeListener(server: Server, waitMs: number): Promise<void> {
+/** Closes the listener, and each keep-alive socket as soon as it is idle; `closed` resolves when none is left. */
+function closeListener(server: Server): { closed: Promise<void>; stopSweeping(): void } {
   const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-  // Keep-alive sockets that finish their last response become idle; close them as they do.
   const sweep = setInterval(() => server.closeIdleConnections(), 100);
   server.closeIdleConnections();
-  await waitAtMost(closed, Math.max(0, waitMs));
-  clearInterval(sweep);
+  return { closed, stopSweeping: () => clearInterval(sweep) };
 }

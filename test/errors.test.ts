@@ -14,10 +14,10 @@ describe('AppError', () => {
     assert.equal(err.expose, true);
   });
 
-  it('new AppError() exposes client errors only', () => {
+  it('new AppError() exposes client errors, and of server errors only those the catalogue marks', () => {
     for (const code of Object.keys(ERROR_CODES) as ErrorCode[]) {
       const err = new AppError(code);
-      assert.equal(err.expose, err.status < 500, code);
+      assert.equal(err.expose, err.status < 500 || code === 'MODEL_NOT_CONFIGURED', code);
     }
   });
 

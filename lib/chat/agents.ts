@@ -14,8 +14,17 @@ export interface Agent {
   readonly description: string;
   readonly model: string;
   readonly systemPrompt: string;
+  /** Pinned: a client's temperature is ignored. */
   readonly temperature?: number;
-  readonly maxOutputTokens?: number;
+  /** Bounds a client's temperature is clamped to when the agent does not pin one. */
+  readonly temperatureRange: readonly [number, number];
+  /** Pinned: a client's top_p is ignored. */
+  readonly topP?: number;
+  readonly topPRange: readonly [number, number];
+  /** The output cap sent upstream; a client may ask for less, never more. */
+  readonly maxOutputTokens: number;
+  /** What happens to a client's own system/developer messages: kept after the agent's prompt, or refused. */
+  readonly clientSystemMessages: 'append' | 'refuse';
 }
 
 /** The public view of an agent: never its prompt. */
@@ -37,6 +46,13 @@ const DEFAULT_PROMPT =
   'You are a helpful assistant. Answer clearly and concisely. If you do not know something, say so.';
 const MAX_AGENTS = 1000;
 
+/** A [min, max] pair within [lo, hi]. */
+function range(lo: number, hi: number) {
+  return z
+    .tuple([z.number().min(lo).max(hi), z.number().min(lo).max(hi)])
+    .refine(([min, max]) => min <= max, 'must be [min, max] with min <= max');
+}
+
 const ID_PATTERN = /^[a-z0-9][a-z0-9._-]{0,63}$/;
 const AgentSchema = z.strictObject({
   id: z
@@ -47,7 +63,11 @@ const AgentSchema = z.strictObject({
   model: z.string().min(1).max(200).optional(),
   systemPrompt: z.string().min(1).max(20_000),
   temperature: z.number().min(0).max(2).optional(),
+  temperatureRange: range(0, 2).optional(),
+  topP: z.number().min(0).max(1).optional(),
+  topPRange: range(0, 1).optional(),
   maxOutputTokens: z.number().int().min(1).max(200_000).optional(),
+  clientSystemMessages: z.enum(['append', 'refuse']).optional(),
 });
 const AgentsFileSchema = z.array(AgentSchema).max(MAX_AGENTS);
 
@@ -55,18 +75,28 @@ const AgentsFileSchema = z.array(AgentSchema).max(MAX_AGENTS);
 export async function loadAgents(config: Config): Promise<AgentRegistry> {
   const file = config.upstream.agentsFile;
   const fromFile = file === undefined ? [] : parseAgentsFile(file, await readAgentsFile(file));
-  const agents = fromFile.map((a): Agent => Object.freeze({ ...a, model: a.model ?? config.upstream.model }));
+  const agents = fromFile.map((a) => withDefaults(a, config));
   if (!agents.some((a) => a.id === DEFAULT_ID)) {
-    agents.unshift(
-      Object.freeze({
-        id: DEFAULT_ID,
-        description: 'A general helpful assistant',
-        model: config.upstream.model,
-        systemPrompt: DEFAULT_PROMPT,
-      }),
-    );
+    const builtIn = { id: DEFAULT_ID, description: 'A general helpful assistant', systemPrompt: DEFAULT_PROMPT };
+    agents.unshift(withDefaults(builtIn, config));
   }
   return createRegistry(agents);
+}
+
+/** An agent from the file (or the built-in one) with the configured model, output cap and open bounds. */
+export function withDefaults(a: FileAgent, config: Config): Agent {
+  const open: { temperature: readonly [number, number]; topP: readonly [number, number] } = {
+    temperature: [0, 2],
+    topP: [0, 1],
+  };
+  return Object.freeze({
+    ...a,
+    model: a.model ?? config.upstream.model,
+    maxOutputTokens: a.maxOutputTokens ?? config.upstream.defaultMaxOutputTokens,
+    temperatureRange: a.temperatureRange ?? open.temperature,
+    topPRange: a.topPRange ?? open.topP,
+    clientSystemMessages: a.clientSystemMessages ?? 'append',
+  });
 }
 
 /** Builds a registry from already-validated agents (tests and alternative sources). */

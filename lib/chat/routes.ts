@@ -8,11 +8,12 @@ import { readJson } from '../http/body.ts';
 import type { Route } from '../http/router.ts';
 import type { Context, Identity, Reply } from '../http/types.ts';
 import type { AgentRegistry } from './agents.ts';
-import { type ChatService, validationError } from './service.ts';
+import { validationError } from './native.ts';
 
 export interface ChatRoutesOptions {
   pool: pg.Pool;
-  chat: ChatService;
+  /** POST /v1/chat once the body is read (the native dialect's handler). */
+  chat: (ctx: Context, body: unknown) => Promise<Reply>;
   agents: AgentRegistry;
   maxBodyBytes: number;
 }
@@ -65,7 +66,7 @@ export function chatRoutes(options: ChatRoutesOptions): Route[] {
       async handler(ctx) {
         identityOf(ctx);
         const body = await readJson(ctx, { maxBytes: options.maxBodyBytes });
-        return chat.handle(ctx, body);
+        return chat(ctx, body);
       },
     },
     { method: 'GET', pattern: '/v1/agents', handler: () => agentsReply },

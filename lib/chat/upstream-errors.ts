@@ -5,8 +5,8 @@ import { AppError } from '../errors.ts';
 
 /** How an upstream call failed; each kind maps to one client-facing code. */
 export type UpstreamErrorKind = 'aborted' | 'timeout' | 'unavailable' | 'status' | 'connection' | 'broken';
-/** Why our own controller aborted a call: the caller, the first-token deadline or the idle timer. */
-export type AbortReason = 'client' | 'deadline' | 'idle';
+/** Why our own controller aborted a call: the caller, the first-token deadline, the idle timer or the total deadline. */
+export type AbortReason = 'client' | 'deadline' | 'idle' | 'duration';
 
 const RETRY_AFTER_CAP_SECONDS = 3600;
 
@@ -15,6 +15,10 @@ export class UpstreamError extends Error {
   readonly kind: UpstreamErrorKind;
   readonly upstreamStatus: number | undefined;
   readonly upstreamRequestId: string | undefined;
+  /** The provider's error code (`rate_limit_exceeded`, …) when it is a plain token; never its message. */
+  readonly upstreamCode: string | undefined;
+  /** The first code found in the cause chain (UND_ERR_SOCKET, ECONNREFUSED, UPSTREAM_TOO_LARGE, …). */
+  readonly causeCode: string | undefined;
   readonly retryAfterSeconds: number | undefined;
   /** The caller signal's reason when kind is 'aborted' (e.g. an AppError for a drain). */
   readonly abortReason: unknown;
@@ -25,6 +29,7 @@ export class UpstreamError extends Error {
     options: {
       upstreamStatus?: number;
       upstreamRequestId?: string;
+      upstreamCode?: string;
       retryAfterSeconds?: number;
       abortReason?: unknown;
       cause?: unknown;
@@ -35,6 +40,8 @@ export class UpstreamError extends Error {
     this.kind = kind;
     this.upstreamStatus = options.upstreamStatus;
     this.upstreamRequestId = options.upstreamRequestId;
+    this.upstreamCode = options.upstreamCode;
+    this.causeCode = causeCode(options.cause);
     this.retryAfterSeconds = options.retryAfterSeconds;
     this.abortReason = options.abortReason;
   }
@@ -66,14 +73,15 @@ export class UpstreamError extends Error {
 /** Maps anything an SDK call or stream throws to an UpstreamError; our own abort reason wins. */
 export function classifyUpstreamError(err: unknown, reason?: AbortReason, callerReason?: unknown): UpstreamError {
   if (err instanceof UpstreamError) return err;
-  const opts = { cause: err, upstreamRequestId: requestIdOf(err) };
+  const opts = { cause: err, upstreamRequestId: requestIdOf(err), upstreamCode: providerCode(err) };
   if (reason === 'client')
     return new UpstreamError('aborted', 'Upstream call cancelled by the caller', {
       ...opts,
       abortReason: callerReason,
     });
   if (reason === 'deadline') return new UpstreamError('timeout', 'Upstream sent no token before the deadline', opts);
-  if (reason === 'idle') return new UpstreamError('timeout', 'Upstream went silent mid-stream', opts);
+  if (reason === 'idle') return new UpstreamError('timeout', 'Upstream sent no content for the idle limit', opts);
+  if (reason === 'duration') return new UpstreamError('timeout', 'Upstream answer exceeded the total deadline', opts);
   if (err instanceof APIUserAbortError) return new UpstreamError('aborted', 'Upstream call cancelled', opts);
   if (err instanceof APIConnectionTimeoutError)
     return new UpstreamError('timeout', 'Upstream did not answer in time', opts);
@@ -91,7 +99,7 @@ export function classifyUpstreamError(err: unknown, reason?: AbortReason, caller
   }
   // An `error` event inside a 200 stream: the SDK raises an APIError without a status.
   if (err instanceof APIError) return new UpstreamError('status', 'Upstream reported an error mid-stream', opts);
-  const code = transportCode(err);
+  const code = causeCode(err);
   if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') {
     return new UpstreamError('timeout', 'Upstream went silent', opts);
   }
@@ -118,25 +126,21 @@ function requestIdOf(err: unknown): string | undefined {
   return err instanceof APIError ? (err.requestID ?? undefined) : undefined;
 }
 
-/** The undici error code anywhere in the first few links of the cause chain. */
-function transportCode(err: unknown): string | undefined {
+// A provider error code worth logging is a short token; anything else may be echoed input.
+const PROVIDER_CODE = /^[A-Za-z0-9_.-]{1,64}$/;
+
+function providerCode(err: unknown): string | undefined {
+  const code = err instanceof APIError ? err.code : undefined;
+  return typeof code === 'string' && PROVIDER_CODE.test(code) ? code : undefined;
+}
+
+/** The first string code in the first few links of the cause chain (undici's, the OS's or ours). */
+function causeCode(err: unknown): string | undefined {
   let current: unknown = err;
   for (let depth = 0; depth < 4 && current instanceof Error; depth++) {
     const code = (current as { code?: unknown }).code;
-    if (typeof code === 'string' && code.startsWith('UND_ERR')) return code;
+    if (typeof code === 'string' && PROVIDER_CODE.test(code) && !(current instanceof APIError)) return code;
     current = current.cause;
   }
   return undefined;
-}
-
-/** The upstream's own words about a failure, for the log only. */
-export function describeCause(err: unknown): string {
-  const parts: string[] = [];
-  let current: unknown = err;
-  for (let depth = 0; depth < 4 && current instanceof Error; depth++) {
-    const code = (current as { code?: unknown }).code;
-    parts.push(typeof code === 'string' ? `${current.message} [${code}]` : current.message);
-    current = current.cause;
-  }
-  return parts.join(' <- ').slice(0, 1000);
 }

@@ -16,10 +16,35 @@
 // (SocketError, BodyTimeoutError with their UND_ERR codes), which the classifier reads from the
 // cause chain either way. Not kept: redirects are not followed (the API answers, it does not
 // redirect), and bodies are requested uncompressed instead of being decoded here.
+//
+// Bounded: no line of a body may grow past `maxLineBytes` (the SDK's SSE reader buffers a line
+// whole, so one endless line would hold the process's memory), and an error body is read only up
+// to `maxErrorBodyBytes` (nobody needs more of it; it is never logged or sent on).
 import { type Dispatcher, request } from 'undici';
 
 type Body = Dispatcher.ResponseData['body'];
 type RawHeaders = Dispatcher.ResponseData['headers'];
+
+/** How much of an upstream body is read. */
+export interface UpstreamFetchLimits {
+  /** Longest line (bytes between CR or LF) of a body; longer fails the body. */
+  maxLineBytes: number;
+  /** Bytes of an error (non-2xx) body read; the rest is dropped with the connection. */
+  maxErrorBodyBytes: number;
+}
+
+const DEFAULT_LIMITS: UpstreamFetchLimits = { maxLineBytes: 1024 * 1024, maxErrorBodyBytes: 64 * 1024 };
+const LF = 10;
+const CR = 13;
+
+/** A body went past a limit; the classifier reports it as a broken stream. */
+export class UpstreamLimitError extends Error {
+  readonly code = 'UPSTREAM_TOO_LARGE';
+  constructor(what: string) {
+    super(`Upstream ${what}`);
+    this.name = 'UpstreamLimitError';
+  }
+}
 
 /** The response headers as the SDK reads them (get, entries, iteration), over undici's record. */
 export class UpstreamHeaders {
@@ -48,37 +73,93 @@ export class UpstreamHeaders {
   }
 }
 
+/** The body as the SDK iterates it: undici's Readable, with every line held to `maxLineBytes`. */
+class BoundedBody implements AsyncIterable<Buffer> {
+  readonly #body: Body;
+  readonly #maxLineBytes: number;
+
+  constructor(body: Body, maxLineBytes: number) {
+    this.#body = body;
+    this.#maxLineBytes = maxLineBytes;
+  }
+
+  [Symbol.asyncIterator](): AsyncIterator<Buffer> {
+    const body = this.#body;
+    const inner = body[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
+    const max = this.#maxLineBytes;
+    let lineBytes = 0;
+    const check = (step: IteratorResult<Buffer>): IteratorResult<Buffer> => {
+      if (step.done === true) return step;
+      const chunk = step.value;
+      const lastBreak = Math.max(chunk.lastIndexOf(LF), chunk.lastIndexOf(CR));
+      lineBytes = lastBreak === -1 ? lineBytes + chunk.length : chunk.length - lastBreak - 1;
+      if (lineBytes > max) {
+        body.on('error', () => {}).destroy(); // closes the socket; nobody else reads this body now
+        throw new UpstreamLimitError(`sent a line longer than ${max} bytes`);
+      }
+      return step;
+    };
+    return {
+      next: () => inner.next().then(check),
+      return: (value?: unknown) => inner.return?.(value) ?? Promise.resolve({ done: true, value: undefined }),
+    };
+  }
+}
+
 /** What the SDK uses of a fetch Response. */
 export class UpstreamResponse {
   readonly status: number;
   readonly statusText: string;
   readonly url: string;
   readonly headers: UpstreamHeaders;
-  readonly body: Body;
+  readonly body: BoundedBody;
+  readonly #raw: Body;
+  readonly #limits: UpstreamFetchLimits;
 
-  constructor(url: string, data: Dispatcher.ResponseData) {
+  constructor(url: string, data: Dispatcher.ResponseData, limits: UpstreamFetchLimits = DEFAULT_LIMITS) {
     this.status = data.statusCode;
     this.statusText = data.statusText ?? '';
     this.url = url;
     this.headers = new UpstreamHeaders(data.headers);
-    this.body = data.body;
+    this.#raw = data.body;
+    this.#limits = limits;
+    this.body = new BoundedBody(data.body, limits.maxLineBytes);
   }
 
   get ok(): boolean {
     return this.status >= 200 && this.status < 300;
   }
 
+  /** The body as text: whole for a 2xx (the Agent's maxResponseSize bounds it), the head only for an error. */
   text(): Promise<string> {
-    return this.body.text();
+    return this.ok ? this.#raw.text() : readHead(this.#raw, this.#limits.maxErrorBodyBytes);
   }
 
-  json(): Promise<unknown> {
-    return this.body.json();
+  async json(): Promise<unknown> {
+    return JSON.parse(await this.text());
   }
 }
 
+/** Up to `maxBytes` of a body as UTF-8; the rest is not read (the connection is closed instead). */
+async function readHead(body: Body, maxBytes: number): Promise<string> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of body as AsyncIterable<Buffer>) {
+    chunks.push(chunk);
+    size += chunk.length;
+    if (size >= maxBytes) {
+      body.on('error', () => {}).destroy();
+      break;
+    }
+  }
+  return Buffer.concat(chunks).subarray(0, maxBytes).toString('utf8');
+}
+
 /** A fetch for the openai SDK that sends every request through `dispatcher` (our pooled Agent). */
-export function createUpstreamFetch(dispatcher: Dispatcher): typeof fetch {
+export function createUpstreamFetch(
+  dispatcher: Dispatcher,
+  limits: UpstreamFetchLimits = DEFAULT_LIMITS,
+): typeof fetch {
   async function upstreamFetch(input: string | URL | Request, init: RequestInit = {}): Promise<Response> {
     const url = typeof input === 'string' ? input : input instanceof URL ? input.href : input.url;
     const signal = init.signal ?? undefined;
@@ -105,7 +186,7 @@ export function createUpstreamFetch(dispatcher: Dispatcher): typeof fetch {
       });
     }
     // Only the fields the SDK reads exist; the cast is where this object stands in for a Response.
-    return new UpstreamResponse(url, data) as unknown as Response;
+    return new UpstreamResponse(url, data, limits) as unknown as Response;
   }
   return upstreamFetch;
 }

@@ -1,16 +1,18 @@
 // The upstream client: the openai SDK over our own undici Agent, with deadlines that cancel.
 //
 // The SDK's `timeout` covers only the wait for response headers, and an aborted stream ends its
-// for-await silently (dependencies.md §4.2, §4.4). So each call owns ONE AbortController fed
-// by the caller's signal, a first-token deadline and an inter-chunk idle timer; when the loop
-// ends without a finish we look at why and throw a classified UpstreamError instead of
-// pretending the answer was complete. Upstream error text goes to the log, never to clients.
+// for-await silently. So each call owns ONE AbortController fed by the caller's signal, a
+// first-token deadline, an idle timer refreshed only by content, and a deadline for the whole
+// answer; when the loop ends without a finish we look at why and throw a classified
+// UpstreamError instead of pretending the answer was complete. Upstream text never leaves here:
+// not to clients, and not to the log either (status, code and request id identify a failure).
 import OpenAI from 'openai';
 import type { ChatCompletionChunk } from 'openai/resources/chat/completions';
 import { Agent as UndiciAgent } from 'undici';
 import type { Config } from '../config.ts';
+import type { AppError } from '../errors.ts';
 import type { Logger } from '../log.ts';
-import { type AbortReason, classifyUpstreamError, describeCause, UpstreamError } from './upstream-errors.ts';
+import { type AbortReason, classifyUpstreamError, UpstreamError } from './upstream-errors.ts';
 import { createUpstreamFetch } from './upstream-fetch.ts';
 
 export {
@@ -21,12 +23,23 @@ export {
   type UpstreamErrorKind,
 } from './upstream-errors.ts';
 
-/** One chat call as the service asks for it; the agent has already fixed model and prompt. */
+/** One message as the model reads it. */
+export interface UpstreamMessage {
+  role: 'system' | 'user' | 'assistant';
+  content: string;
+}
+
+/** One chat call as the turn asks for it; the agent has already fixed model, prompt and caps. */
 export interface UpstreamRequest {
   model: string;
-  messages: Array<{ role: 'system' | 'user' | 'assistant'; content: string }>;
+  messages: UpstreamMessage[];
   temperature?: number;
+  topP?: number;
   maxOutputTokens?: number;
+  stop?: string[];
+  seed?: number;
+  presencePenalty?: number;
+  frequencyPenalty?: number;
   /** Our request id, so upstream failures in the log can be matched to the client's request. */
   requestId?: string;
 }
@@ -44,69 +57,82 @@ export type UpstreamEvent =
 /** A started stream: the upstream has answered with a 2xx status and headers. Iterate once. */
 export interface UpstreamStream extends AsyncIterable<UpstreamEvent> {
   readonly upstreamRequestId: string | undefined;
+  /** Closes the upstream request of a stream nobody will iterate (a generator never started runs no finally). */
+  close(): void;
 }
 
-export interface UpstreamCompletion {
-  text: string;
-  finishReason: string | null;
-  usage?: UpstreamUsage;
-  upstreamRequestId?: string;
-}
-
-/** The chat upstream: streaming and buffered completions, pool stats and shutdown. */
+/** The chat upstream: streaming completions, pool stats and shutdown. */
 export interface Upstream {
+  /** False when neither a provider key nor a base URL is configured: there is no model to call. */
+  readonly configured: boolean;
+  /** Starts a stream; rejects with an UpstreamError before the first byte reaches anyone. */
   stream(req: UpstreamRequest, signal: AbortSignal): Promise<UpstreamStream>;
-  complete(req: UpstreamRequest, signal: AbortSignal): Promise<UpstreamCompletion>;
   stats(): { connected: number; pending: number; running: number };
   close(): Promise<void>;
 }
 
 const CLOSE_GRACE_MS = 1000;
+// Longest SSE line accepted from the provider: a chunk is a few hundred bytes, one tool call a few KiB.
+const MAX_LINE_BYTES = 1024 * 1024;
+// What is read of an error body: enough for the SDK to parse the error object, never logged.
+const MAX_ERROR_BODY_BYTES = 64 * 1024;
+
+/** What the client sees of any failure a stream or call raised: a code, never upstream text. */
+export function clientError(err: unknown): AppError {
+  return classifyUpstreamError(err).toAppError();
+}
 
 interface Call {
   readonly signal: AbortSignal;
   reason(): AbortReason | undefined;
   callerReason(): unknown;
-  firstToken(): void;
-  armIdle(): void;
-  disarmIdle(): void;
+  content(): void;
+  waiting(on: boolean): void;
   abort(reason: AbortReason): void;
   dispose(): void;
 }
 
-/** One controller for one call: the caller's signal, the first-token deadline and the idle timer all abort it. */
-function startCall(callerSignal: AbortSignal, deadlineMs: number, idleMs: number): Call {
+interface CallLimits {
+  firstTokenMs: number;
+  idleMs: number;
+  totalMs: number;
+}
+
+/**
+ * One controller for one call: the caller's signal, the first-token deadline, the idle timer and
+ * the total deadline all abort it. The idle timer counts only while we wait on the upstream (a slow
+ * reader is not a stalled upstream) and only content or a finish refreshes it, so keep-alive chunks
+ * cannot hold a stream open forever.
+ */
+function startCall(callerSignal: AbortSignal, limits: CallLimits): Call {
   const controller = new AbortController();
   let reason: AbortReason | undefined;
-  let sawToken = false;
+  let sawContent = false;
   let idle: NodeJS.Timeout | undefined;
-  let waiting = false;
+  let isWaiting = false;
   const onIdle = (): void => {
     idle = undefined;
-    if (waiting) call.abort('idle');
+    if (isWaiting) call.abort('idle');
   };
   const onCallerAbort = (): void => call.abort('client');
-  let deadline: NodeJS.Timeout | undefined = setTimeout(() => call.abort('deadline'), deadlineMs);
+  let firstToken: NodeJS.Timeout | undefined = setTimeout(() => call.abort('deadline'), limits.firstTokenMs);
+  const total = setTimeout(() => call.abort('duration'), limits.totalMs);
   const call: Call = {
     signal: controller.signal,
     reason: () => reason,
     callerReason: () => callerSignal.reason,
-    firstToken() {
-      sawToken = true;
-      clearTimeout(deadline);
-      deadline = undefined;
+    content() {
+      if (!sawContent) {
+        sawContent = true;
+        clearTimeout(firstToken);
+        firstToken = undefined;
+      }
+      idle?.refresh();
     },
-    // Idle counts only while we wait on the upstream after its first token: a slow reader is not a stalled upstream.
-    // One timer per call, refreshed per chunk: creating and clearing a timer for every chunk
-    // showed up in the relay's CPU profile. It fires only if we are still waiting on the upstream.
-    armIdle() {
-      if (!sawToken || reason !== undefined) return;
-      waiting = true;
-      if (idle === undefined) idle = setTimeout(onIdle, idleMs);
-      else idle.refresh();
-    },
-    disarmIdle() {
-      waiting = false;
+    waiting(on) {
+      isWaiting = on;
+      // A fresh period after the first content, and after a pause in which the consumer did not read.
+      if (on && sawContent && idle === undefined && reason === undefined) idle = setTimeout(onIdle, limits.idleMs);
     },
     abort(why) {
       reason ??= why;
@@ -114,8 +140,9 @@ function startCall(callerSignal: AbortSignal, deadlineMs: number, idleMs: number
       controller.abort();
     },
     dispose() {
-      clearTimeout(deadline);
+      clearTimeout(firstToken);
       clearTimeout(idle);
+      clearTimeout(total);
       callerSignal.removeEventListener('abort', onCallerAbort);
     },
   };
@@ -126,7 +153,7 @@ function startCall(callerSignal: AbortSignal, deadlineMs: number, idleMs: number
 
 /** Builds the upstream client from configuration; `close()` it on shutdown. */
 export function createUpstream(config: Config, log: Logger): Upstream {
-  const { timeoutMs, idleTimeoutMs } = config.upstream;
+  const { timeoutMs, idleTimeoutMs, maxDurationMs, maxResponseBytes } = config.upstream;
   const agent = new UndiciAgent({
     connect: { timeout: Math.min(10_000, timeoutMs) },
     headersTimeout: timeoutMs + 5_000, // >= the SDK timeout, so the SDK's clearer timeout fires first
@@ -134,58 +161,41 @@ export function createUpstream(config: Config, log: Logger): Upstream {
     keepAliveTimeout: 10_000,
     keepAliveMaxTimeout: 600_000,
     connections: config.upstream.maxConnections,
+    maxResponseSize: maxResponseBytes, // a body past this fails with UND_ERR_RES_EXCEEDED_MAX_SIZE
     allowH2: false, // undici 8 defaults to h2 via ALPN; pin HTTP/1.1 so pool stats mean sockets
   });
+  const baseURL = config.upstream.baseUrl ?? 'https://api.openai.com/v1';
   const client = new OpenAI({
     // Local servers (Ollama, vLLM) need no key, but the SDK refuses to start without one.
     apiKey: config.secrets.openaiApiKey ?? 'unset',
     // Explicit values, so the SDK reads nothing from the environment behind the config's back.
-    baseURL: config.upstream.baseUrl ?? 'https://api.openai.com/v1',
+    baseURL,
     organization: null,
     project: null,
     timeout: timeoutMs,
     maxRetries: config.upstream.maxRetries,
     logLevel: 'off',
     // undici.request on our Agent instead of undici's fetch: far less memory per open stream (upstream-fetch.ts).
-    fetch: createUpstreamFetch(agent),
+    fetch: createUpstreamFetch(agent, { maxLineBytes: MAX_LINE_BYTES, maxErrorBodyBytes: MAX_ERROR_BODY_BYTES }),
   });
-  const upLog = log.child({ component: 'upstream' });
+  const reporter = createReporter(log.child({ component: 'upstream' }), endpointOf(baseURL));
+  const limits: CallLimits = { firstTokenMs: timeoutMs, idleMs: idleTimeoutMs, totalMs: maxDurationMs };
 
   async function stream(req: UpstreamRequest, signal: AbortSignal): Promise<UpstreamStream> {
-    const call = startCall(signal, timeoutMs, idleTimeoutMs);
+    const call = startCall(signal, limits);
     try {
-      const { data, request_id } = await client.chat.completions
-        .create({ ...requestBody(req), stream: true, stream_options: { include_usage: true } }, { signal: call.signal })
-        .withResponse();
+      const body = { ...requestBody(req), stream: true as const, stream_options: { include_usage: true } };
+      const { data, request_id } = await client.chat.completions.create(body, { signal: call.signal }).withResponse();
       // Only the request id travels with the stream: the messages (the whole history) can go.
-      const events = iterate(data, call, req.requestId, upLog);
-      return { upstreamRequestId: request_id ?? undefined, [Symbol.asyncIterator]: () => events };
-    } catch (err) {
-      call.dispose();
-      throw report(upLog, classifyUpstreamError(err, call.reason(), call.callerReason()), req.requestId);
-    }
-  }
-
-  async function complete(req: UpstreamRequest, signal: AbortSignal): Promise<UpstreamCompletion> {
-    // A buffered answer has no first token to wait for: the deadline bounds the whole call.
-    const call = startCall(signal, timeoutMs, idleTimeoutMs);
-    try {
-      const { data, request_id } = await client.chat.completions
-        .create({ ...requestBody(req), stream: false }, { signal: call.signal })
-        .withResponse();
-      const choice = data.choices[0];
+      const events = iterate(data, call, req.requestId, reporter);
       return {
-        text: choice?.message.content ?? '',
-        finishReason: choice?.finish_reason ?? null,
-        ...(data.usage
-          ? { usage: { promptTokens: data.usage.prompt_tokens, completionTokens: data.usage.completion_tokens } }
-          : {}),
-        ...(request_id ? { upstreamRequestId: request_id } : {}),
+        upstreamRequestId: request_id ?? undefined,
+        [Symbol.asyncIterator]: () => events,
+        close: () => call.abort(call.reason() ?? 'client'),
       };
     } catch (err) {
-      throw report(upLog, classifyUpstreamError(err, call.reason(), call.callerReason()), req.requestId);
-    } finally {
       call.dispose();
+      throw reporter(classifyUpstreamError(err, call.reason(), call.callerReason()), req.requestId);
     }
   }
 
@@ -198,7 +208,8 @@ export function createUpstream(config: Config, log: Logger): Upstream {
     }
   }
 
-  return { stream, complete, stats: () => poolStats(agent), close };
+  const configured = config.secrets.openaiApiKey !== undefined || config.upstream.baseUrl !== undefined;
+  return { configured, stream, stats: () => poolStats(agent), close };
 }
 
 function requestBody(req: UpstreamRequest) {
@@ -206,8 +217,13 @@ function requestBody(req: UpstreamRequest) {
     model: req.model,
     messages: req.messages,
     ...(req.temperature === undefined ? {} : { temperature: req.temperature }),
+    ...(req.topP === undefined ? {} : { top_p: req.topP }),
     // max_completion_tokens, not the deprecated max_tokens that reasoning models refuse.
     ...(req.maxOutputTokens === undefined ? {} : { max_completion_tokens: req.maxOutputTokens }),
+    ...(req.stop === undefined ? {} : { stop: req.stop }),
+    ...(req.seed === undefined ? {} : { seed: req.seed }),
+    ...(req.presencePenalty === undefined ? {} : { presence_penalty: req.presencePenalty }),
+    ...(req.frequencyPenalty === undefined ? {} : { frequency_penalty: req.frequencyPenalty }),
   };
 }
 
@@ -216,7 +232,7 @@ async function* iterate(
   sdk: AsyncIterable<ChatCompletionChunk>,
   call: Call,
   requestId: string | undefined,
-  log: Logger,
+  report: Reporter,
 ): AsyncGenerator<UpstreamEvent> {
   const it = sdk[Symbol.asyncIterator]();
   let finishReason: string | null = null;
@@ -224,22 +240,25 @@ async function* iterate(
   let completed = false;
   try {
     for (;;) {
-      call.armIdle();
+      call.waiting(true);
       let step: IteratorResult<ChatCompletionChunk>;
       try {
         step = await it.next();
       } finally {
-        call.disarmIdle(); // not .finally(): that is one more promise and closure held per open stream
+        call.waiting(false); // not .finally(): that is one more promise and closure held per open stream
       }
       if (step.done === true) break;
       const chunk = step.value;
       if (chunk.usage)
         usage = { promptTokens: chunk.usage.prompt_tokens, completionTokens: chunk.usage.completion_tokens };
       const choice = chunk.choices[0];
-      if (choice?.finish_reason) finishReason = choice.finish_reason;
+      if (choice?.finish_reason) {
+        finishReason = choice.finish_reason;
+        call.content();
+      }
       const text = choice?.delta?.content;
       if (text) {
-        call.firstToken();
+        call.content();
         yield { type: 'delta', text };
       }
     }
@@ -250,7 +269,7 @@ async function* iterate(
     completed = true;
     yield usage === undefined ? { type: 'done', finishReason } : { type: 'done', finishReason, usage };
   } catch (err) {
-    throw report(log, classifyUpstreamError(err, call.reason(), call.callerReason()), requestId);
+    throw report(classifyUpstreamError(err, call.reason(), call.callerReason()), requestId);
   } finally {
     call.dispose();
     if (!completed) {
@@ -260,22 +279,45 @@ async function* iterate(
   }
 }
 
-const reported = new WeakSet<UpstreamError>();
+type Reporter = (err: UpstreamError, requestId: string | undefined) => UpstreamError;
 
-/** Logs a failure once, with the upstream's own message and request id (logs only, never clients). */
-function report(log: Logger, err: UpstreamError, requestId: string | undefined): UpstreamError {
-  if (reported.has(err)) return err;
-  reported.add(err);
-  const fields = {
-    requestId,
-    kind: err.kind,
-    upstreamStatus: err.upstreamStatus,
-    upstreamRequestId: err.upstreamRequestId,
-    upstreamMessage: describeCause(err.cause),
+// Statuses whose usual cause is our own configuration, with the variable to check.
+const CONFIGURATION_HINTS: Record<number, string> = {
+  401: 'the provider refused the key: check OPENAI_API_KEY',
+  403: 'the provider refused the key for this model: check OPENAI_API_KEY and the agent model',
+  404: 'the provider has no such route or model: check OPENAI_BASE_URL (it usually ends in /v1) and the agent model',
+};
+
+/** Logs each failure once: kind, status, the provider's error code and request id, never its text. */
+function createReporter(log: Logger, endpoint: string): Reporter {
+  const reported = new WeakSet<UpstreamError>();
+  return function report(err, requestId) {
+    if (reported.has(err)) return err;
+    reported.add(err);
+    const fields = {
+      requestId,
+      kind: err.kind,
+      reason: err.message,
+      upstreamStatus: err.upstreamStatus,
+      upstreamCode: err.upstreamCode,
+      upstreamRequestId: err.upstreamRequestId,
+      cause: err.causeCode,
+    };
+    if (err.kind === 'aborted') {
+      log.debug('upstream call aborted', fields);
+      return err;
+    }
+    const hint = err.upstreamStatus === undefined ? undefined : CONFIGURATION_HINTS[err.upstreamStatus];
+    if (hint !== undefined) log.warn(`upstream error: ${hint}`, { ...fields, url: endpoint });
+    else log.warn('upstream error', fields);
+    return err;
   };
-  if (err.kind === 'aborted') log.debug('upstream call aborted', fields);
-  else log.warn('upstream error', fields);
-  return err;
+}
+
+/** The chat endpoint called, as origin and path: never credentials or a query. */
+function endpointOf(baseURL: string): string {
+  const url = new URL(baseURL);
+  return `${url.origin}${url.pathname.replace(/\/$/, '')}/chat/completions`;
 }
 
 /** Sums the per-origin pool stats; a Client reports `connected` as a boolean, a Pool as a count. */

@@ -38,6 +38,9 @@ describe('raw-socket attacks on the running server', () => {
       REQUEST_TIMEOUT_MS: String(REQUEST_TIMEOUT_MS),
       MAX_CONCURRENT_STREAMS_PER_KEY: '10',
       LOG_LEVEL: 'info',
+      // The slow-read test needs a 20 MB answer: room for it past the answer and response caps.
+      MAX_ANSWER_CHARS: '50000000',
+      UPSTREAM_MAX_RESPONSE_BYTES: '104857600',
     });
     url = h.server.url;
   });

@@ -69,7 +69,8 @@ describe('loadAgents()', () => {
   it('loads the agents of the file next to the built-in default', async () => {
     const { config: c } = await withFile([coder, { id: 'plain', description: 'No model', systemPrompt: 'Be plain.' }]);
     const agents = await loadAgents(c);
-    assert.deepEqual(agents.get('coder'), coder);
+    const open = { temperatureRange: [0, 2], topPRange: [0, 1], clientSystemMessages: 'append' };
+    assert.deepEqual(agents.get('coder'), { ...coder, ...open });
     assert.equal(agents.get('plain')?.model, 'model-from-env');
     assert.deepEqual(
       agents.list().map((a) => a.id),

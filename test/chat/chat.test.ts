@@ -210,7 +210,8 @@ describe('POST /v1/chat', () => {
       { text: body['text'], finishReason: body['finishReason'], usage: body['usage'], agent: body['agent'] },
       { text: 'Hello world', finishReason: 'stop', usage: { promptTokens: 12, completionTokens: 3 }, agent: 'default' },
     );
-    assert.equal((h.fake.requests[sent]?.body as UpstreamBody).stream, false);
+    // Buffered answers are streamed upstream too: one code path, the same deadlines and caps.
+    assert.equal((h.fake.requests[sent]?.body as UpstreamBody).stream, true);
     const stored = (await (await h.call('GET', `/v1/conversations/${String(body['conversationId'])}`)).json()) as {
       messages: Array<Record<string, unknown>>;
     };

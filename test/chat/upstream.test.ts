@@ -124,7 +124,7 @@ describe('stream()', () => {
     });
   });
 
-  it('rejects a 500 as a 502 AppError that does not carry the upstream text, and logs that text', async () => {
+  it('rejects a 500 as a 502 AppError without the upstream text, and logs its status and ids but not its text', async () => {
     fake.setBehaviour({ kind: 'status', status: 500 });
     const { upstream, log, lines } = harness();
     const { err } = await failure(() => upstream.stream(REQUEST, new AbortController().signal));
@@ -138,8 +138,9 @@ describe('stream()', () => {
     const line = JSON.parse(lines.join('').trim().split('\n').at(-1)!) as Record<string, unknown>;
     assert.equal(line['msg'], 'upstream error');
     assert.equal(line['upstreamStatus'], 500);
+    assert.equal(line['upstreamCode'], 'server_error');
     assert.match(String(line['upstreamRequestId']), /^req_/);
-    assert.ok(String(line['upstreamMessage']).includes(UPSTREAM_SECRET_DETAIL));
+    assert.ok(!lines.join('').includes(UPSTREAM_SECRET_DETAIL), 'the error body is never logged');
   });
 
   it('maps a 429 with retry-after to a 503 with Retry-After in whole seconds', async () => {
@@ -303,24 +304,73 @@ describe('stream()', () => {
   });
 });
 
-describe('complete()', () => {
-  it('returns the whole answer with finish reason, usage and the upstream request id', async () => {
-    fake.setBehaviour({ kind: 'normal' });
-    const result = await harness().upstream.complete(REQUEST, new AbortController().signal);
-    assert.equal(result.text, 'Hello world');
-    assert.equal(result.finishReason, 'stop');
-    assert.deepEqual(result.usage, { promptTokens: 12, completionTokens: 3 });
-    assert.match(result.upstreamRequestId ?? '', /^req_/);
-    assert.equal((fake.requests.at(-1)!.body as { stream: boolean }).stream, false);
+describe('stream() bounds', () => {
+  it('fails a stream whose line grows past 1 MiB with UPSTREAM_TOO_LARGE and closes the socket', async () => {
+    fake.queue({ kind: 'huge-line', bytes: 200 * 1024 * 1024 });
+    const index = fake.requests.length;
+    const { upstream } = harness();
+    const stream = await upstream.stream(REQUEST, new AbortController().signal);
+    const { err } = await failure(() => collect(stream));
+    assert.equal(err.kind, 'broken');
+    assert.equal(err.causeCode, 'UPSTREAM_TOO_LARGE');
+    assert.ok((await fake.waitForClose(index, 2000)) < 2000);
+    assert.equal(fake.requests[index]?.closedEarly, true, 'the 200 MB line was never read to its end');
   });
 
-  it('rejects with a 504 timeout when the answer does not come within the deadline', async () => {
-    fake.setBehaviour({ kind: 'hang' });
-    const { err, ms } = await failure(() =>
-      harness({ UPSTREAM_TIMEOUT_MS: '300' }).upstream.complete(REQUEST, new AbortController().signal),
-    );
-    assert.equal(err.toAppError().status, 504);
-    assert.ok(ms < 1000, `took ${ms} ms`);
+  it('fails a response larger than UPSTREAM_MAX_RESPONSE_BYTES', async () => {
+    fake.queue({ kind: 'burst', count: 2000, text: 'xy' });
+    const { upstream } = harness({ UPSTREAM_MAX_RESPONSE_BYTES: '65536' });
+    const stream = await upstream.stream(REQUEST, new AbortController().signal);
+    const { err } = await failure(() => collect(stream));
+    assert.equal(err.kind, 'broken');
+    assert.equal(err.causeCode, 'UND_ERR_RES_EXCEEDED_MAX_SIZE');
+  });
+
+  it('reads only the head of a 5 MB error body and logs none of it', async () => {
+    fake.queue({ kind: 'huge-error', status: 500, bytes: 5 * 1024 * 1024 });
+    const { upstream, log, lines } = harness();
+    const { err } = await failure(() => upstream.stream(REQUEST, new AbortController().signal));
+    assert.equal(err.upstreamStatus, 500);
+    log.flush();
+    const text = lines.join('');
+    assert.ok(text.length < 2048, `logged ${text.length} bytes`);
+    assert.ok(!text.includes(UPSTREAM_SECRET_DETAIL));
+  });
+
+  it('logs the endpoint called and the variable to check when the upstream answers 404', async () => {
+    fake.queue({ kind: 'status', status: 404 });
+    const { upstream, log, lines } = harness();
+    await failure(() => upstream.stream(REQUEST, new AbortController().signal));
+    log.flush();
+    const line = JSON.parse(lines.join('').trim().split('\n').at(-1)!) as Record<string, unknown>;
+    assert.match(String(line['msg']), /OPENAI_BASE_URL/);
+    assert.equal(line['url'], `${fake.url}/chat/completions`);
+    assert.equal(line['upstreamStatus'], 404);
+  });
+
+  it('ends a stream of keep-alive chunks at the idle limit after the last content', async () => {
+    fake.queue({ kind: 'keepalive', afterChunks: 1, intervalMs: 50 });
+    const { upstream } = harness({ UPSTREAM_TIMEOUT_MS: '5000', UPSTREAM_IDLE_TIMEOUT_MS: '400' });
+    const index = fake.requests.length;
+    const stream = await upstream.stream(REQUEST, new AbortController().signal);
+    const { err, ms } = await failure(() => collect(stream));
+    assert.equal(err.kind, 'timeout');
+    assert.ok(ms >= 350 && ms < 1500, `took ${ms} ms`);
+    assert.ok((await fake.waitForClose(index, 1000)) < 1000);
+  });
+
+  it('ends an endless answer at UPSTREAM_MAX_DURATION_MS and closes the socket', async () => {
+    fake.queue({ kind: 'endless', text: 'more ', intervalMs: 50 });
+    const { upstream } = harness({ UPSTREAM_MAX_DURATION_MS: '1000', UPSTREAM_IDLE_TIMEOUT_MS: '400' });
+    const index = fake.requests.length;
+    const started = performance.now();
+    const stream = await upstream.stream(REQUEST, new AbortController().signal);
+    const { err } = await failure(() => collect(stream));
+    const ms = performance.now() - started;
+    assert.equal(err.kind, 'timeout');
+    assert.match(err.message, /total deadline/);
+    assert.ok(ms >= 950 && ms < 2000, `took ${ms} ms`);
+    assert.ok((await fake.waitForClose(index, 1000)) < 1000);
   });
 });
 

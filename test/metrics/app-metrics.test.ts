@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import type { ChatObserver } from '../../lib/chat/service.ts';
+import type { ChatObserver } from '../../lib/chat/turn.ts';
 import type { AppMetrics } from '../../lib/metrics/app-metrics.ts';
 import {
   createAppMetrics,

@@ -1,6 +1,7 @@
 // Runs the fake upstream on its own, for benchmarks and manual tries with curl or the server.
 //
-//   node test/support/fake-upstream-main.ts [port] [--host 127.0.0.1] [--burst N] [--chunk-delay-ms MS] [--api-key KEY]
+//   node test/support/fake-upstream-main.ts [port] [--host 127.0.0.1] [--burst N] [--chunk-delay-ms MS]
+//     [--huge-line BYTES] [--api-key KEY]
 //
 // Prints the base URL (for OPENAI_BASE_URL) on stdout and runs until SIGINT/SIGTERM.
 import { parseArgs } from 'node:util';
@@ -16,14 +17,17 @@ async function main(): Promise<void> {
       burst: { type: 'string' },
       'chunk-delay-ms': { type: 'string' },
       'api-key': { type: 'string' },
+      'huge-line': { type: 'string' },
     },
   });
   const port = Number(positionals[0] ?? '0');
   if (!Number.isInteger(port) || port < 0 || port > 65535) throw new Error(`Invalid port: ${positionals[0]}`);
   const behaviour: Behaviour =
-    values.burst === undefined
-      ? { kind: 'normal', chunkDelayMs: Number(values['chunk-delay-ms'] ?? '0') }
-      : { kind: 'burst', count: Number(values.burst) };
+    values['huge-line'] !== undefined
+      ? { kind: 'huge-line', bytes: Number(values['huge-line']) }
+      : values.burst === undefined
+        ? { kind: 'normal', chunkDelayMs: Number(values['chunk-delay-ms'] ?? '0') }
+        : { kind: 'burst', count: Number(values.burst) };
   const fake = await startFakeUpstream({ host: values.host, port, apiKey: values['api-key'] });
   fake.setBehaviour(behaviour);
   process.stdout.write(`${fake.url}\n`);

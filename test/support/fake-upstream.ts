@@ -18,7 +18,15 @@ export type Behaviour =
   | { kind: 'status'; status: number; retryAfter?: string; body?: object }
   | { kind: 'invalid-sse' }
   | { kind: 'reset'; afterChunks: number }
-  | { kind: 'burst'; count: number; text?: string };
+  | { kind: 'burst'; count: number; text?: string }
+  /** Streams one `data:` line of `bytes` bytes that never ends, as fast as the client reads. */
+  | { kind: 'huge-line'; bytes: number }
+  /** Answers `status` with an OpenAI error body whose message is `bytes` long. */
+  | { kind: 'huge-error'; status: number; bytes: number }
+  /** After `afterChunks` content chunks, sends chunks with an empty delta every `intervalMs`, forever. */
+  | { kind: 'keepalive'; afterChunks: number; intervalMs: number }
+  /** Sends `text` as a content chunk every `intervalMs`, forever. */
+  | { kind: 'endless'; text: string; intervalMs: number };
 
 /** One request as the fake saw it. */
 export interface RecordedRequest {
@@ -203,6 +211,18 @@ async function respond(ex: Exchange, b: Behaviour): Promise<void> {
       sendJson(res, b.status, b.body ?? errorBody('The server had an error', 'server_error', 'server_error'), headers);
       return;
     }
+    case 'huge-line':
+      await streamHugeLine(ex, b.bytes);
+      return;
+    case 'huge-error': {
+      const message = `${UPSTREAM_SECRET_DETAIL} ${'e'.repeat(b.bytes)}`;
+      sendJson(res, b.status, { error: { message, type: 'server_error', param: null, code: 'server_error' } });
+      return;
+    }
+    case 'keepalive':
+    case 'endless':
+      await streamForever(ex, b);
+      return;
     case 'invalid-sse':
       if (ex.body.stream !== true) {
         res.writeHead(200, { 'content-type': 'application/json' });
@@ -263,6 +283,28 @@ async function streamChunks(ex: Exchange, b: ChunkBehaviour): Promise<void> {
     if (!(await write(ex, chunk([], { usage })))) return;
   }
   res.end('data: [DONE]\n\n');
+}
+
+/** One SSE line that never ends: 64 KiB writes with backpressure until `bytes` are out or the client leaves. */
+async function streamHugeLine(ex: Exchange, bytes: number): Promise<void> {
+  startSse(ex.res);
+  const block = 'x'.repeat(64 * 1024);
+  if (!(await write(ex, `data: {"id":"chatcmpl-huge","choices":[{"index":0,"delta":{"content":"`))) return;
+  for (let sent = 0; sent < bytes; sent += block.length) if (!(await write(ex, block))) return;
+  ex.res.end('"}}]}\n\n');
+}
+
+/** Keep-alive chunks (an empty delta) or content, every `intervalMs`, until the client leaves. */
+async function streamForever(ex: Exchange, b: Extract<Behaviour, { kind: 'keepalive' | 'endless' }>): Promise<void> {
+  const line = (d: object): string =>
+    `data: ${JSON.stringify({ id: 'chatcmpl-forever', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [{ index: 0, delta: d, finish_reason: null }] })}\n\n`;
+  startSse(ex.res);
+  if (!(await write(ex, line({ role: 'assistant', content: '' })))) return;
+  for (let i = 0; ; i++) {
+    const content = b.kind === 'endless' || i < b.afterChunks;
+    if (!(await write(ex, line(content ? { content: b.kind === 'endless' ? b.text : 'x' } : {})))) return;
+    if (!(await sleep(ex, b.intervalMs))) return;
+  }
 }
 
 /** Destroys the socket once what was written has left, so the client sees chunks and then a reset. */
