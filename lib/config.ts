@@ -75,6 +75,11 @@ export const ENV_SCHEMA = {
   DEFAULT_MAX_OUTPUT_TOKENS: withDefault(int(1, 1_000_000), '4096'),
   CORS_ORIGINS: withDefault(corsOrigins, ''),
   MAX_BODY_BYTES: withDefault(int(64, 10_485_760), '10240'),
+  COMPLETIONS_MAX_BODY_BYTES: withDefault(int(1024, 10_485_760), '262144'),
+  MODELS_OWNED_BY: withDefault(
+    z.string().regex(/^[A-Za-z0-9._-]{1,64}$/, 'must be 1-64 of A-Z a-z 0-9 . _ -'),
+    'chat-server',
+  ),
   RATE_LIMIT_PER_MINUTE: withDefault(int(1, 1_000_000), '60'),
   RATE_LIMIT_BURST: withDefault(int(1, 1_000_000), '20'),
   RATE_LIMIT_STORE: withDefault(z.enum(['memory', 'postgres']), 'memory'),
@@ -151,6 +156,10 @@ export interface Config {
   historyMaxChars: number;
   corsOrigins: readonly string[];
   maxBodyBytes: number;
+  /** Body cap of POST /v1/chat/completions, which carries a whole history. */
+  completionsMaxBodyBytes: number;
+  /** `owned_by` of the models GET /v1/models lists. */
+  modelsOwnedBy: string;
   rateLimit: { perMinute: number; burst: number; store: 'memory' | 'postgres' };
   authFailuresPerMinute: number;
   maxConcurrentStreamsPerKey: number;
@@ -280,6 +289,8 @@ function buildConfig(e: Env): Config {
     historyMaxChars: e.HISTORY_MAX_CHARS,
     corsOrigins: Object.freeze([...e.CORS_ORIGINS]),
     maxBodyBytes: e.MAX_BODY_BYTES,
+    completionsMaxBodyBytes: e.COMPLETIONS_MAX_BODY_BYTES,
+    modelsOwnedBy: e.MODELS_OWNED_BY,
     rateLimit: Object.freeze({
       perMinute: e.RATE_LIMIT_PER_MINUTE,
       burst: e.RATE_LIMIT_BURST,

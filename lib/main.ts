@@ -9,6 +9,7 @@ import { createJwtVerifier, type JwtVerifierOptions } from './auth/jwt.ts';
 import { ensureDevKey } from './auth/keys-command.ts';
 import { type AgentRegistry, loadAgents } from './chat/agents.ts';
 import { nativeChat } from './chat/native.ts';
+import { COMPLETIONS_ROUTE, OPENAI_ROUTES, openAiRoutes, sendOpenAiError } from './chat/openai.ts';
 import { chatRoutes } from './chat/routes.ts';
 import { type ChatObserver, createTurnEngine, type TurnEngine } from './chat/turn.ts';
 import { createUpstream, type Upstream } from './chat/upstream.ts';
@@ -174,6 +175,14 @@ function buildRoutes(config: Config, db: Database, services: Services, drain: Dr
       agents,
       maxBodyBytes: config.maxBodyBytes,
     }),
+    ...openAiRoutes({
+      turns: chat,
+      agents,
+      maxBodyBytes: config.completionsMaxBodyBytes,
+      maxInputChars: config.historyMaxChars + config.maxMessageChars,
+      ownedBy: config.modelsOwnedBy,
+      createdSeconds: Math.floor(Date.now() / 1000),
+    }),
     ...metricsRoutes({
       render: () => metrics.render(),
       token: config.secrets.metricsToken,
@@ -195,9 +204,9 @@ function buildMiddleware(
     requestId(),
     securityHeaders(headerList),
     accessLog({ log, observe: (ctx, ms) => metrics.observeRequest(ctx.method, ctx.route, ctx.status, ms / 1000) }),
-    errorHandler({ classify: databaseUnavailable }),
+    errorHandler({ classify: databaseUnavailable, writerFor: errorDialect }),
     refuseWhileDraining({ isDraining: () => drain.draining, exempt: DRAIN_EXEMPT }),
-    bodyLimit(config.maxBodyBytes),
+    bodyLimit(config.maxBodyBytes, new Map([[COMPLETIONS_ROUTE, config.completionsMaxBodyBytes]])),
     cors({ origins: config.corsOrigins, onReject: securityEvent(security, 'cors_rejected') }),
     auth({
       prefix: API_PREFIX,
@@ -228,6 +237,11 @@ function buildMiddleware(
   ];
 }
 
+/** OpenAI's clients parse OpenAI's error object; every other route answers problem+json. */
+function errorDialect(ctx: Context): ((ctx: Context, err: AppError) => void) | undefined {
+  return OPENAI_ROUTES.has(ctx.route) ? sendOpenAiError : undefined;
+}
+
 /** A database that cannot be reached is a 503 the client may retry, not a 500. */
 function databaseUnavailable(err: unknown): AppError | undefined {
   if (!isDatabaseUnavailable(err)) return undefined;
@@ -247,6 +261,7 @@ function chatObserver(metrics: AppMetrics): ChatObserver {
     streamOpened: () => metrics.streamOpened(),
     streamClosed: () => metrics.streamClosed(),
     streamRejected: () => metrics.rateLimitRejected('streams'),
+    tokensUsed: (agent, promptTokens, completionTokens) => metrics.tokensUsed(agent, promptTokens, completionTokens),
   };
 }
 

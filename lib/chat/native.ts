@@ -64,8 +64,15 @@ export function nativeChat(options: NativeChatOptions): (ctx: Context, body: unk
         ...(input.conversationId === undefined ? {} : { conversationId: input.conversationId }),
       },
     });
-    if (input.stream) return { kind: 'sse', events: mapEvents(turn.events, (e) => nativeFrame(e, ctx.requestId)) };
+    if (input.stream) {
+      const events = mapEvents(turn.events, (e) => {
+        if (e.type === 'finished') ctx.usage = e.usage;
+        return nativeFrame(e, ctx.requestId);
+      });
+      return { kind: 'sse', events };
+    }
     const answer = await collect(turn);
+    ctx.usage = answer.usage;
     const { conversationId, messageId, agent: agentId } = answer.head;
     const { text, finishReason, usage } = answer;
     return {

@@ -27,6 +27,8 @@ export interface ChatObserver {
   streamClosed(): void;
   /** An identity hit its stream cap (429 TOO_MANY_STREAMS). */
   streamRejected?(): void;
+  /** Tokens a finished turn used, as the upstream reported them. */
+  tokensUsed?(agent: string, promptTokens: number, completionTokens: number): void;
 }
 
 /** A per-identity stream cap; acquire may ask a shared store. */
@@ -149,6 +151,7 @@ class TurnRun {
   // Collected as parts: string concatenation per delta would copy the whole answer each time.
   readonly #parts: string[] = [];
   #length = 0;
+  #agentId = '';
 
   constructor(options: TurnEngineOptions, request: TurnRequest, slot: Slot, link: Link) {
     this.#options = options;
@@ -160,6 +163,7 @@ class TurnRun {
   /** Stores the question (stored turns) and asks the upstream; the turn then belongs to its events. */
   async begin(): Promise<Turn> {
     const { agent, head, messages } = await this.#prepare();
+    this.#agentId = agent.id;
     const request = upstreamRequest(agent, messages, this.#request);
     const startedMs = performance.now();
     let stream: UpstreamStream;
@@ -241,6 +245,8 @@ class TurnRun {
 
   #completed(finishReason: string | null, usage: UpstreamUsage | undefined): TurnEvent {
     this.#options.observer?.upstreamOutcome('ok');
+    if (usage !== undefined)
+      this.#options.observer?.tokensUsed?.(this.#agentId, usage.promptTokens, usage.completionTokens);
     if (this.#answer !== undefined) {
       Object.assign(this.#answer, { status: 'complete', finishReason });
       if (usage !== undefined) Object.assign(this.#answer, usage);

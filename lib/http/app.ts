@@ -42,6 +42,7 @@ export class RequestContext implements Context {
   readonly headers: string[] = [];
   status = 0;
   bytes = 0;
+  usage: { promptTokens: number; completionTokens: number } | undefined = undefined;
   /** Set by the listener from the router; read by the final dispatch step. */
   handler: Handler | undefined = undefined;
   allow: string | undefined = undefined;

@@ -57,6 +57,8 @@ export interface Context {
   readonly headers: string[];
   /** Stops the request deadline (a started stream is bounded by its own timeouts instead). */
   clearDeadline(): void;
+  /** Tokens a model call used for this request, for the access log; unset when none ran or none was reported. */
+  usage: { promptTokens: number; completionTokens: number } | undefined;
   /** Status and byte count written, for the access log and metrics. */
   status: number;
   bytes: number;

@@ -38,6 +38,7 @@ export const METRIC_NAMES = [
   'nodejs_eventloop_delay_p99_seconds',
   'process_resident_memory_bytes',
   'security_events_total',
+  'tokens_total',
 ] as const;
 
 /** Connection counts of the database pool (pg.Pool's totalCount, idleCount, waitingCount). */
@@ -60,6 +61,7 @@ export interface AppMetrics {
   readonly streamSlotsInUse: Gauge;
   readonly dbPoolConnections: Gauge;
   readonly securityEvents: Counter;
+  readonly tokens: Counter;
   /** Once per request; `route` is the matched pattern (or UNMATCHED_ROUTE), never the raw path. */
   observeRequest(method: string, route: string, status: number, seconds: number): void;
   rateLimitRejected(reason: RateLimitReason): void;
@@ -71,6 +73,8 @@ export interface AppMetrics {
   streamOpened(): void;
   streamClosed(): void;
   securityEvent(kind: string): void;
+  /** Tokens a turn used, by agent: `in` for the prompt, `out` for the completion. */
+  tokensUsed(agent: string, promptTokens: number, completionTokens: number): void;
   /** Read at each scrape; pass `() => ({ total: pool.totalCount, idle: pool.idleCount, waiting: pool.waitingCount })`. */
   setPoolSource(source: () => PoolStats): void;
   /** Read at each scrape; pass `() => limiter.inUse()`. */
@@ -178,7 +182,13 @@ function registerAll(registry: Registry, sources: Sources, loop: ELDHistogram) {
     ['kind'],
     SMALL_LABEL_SET,
   );
+  // One series per agent and direction; agents come from the server's own file (at most 1000).
+  const tokens = registry.counter('tokens_total', 'Model tokens used, by agent and direction (in, out).', [
+    'agent',
+    'direction',
+  ]);
   return {
+    tokens,
     httpRequests,
     httpRequestDuration,
     rateLimitRejections,
@@ -232,6 +242,10 @@ export function createAppMetrics(registry: Registry = createRegistry()): AppMetr
     streamOpened: () => handles.activeStreams.inc(),
     streamClosed: () => handles.activeStreams.dec(),
     securityEvent: (kind) => handles.securityEvents.inc({ kind }),
+    tokensUsed(agent, promptTokens, completionTokens) {
+      handles.tokens.inc({ agent, direction: 'in' }, promptTokens);
+      handles.tokens.inc({ agent, direction: 'out' }, completionTokens);
+    },
     setPoolSource(source) {
       sources.pool = source;
     },

@@ -39,6 +39,7 @@ function observeEverything(m: AppMetrics): void {
   m.setStreamSlotsSource(() => 1);
   m.setPoolSource(() => ({ total: 4, idle: 3, waiting: 0 }));
   m.securityEvent('auth_failure');
+  m.tokensUsed('default', 12, 3);
 }
 
 describe('createAppMetrics()', () => {

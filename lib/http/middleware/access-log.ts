@@ -21,6 +21,12 @@ function identityField(identity: Identity): string {
   return field;
 }
 
+/** The tokens a model call used, when one ran: two integers. */
+function tokens(ctx: Context): string {
+  const usage = ctx.usage;
+  return usage === undefined ? '' : `,"tokensIn":${usage.promptTokens},"tokensOut":${usage.completionTokens}`;
+}
+
 /** Logs after the response; the route pattern, never the raw URL with its query string. */
 export function accessLog(options: AccessLogOptions): Middleware {
   const { log, observe } = options;
@@ -36,7 +42,7 @@ export function accessLog(options: AccessLogOptions): Middleware {
       log.line(
         'info',
         'request',
-        `,"requestId":"${ctx.requestId}","method":"${ctx.method}","route":"${ctx.route}","status":${ctx.status || (ctx.res.headersSent ? ctx.res.statusCode : 0)},"bytes":${ctx.bytes},"ms":${Math.round(durationMs * 100) / 100},"ip":"${ctx.clientIp}"${identity}`,
+        `,"requestId":"${ctx.requestId}","method":"${ctx.method}","route":"${ctx.route}","status":${ctx.status || (ctx.res.headersSent ? ctx.res.statusCode : 0)},"bytes":${ctx.bytes},"ms":${Math.round(durationMs * 100) / 100},"ip":"${ctx.clientIp}"${identity}${tokens(ctx)}`,
       );
     }
   }

@@ -2,15 +2,18 @@
 import { AppError } from '../../errors.ts';
 import type { Context, Middleware, Next } from '../types.ts';
 
-/** 413 for a declared length over `maxBytes`; chunked bodies are cut by the counting reader in body.ts. */
-export function bodyLimit(maxBytes: number): Middleware {
+/**
+ * 413 for a declared length over `maxBytes`, or over the route's own cap in `perRoute` (keyed by
+ * route pattern); chunked bodies are cut by the counting reader in body.ts with the same caps.
+ */
+export function bodyLimit(maxBytes: number, perRoute: ReadonlyMap<string, number> = new Map()): Middleware {
   return function bodyLimitMiddleware(ctx: Context, next: Next): Promise<void> | undefined {
     const declared = ctx.req.headers['content-length'];
-    if (declared !== undefined && Number(declared) > maxBytes) {
-      throw new AppError('BODY_TOO_LARGE', {
-        detail: `Body exceeds ${maxBytes} bytes`,
-        headers: { connection: 'close' },
-      });
+    if (declared !== undefined) {
+      const cap = perRoute.get(ctx.route) ?? maxBytes;
+      if (Number(declared) > cap) {
+        throw new AppError('BODY_TOO_LARGE', { detail: `Body exceeds ${cap} bytes`, headers: { connection: 'close' } });
+      }
     }
     return next();
   };

@@ -6,6 +6,8 @@ import type { Context, Middleware, Next } from '../types.ts';
 export interface ErrorHandlerOptions {
   /** Maps known infrastructure failures (a database that is down) to an AppError, e.g. 503. */
   classify?: (err: unknown) => AppError | undefined;
+  /** A writer for routes whose clients expect another error shape (OpenAI's); problem+json otherwise. */
+  writerFor?: (ctx: Context) => ((ctx: Context, err: AppError) => void) | undefined;
 }
 
 /** Catches what the rest of the chain throws and answers it (or cuts the connection if headers are gone). */
@@ -26,7 +28,8 @@ export function errorHandler(options: ErrorHandlerOptions = {}): Middleware {
       });
     }
     if (!ctx.res.headersSent) {
-      sendProblem(ctx, appErr);
+      const write = options.writerFor?.(ctx) ?? sendProblem;
+      write(ctx, appErr);
     } else if (!ctx.res.writableEnded) {
       // A body is half-written; appending an error would corrupt it. Cut the connection.
       ctx.res.destroy();
