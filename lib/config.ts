@@ -71,6 +71,7 @@ export const ENV_SCHEMA = {
   UPSTREAM_MAX_RETRIES: withDefault(int(0, 5), '2'),
   UPSTREAM_MAX_DURATION_MS: withDefault(int(1000, 3_600_000), '300000'),
   UPSTREAM_MAX_RESPONSE_BYTES: withDefault(int(65_536, 1_073_741_824), '16777216'),
+  ANSWER_ON_DISCONNECT: withDefault(z.enum(['finish', 'abort']), 'finish'),
   MAX_ANSWER_CHARS: withDefault(int(1, 100_000_000), '100000'),
   DEFAULT_MAX_OUTPUT_TOKENS: withDefault(int(1, 1_000_000), '4096'),
   CORS_ORIGINS: withDefault(corsOrigins, ''),
@@ -152,6 +153,8 @@ export interface Config {
   };
   /** Longest answer stored or relayed; longer ones end with finish reason `length`. */
   maxAnswerChars: number;
+  /** What a stored answer does when its client leaves: run to its end (resumable), or stop. */
+  answerOnDisconnect: 'finish' | 'abort';
   maxMessageChars: number;
   historyMaxChars: number;
   corsOrigins: readonly string[];
@@ -285,6 +288,7 @@ function buildConfig(e: Env): Config {
       defaultMaxOutputTokens: e.DEFAULT_MAX_OUTPUT_TOKENS,
     }),
     maxAnswerChars: e.MAX_ANSWER_CHARS,
+    answerOnDisconnect: e.ANSWER_ON_DISCONNECT,
     maxMessageChars: e.MAX_MESSAGE_CHARS,
     historyMaxChars: e.HISTORY_MAX_CHARS,
     corsOrigins: Object.freeze([...e.CORS_ORIGINS]),

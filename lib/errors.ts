@@ -22,6 +22,7 @@ export const ERROR_CODES = {
   RATE_LIMITED: { status: 429, title: 'Too many requests' },
   AUTH_THROTTLED: { status: 429, title: 'Too many failed authentication attempts' },
   TOO_MANY_STREAMS: { status: 429, title: 'Too many concurrent streams' },
+  CANCELLED: { status: 409, title: 'The answer was cancelled' },
   HEADERS_TOO_LARGE: { status: 431, title: 'Request header fields too large' },
   INTERNAL: { status: 500, title: 'Internal server error' },
   UPSTREAM_ERROR: { status: 502, title: 'Upstream error' },
@@ -29,6 +30,7 @@ export const ERROR_CODES = {
   SERVICE_UNAVAILABLE: { status: 503, title: 'Service unavailable' },
   RATE_LIMIT_UNAVAILABLE: { status: 503, title: 'Service unavailable' },
   SHUTTING_DOWN: { status: 503, title: 'Server is shutting down' },
+  RESUME_INTERRUPTED: { status: 503, title: 'The live answer could not be followed; resume again' },
   // Exposed although a 5xx: it names configuration variables, and the operator reading it needs them.
   MODEL_NOT_CONFIGURED: { status: 503, title: 'No model configured', expose: true },
   UPSTREAM_TIMEOUT: { status: 504, title: 'Upstream timeout' },

@@ -8,13 +8,16 @@ import { type Authenticate, createAuthenticator } from './auth/authenticator.ts'
 import { createJwtVerifier, type JwtVerifierOptions } from './auth/jwt.ts';
 import { ensureDevKey } from './auth/keys-command.ts';
 import { type AgentRegistry, loadAgents } from './chat/agents.ts';
+import { createPgFanout, type Fanout } from './chat/fanout.ts';
+import { liveRoutes } from './chat/live-routes.ts';
 import { nativeChat } from './chat/native.ts';
 import { COMPLETIONS_ROUTE, OPENAI_ROUTES, openAiRoutes, sendOpenAiError } from './chat/openai.ts';
+import { createResumer } from './chat/resume.ts';
 import { chatRoutes } from './chat/routes.ts';
 import { type ChatObserver, createTurnEngine, type TurnEngine } from './chat/turn.ts';
 import { createUpstream, type Upstream } from './chat/upstream.ts';
 import type { Config } from './config.ts';
-import { createDatabase, type Database } from './db/database.ts';
+import { createDatabase, createSessionClient, type Database } from './db/database.ts';
 import { isDatabaseUnavailable } from './db/errors.ts';
 import { migrate } from './db/migrate.ts';
 import { AppError } from './errors.ts';
@@ -67,6 +70,8 @@ interface Services {
   metrics: AppMetrics;
   security: SecurityEvents;
   chat: TurnEngine;
+  /** Live answers across instances; undefined on the embedded database (one instance). */
+  fanout: Fanout | undefined;
   /** Aborted when a drain's grace period ends: live streams stop with SHUTTING_DOWN. */
   shutdown: AbortController;
 }
@@ -161,7 +166,20 @@ async function buildServices(config: Config, db: Database, log: Logger, cleanups
     observer: chatObserver(metrics),
   });
   const authenticate = createAuthenticator({ pool, jwt });
-  return { agents, upstream, authenticate, limits, slots, metrics, security, chat, shutdown };
+  const fanout = db.kind === 'postgres' ? createFanout(config, db, log) : undefined;
+  if (fanout !== undefined) {
+    fanout.serve(chat);
+    cleanups.push(() => fanout.close());
+  }
+  return { agents, upstream, authenticate, limits, slots, metrics, security, chat, fanout, shutdown };
+}
+
+function createFanout(config: Config, db: Database, log: Logger): Fanout {
+  return createPgFanout({
+    connect: () => createSessionClient(config, 'chat-server-listener'),
+    pool: db.pool,
+    log: log.child({ component: 'fanout' }),
+  });
 }
 
 function buildRoutes(config: Config, db: Database, services: Services, drain: DrainState): Route[] {
@@ -171,9 +189,27 @@ function buildRoutes(config: Config, db: Database, services: Services, drain: Dr
     ...healthRoutes({ pool: db.pool, timeoutMs: config.healthDbTimeoutMs, isDraining }),
     ...chatRoutes({
       pool: db.pool,
-      chat: nativeChat({ turns: chat, agents, maxMessageChars: config.maxMessageChars }),
+      chat: nativeChat({
+        turns: chat,
+        agents,
+        maxMessageChars: config.maxMessageChars,
+        onDisconnect: config.answerOnDisconnect,
+      }),
       agents,
       maxBodyBytes: config.maxBodyBytes,
+    }),
+    ...liveRoutes({
+      pool: db.pool,
+      turns: chat,
+      fanout: services.fanout,
+      resume: createResumer({
+        turns: chat,
+        pool: db.pool,
+        fanout: services.fanout,
+        // Past its deadlines (and the drain), an answer that never stored its end has no instance running it.
+        maxAnswerAgeSeconds:
+          (config.upstream.timeoutMs + config.upstream.maxDurationMs + config.shutdownGraceMs) / 1000,
+      }),
     }),
     ...openAiRoutes({
       turns: chat,
@@ -285,7 +321,9 @@ async function stop(options: StopOptions): Promise<void> {
   drain.draining = true;
   await sleep(Math.min(options.readinessMs, graceMs));
   const listener = closeListener(server);
-  await waitAtMost(listener.closed, deadlineMs - performance.now());
+  // Answers outlive their connections: wait for both within the grace.
+  const settled = Promise.all([listener.closed, services.chat.idle()]).then(() => {});
+  await waitAtMost(settled, deadlineMs - performance.now());
   services.shutdown.abort(new AppError('SHUTTING_DOWN'));
   await waitAtMost(services.chat.idle(), STREAM_STORE_WAIT_MS);
   // Aborted streams write their last frame after their answer is stored: let them end before cutting.

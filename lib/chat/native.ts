@@ -36,6 +36,8 @@ export interface NativeChatOptions {
   turns: TurnEngine;
   agents: AgentRegistry;
   maxMessageChars: number;
+  /** `finish`: the answer outlives its client; `abort`: the client leaving stops it. */
+  onDisconnect: 'finish' | 'abort';
 }
 
 /** The POST /v1/chat handler body: validate, start a stored turn, answer as SSE or JSON. */
@@ -55,7 +57,7 @@ export function nativeChat(options: NativeChatOptions): (ctx: Context, body: unk
     const turn = await turns.start({
       identity,
       requestId: ctx.requestId,
-      signal: ctx.signal,
+      signal: options.onDisconnect === 'abort' ? ctx.signal : undefined,
       agent,
       input: {
         kind: 'stored',
@@ -65,9 +67,10 @@ export function nativeChat(options: NativeChatOptions): (ctx: Context, body: unk
       },
     });
     if (input.stream) {
+      const { messageId } = turn.head;
       const events = mapEvents(turn.events, (e) => {
         if (e.type === 'finished') ctx.usage = e.usage;
-        return nativeFrame(e, ctx.requestId);
+        return nativeFrame(e, ctx.requestId, messageId);
       });
       return { kind: 'sse', events };
     }
@@ -83,15 +86,18 @@ export function nativeChat(options: NativeChatOptions): (ctx: Context, body: unk
   };
 }
 
-/** One turn event as our SSE frame; a failure carries its code and the request id, nothing else. */
-export function nativeFrame(event: TurnEvent, requestId: string): SseEvent {
+/**
+ * One turn event as our SSE frame; a delta's id is `<messageId>:<offset>`, what a client sends back
+ * as Last-Event-ID to resume after it. A failure carries its code and the request id, nothing else.
+ */
+export function nativeFrame(event: TurnEvent, requestId: string, messageId: string): SseEvent {
   switch (event.type) {
     case 'started': {
       const { conversationId, messageId, agent } = event.head;
       return { event: 'start', data: { conversationId, messageId, agent } };
     }
     case 'delta':
-      return { event: 'delta', data: { text: event.text } };
+      return { event: 'delta', id: `${messageId}:${event.offset}`, data: { text: event.text } };
     case 'finished':
       return { event: 'done', data: { finishReason: event.finishReason, usage: event.usage ?? null } };
     case 'failed':

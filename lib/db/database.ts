@@ -84,6 +84,17 @@ function clientWithPassword(password: () => Promise<string>): new () => pg.Clien
   };
 }
 
+/** A client of its own (not from the pool) for a session that must stay open, such as LISTEN. */
+export function createSessionClient(config: Config, applicationName: string): pg.Client {
+  const { Client, ...options } = postgresPoolConfig(config);
+  const SessionClient = (Client ?? pg.Client) as new (config: pg.ClientConfig) => pg.Client;
+  // A listening session waits for notifications, not for query results: no statement or idle limits.
+  for (const key of ['max', 'idleTimeoutMillis', 'maxLifetimeSeconds', 'query_timeout', 'statement_timeout'] as const) {
+    delete options[key];
+  }
+  return new SessionClient({ ...options, application_name: applicationName });
+}
+
 async function createPostgres(config: Config, log: Logger): Promise<Database> {
   const pool = new pg.Pool(postgresPoolConfig(config));
   // Mandatory: without it an idle client's error (a terminated backend) crashes the process.

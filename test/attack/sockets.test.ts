@@ -122,26 +122,22 @@ describe('raw-socket attacks on the running server', () => {
     );
   });
 
-  it('slow read: a client that never reads a 20 MB stream costs at most about one socket buffer and holds the upstream back', async () => {
-    const { key, owner } = await mintIdentity(h.server.db.pool);
-    h.fake.queue({ kind: 'burst', count: 20_000, text: 'x'.repeat(1024) });
-    const upstreamIndex = h.fake.requests.length;
+  /** Sends a streaming request on a raw socket that never reads; samples the server side of it. */
+  async function slowReader(path: string, key: string, body: object) {
     const accepted: Socket[] = [];
     const onConnection = (socket: Socket): void => void accepted.push(socket);
     h.server.server.on('connection', onConnection);
     const client = await openSocket(url);
     clients.add(client);
-    const payload = JSON.stringify({ message: 'stream a lot, I will not read it' });
+    const payload = JSON.stringify(body);
     // No 'data' listener: the client reads nothing beyond what the kernel and libuv buffer.
     client.write(
-      `POST /v1/chat HTTP/1.1\r\n${HOST}Authorization: Bearer ${key}\r\nContent-Type: application/json\r\n` +
+      `POST ${path} HTTP/1.1\r\n${HOST}Authorization: Bearer ${key}\r\nContent-Type: application/json\r\n` +
         `Content-Length: ${Buffer.byteLength(payload)}\r\n\r\n${payload}`,
     );
     const serverSide = await waitFor('the server side of the connection', 2_000, () =>
       accepted.find((s) => s.remotePort === client.localPort),
     ).finally(() => h.server.server.off('connection', onConnection));
-    await waitFor('the upstream request', 3_000, () => (h.fake.requests.length > upstreamIndex ? true : undefined));
-
     const samples: Array<{ buffered: number; written: number }> = [];
     for (let i = 0; i < 16; i++) {
       await sleep(250);
@@ -151,19 +147,41 @@ describe('raw-socket attacks on the running server', () => {
     assert.ok(maxBuffered <= 256 * 1024, `the server buffered ${maxBuffered} bytes for one non-reading client`);
     const [early, late] = [samples[9]!, samples[15]!];
     assert.equal(late.written, early.written, 'the server stopped writing once the client stopped reading');
-    assert.ok(
-      late.written < 10 * 1024 * 1024,
-      `only kernel buffers' worth was sent (${late.written} bytes of about 20 MB)`,
-    );
+    assert.ok((await liveLatencyMs()) < 1_000, 'the server still answers others');
+    return { client, written: late.written };
+  }
+
+  it('slow read: a client that never reads a 20 MB OpenAI stream costs one socket buffer and holds the upstream back', async () => {
+    const { key } = await mintIdentity(h.server.db.pool);
+    h.fake.queue({ kind: 'burst', count: 20_000, text: 'x'.repeat(1024) });
+    const upstreamIndex = h.fake.requests.length;
+    const messages = [{ role: 'user', content: 'stream a lot, I will not read it' }];
+    const { client, written } = await slowReader('/v1/chat/completions', key, {
+      model: 'default',
+      stream: true,
+      messages,
+    });
+    assert.ok(written < 10 * 1024 * 1024, `only kernel buffers' worth was sent (${written} bytes of about 20 MB)`);
     const upstream = h.fake.requests[upstreamIndex]!;
     assert.equal(upstream.finished, false, 'the upstream burst is held back, not drained into memory');
     assert.equal(upstream.closedAt, undefined);
-    assert.ok((await liveLatencyMs()) < 1_000, 'the server still answers others');
-
     client.destroy();
     await h.fake.waitForClose(upstreamIndex, 3_000);
     await assertSettled(h.server);
-    assert.deepEqual(await assistantStatuses(h.server.db.pool, owner), ['incomplete']);
+  });
+
+  it('slow read: a stored answer whose client never reads runs to its end and is stored, for one socket buffer', async () => {
+    const { key, owner } = await mintIdentity(h.server.db.pool);
+    h.fake.queue({ kind: 'burst', count: 2_000, text: 'x'.repeat(1024) });
+    const upstreamIndex = h.fake.requests.length;
+    const { client } = await slowReader('/v1/chat', key, { message: 'stream a lot, I will not read it' });
+    await h.fake.waitForClose(upstreamIndex, 3_000);
+    assert.equal(h.fake.requests[upstreamIndex]?.finished, true, 'the answer is read from the upstream to its end');
+    await waitFor('the answer to be stored', 3_000, async () =>
+      (await assistantStatuses(h.server.db.pool, owner))[0] === 'complete' ? true : undefined,
+    );
+    client.destroy();
+    await assertSettled(h.server);
   });
 
   it('a 20 kB header block gets 431 problem+json with the security headers, and the connection is closed', async () => {

@@ -48,6 +48,8 @@ describe('POST /v1/chat when the upstream fails', () => {
       UPSTREAM_TIMEOUT_MS: String(TIMEOUT_MS),
       UPSTREAM_IDLE_TIMEOUT_MS: String(IDLE_TIMEOUT_MS),
       MAX_CONCURRENT_STREAMS_PER_KEY: '1000',
+      // The client leaving stops the answer here (the default lets it finish: test/chat/resume.test.ts).
+      ANSWER_ON_DISCONNECT: 'abort',
     });
   });
   after(() => h.close());
@@ -205,7 +207,8 @@ describe('POST /v1/chat when the upstream fails', () => {
 describe('POST /v1/chat with MAX_CONCURRENT_STREAMS_PER_KEY=2', () => {
   let h: ChatHarness;
   before(async () => {
-    h = await startChat({ MAX_CONCURRENT_STREAMS_PER_KEY: '2' });
+    // Slots come back when a client leaves only when its leaving stops the answer.
+    h = await startChat({ MAX_CONCURRENT_STREAMS_PER_KEY: '2', ANSWER_ON_DISCONNECT: 'abort' });
   });
   after(() => h.close());
 

@@ -22,6 +22,8 @@ export const CHAT_ENV = {
 /** One parsed server-sent event; `data` is JSON-parsed when it parses. */
 export interface SseFrame {
   event: string | undefined;
+  /** The `id:` field (deltas of the native route: `<messageId>:<offset>`). */
+  id?: string | undefined;
   data: unknown;
   comment: string | undefined;
 }
@@ -103,11 +105,13 @@ export async function* sseFrames(source: AsyncIterable<Uint8Array | string>): As
 
 function parseFrame(block: string): SseFrame {
   let event: string | undefined;
+  let id: string | undefined;
   let comment: string | undefined;
   const data: string[] = [];
   for (const line of block.split('\n')) {
     if (line.startsWith(':')) comment = line.slice(1).trim();
     else if (line.startsWith('event: ')) event = line.slice(7);
+    else if (line.startsWith('id: ')) id = line.slice(4);
     else if (line.startsWith('data: ')) data.push(line.slice(6));
     else throw new Error(`Unexpected SSE line: ${JSON.stringify(line)}`);
   }
@@ -118,7 +122,7 @@ function parseFrame(block: string): SseFrame {
   } catch {
     // not JSON: keep the text
   }
-  return { event, data: parsed, comment };
+  return id === undefined ? { event, data: parsed, comment } : { event, id, data: parsed, comment };
 }
 
 /** Reads a whole SSE response into its event frames (heartbeat comments dropped). */
