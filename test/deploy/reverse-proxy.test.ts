@@ -207,6 +207,13 @@ describe('nginx with deploy/chat-server.nginx.conf in front of the server', { sk
       assert.equal(res.headers.location, `https://${HOST_NAME}/v1/conversations?limit=5`, method);
     }
     assert.equal(accessLine(harness, requestId), undefined, 'nothing reached the server');
+    // Clients follow a 301 for a POST with a GET, which the chat route refuses: the mistake is not replayed.
+    const retried = await send({
+      port: proxy.httpsPort,
+      path: '/v1/chat',
+      headers: { authorization: `Bearer ${harness.key}` },
+    });
+    assert.equal(retried.status, 405);
   });
 
   it('serves HTTPS with the security headers and HSTS, and names itself without a version', async () => {
