@@ -163,12 +163,16 @@ describe('deploy/chat-server.nginx.conf', () => {
   });
 });
 
-describe('nginx with deploy/chat-server.nginx.conf in front of the server', { skip: UNAVAILABLE }, () => {
+// Skipped test by test, not as a suite: the runner counts skipped tests, and CI fails on that count.
+const live = { skip: UNAVAILABLE };
+
+describe('nginx with deploy/chat-server.nginx.conf in front of the server', () => {
   let root = '';
   let harness: ChatHarness;
   let proxy: Proxy;
 
   before(async () => {
+    if (UNAVAILABLE !== false) return;
     root = mkdtempSync(join(tmpdir(), 'reverse-proxy-'));
     chmodSync(root, 0o755);
     // A self-signed certificate for the site's name, trusted by this test's requests alone.
@@ -193,7 +197,7 @@ describe('nginx with deploy/chat-server.nginx.conf in front of the server', { sk
     if (root !== '') rmSync(root, { recursive: true, force: true });
   });
 
-  it('answers every plain-HTTP request with a 301 to the same path on https', async () => {
+  it('answers every plain-HTTP request with a 301 to the same path on https', live, async () => {
     const requestId = newRequestId();
     for (const method of ['GET', 'POST', 'DELETE']) {
       const res = await send({
@@ -216,7 +220,7 @@ describe('nginx with deploy/chat-server.nginx.conf in front of the server', { sk
     assert.equal(retried.status, 405);
   });
 
-  it('serves HTTPS with the security headers and HSTS, and names itself without a version', async () => {
+  it('serves HTTPS with the security headers and HSTS, and names itself without a version', live, async () => {
     const res = await send({ port: proxy.httpsPort, path: '/health/live' });
     assert.equal(res.status, 200);
     assert.equal(res.headers.server, 'nginx');
@@ -228,7 +232,7 @@ describe('nginx with deploy/chat-server.nginx.conf in front of the server', { sk
     assertSecurityProfile({ get }, true);
   });
 
-  it('accepts TLS 1.2 and 1.3 and refuses older versions', async () => {
+  it('accepts TLS 1.2 and 1.3 and refuses older versions', live, async () => {
     const handshake = (version: 'TLSv1' | 'TLSv1.1' | 'TLSv1.2' | 'TLSv1.3'): Promise<string> =>
       new Promise((resolve, reject) => {
         const socket = tlsConnect({
@@ -254,7 +258,7 @@ describe('nginx with deploy/chat-server.nginx.conf in front of the server', { sk
     await assert.rejects(handshake('TLSv1'), /alert|protocol/i);
   });
 
-  it('passes an SSE answer through delta by delta, uncompressed', async () => {
+  it('passes an SSE answer through delta by delta, uncompressed', live, async () => {
     const chunks = ['one ', 'two ', 'three ', 'four'];
     const { res, frames, text, upstreamDoneAtFirstDelta } = await streamThrough(harness, proxy.httpsPort, chunks);
     assert.equal(res.statusCode, 200);
@@ -265,7 +269,7 @@ describe('nginx with deploy/chat-server.nginx.conf in front of the server', { sk
     assert.equal(frames.at(-1)?.event, 'done');
   });
 
-  it('serves the stream over HTTP/2 as well', async (t) => {
+  it('serves the stream over HTTP/2 as well', live, async (t) => {
     const session = http2Connect(`https://127.0.0.1:${proxy.httpsPort}`, { ca, servername: HOST_NAME });
     t.after(() => session.close());
     const stream = session.request({
@@ -283,7 +287,7 @@ describe('nginx with deploy/chat-server.nginx.conf in front of the server', { sk
     assert.deepEqual([events[0], events.at(-1)], ['start', 'done']);
   });
 
-  it("logs the client's address from X-Forwarded-For, never one the client sent", async () => {
+  it("logs the client's address from X-Forwarded-For, never one the client sent", live, async () => {
     for (const spoof of [undefined, SPOOFED, `${SPOOFED}, 127.0.0.1`]) {
       const requestId = newRequestId();
       const headers: Record<string, string> = { 'x-request-id': requestId };
@@ -295,16 +299,20 @@ describe('nginx with deploy/chat-server.nginx.conf in front of the server', { sk
     }
   });
 
-  it("replaces rather than appends X-Forwarded-For, so a client on the proxy's address cannot forge one", async () => {
-    // Appending would send "203.0.113.9, 127.0.0.1"; the server skips the trusted 127.0.0.1 and believes the rest.
-    const requestId = newRequestId();
-    const headers = { 'x-request-id': requestId, 'x-forwarded-for': SPOOFED };
-    await send({ port: proxy.httpsPort, path: '/health/live', headers, localAddress: '127.0.0.1' });
-    const line = await waitFor('the access-log line', 2_000, () => accessLine(harness, requestId));
-    assert.equal(line['ip'], '127.0.0.1');
-  });
+  it(
+    "replaces rather than appends X-Forwarded-For, so a client on the proxy's address cannot forge one",
+    live,
+    async () => {
+      // Appending would send "203.0.113.9, 127.0.0.1"; the server skips the trusted 127.0.0.1 and believes the rest.
+      const requestId = newRequestId();
+      const headers = { 'x-request-id': requestId, 'x-forwarded-for': SPOOFED };
+      await send({ port: proxy.httpsPort, path: '/health/live', headers, localAddress: '127.0.0.1' });
+      const line = await waitFor('the access-log line', 2_000, () => accessLine(harness, requestId));
+      assert.equal(line['ip'], '127.0.0.1');
+    },
+  );
 
-  it('refuses /metrics itself, however the path is spelled, even with the metrics token', async () => {
+  it('refuses /metrics itself, however the path is spelled, even with the metrics token', live, async () => {
     const direct = await fetch(`${harness.server.url}/metrics`, { headers: { authorization: `Bearer ${CANARY}` } });
     assert.equal(direct.status, 200, 'the token opens /metrics on the server itself');
     await direct.body?.cancel();
@@ -322,7 +330,7 @@ describe('nginx with deploy/chat-server.nginx.conf in front of the server', { sk
     }
   });
 
-  it("leaves a body over MAX_BODY_BYTES to the server's 413 and stops far larger ones itself", async () => {
+  it("leaves a body over MAX_BODY_BYTES to the server's 413 and stops far larger ones itself", live, async () => {
     const headers = { 'content-type': 'application/json', authorization: `Bearer ${harness.key}` };
     const over = JSON.stringify({ message: 'x'.repeat(harness.server.config.maxBodyBytes) });
     const server413 = await send({ port: proxy.httpsPort, path: '/v1/chat', method: 'POST', headers, body: over });
@@ -344,7 +352,7 @@ describe('nginx with deploy/chat-server.nginx.conf in front of the server', { sk
     assert.equal(JSON.parse(body).code, 'BODY_TOO_LARGE');
   });
 
-  it('reuses one HTTP/1.1 connection to the server for consecutive requests', async () => {
+  it('reuses one HTTP/1.1 connection to the server for consecutive requests', live, async () => {
     let accepted = 0;
     const onConnection = (): void => {
       accepted++;
@@ -359,28 +367,36 @@ describe('nginx with deploy/chat-server.nginx.conf in front of the server', { sk
     assert.ok(accepted <= 1, `${accepted} new upstream connections for 5 requests`);
   });
 
-  it('streams through X-Accel-Buffering alone when proxy_buffering is left on, and buffers without either', async (t) => {
-    const serverPort = Number(new URL(harness.server.url).port);
-    const withoutOff = (s: string): string => replaceOnce(s, /\n\s*proxy_buffering off;/, '');
-    const headerOnly = await startProxy(root, serverPort, withoutOff);
-    t.after(() => headerOnly.stop());
-    const ignoring = await startProxy(root, serverPort, (s) =>
-      replaceOnce(
-        withoutOff(s),
-        /proxy_pass http:\/\/chat_server;/,
-        '$&\n        proxy_ignore_headers X-Accel-Buffering;',
-      ),
-    );
-    t.after(() => ignoring.stop());
-    const chunks = ['one ', 'two ', 'three'];
-    const viaHeader = await streamThrough(harness, headerOnly.httpsPort, chunks);
-    assert.equal(viaHeader.upstreamDoneAtFirstDelta, false, "the server's header turns buffering off for its streams");
-    const buffered = await streamThrough(harness, ignoring.httpsPort, chunks);
-    assert.equal(buffered.text, chunks.join(''));
-    assert.equal(
-      buffered.upstreamDoneAtFirstDelta,
-      true,
-      'a buffering proxy holds the deltas back (this check can fail)',
-    );
-  });
+  it(
+    'streams through X-Accel-Buffering alone when proxy_buffering is left on, and buffers without either',
+    live,
+    async (t) => {
+      const serverPort = Number(new URL(harness.server.url).port);
+      const withoutOff = (s: string): string => replaceOnce(s, /\n\s*proxy_buffering off;/, '');
+      const headerOnly = await startProxy(root, serverPort, withoutOff);
+      t.after(() => headerOnly.stop());
+      const ignoring = await startProxy(root, serverPort, (s) =>
+        replaceOnce(
+          withoutOff(s),
+          /proxy_pass http:\/\/chat_server;/,
+          '$&\n        proxy_ignore_headers X-Accel-Buffering;',
+        ),
+      );
+      t.after(() => ignoring.stop());
+      const chunks = ['one ', 'two ', 'three'];
+      const viaHeader = await streamThrough(harness, headerOnly.httpsPort, chunks);
+      assert.equal(
+        viaHeader.upstreamDoneAtFirstDelta,
+        false,
+        "the server's header turns buffering off for its streams",
+      );
+      const buffered = await streamThrough(harness, ignoring.httpsPort, chunks);
+      assert.equal(buffered.text, chunks.join(''));
+      assert.equal(
+        buffered.upstreamDoneAtFirstDelta,
+        true,
+        'a buffering proxy holds the deltas back (this check can fail)',
+      );
+    },
+  );
 });
