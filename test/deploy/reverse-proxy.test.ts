@@ -156,10 +156,16 @@ describe('deploy/chat-server.nginx.conf', () => {
     const firstByteMs = (retries + 1) * ENV_SCHEMA.UPSTREAM_TIMEOUT_MS.parse(undefined);
     assert.ok(readTimeoutMs > 15_000, 'longer than the 15 s ping interval of a stream');
     assert.ok(readTimeoutMs > firstByteMs, `longer than ${firstByteMs} ms before an answer's first byte`);
+    // A buffered answer is silent until it is whole: bounded by the answer deadline where the server has one.
+    const schemas: Record<string, { parse(value: unknown): unknown }> = ENV_SCHEMA;
+    const wholeAnswerMs = Number(schemas['UPSTREAM_MAX_DURATION_MS']?.parse(undefined) ?? 0);
+    assert.ok(readTimeoutMs > wholeAnswerMs, `longer than ${wholeAnswerMs} ms for a whole answer`);
     const upstreamIdleMs = Number(/keepalive_timeout (\d+)s;/.exec(SITE)?.[1]) * 1000;
     assert.ok(upstreamIdleMs < ENV_SCHEMA.KEEP_ALIVE_TIMEOUT_MS.parse(undefined), 'idle upstream sockets close first');
     const capBytes = Number(/client_max_body_size (\d+)m;/.exec(SITE)?.[1]) * 1024 * 1024;
     assert.ok(capBytes >= ENV_SCHEMA.MAX_BODY_BYTES.parse(undefined), 'the server answers 413 first');
+    const completionsCap = Number(schemas['COMPLETIONS_MAX_BODY_BYTES']?.parse(undefined) ?? 0);
+    assert.ok(capBytes >= completionsCap, 'the server answers 413 first on the OpenAI route too');
   });
 });
 
