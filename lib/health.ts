@@ -1,7 +1,7 @@
 // Health routes: /health checks the database with a deadline; /health/live touches nothing.
 import type pg from 'pg';
+import { constantJson } from './http/respond.ts';
 import type { Route } from './http/router.ts';
-import type { Reply } from './http/types.ts';
 
 export interface HealthOptions {
   pool: pg.Pool;
@@ -10,23 +10,23 @@ export interface HealthOptions {
   isDraining: () => boolean;
 }
 
-const OK: Reply = Object.freeze({ kind: 'json', status: 200, body: { status: 'ok' } });
-const UNAVAILABLE: Reply = Object.freeze({ kind: 'json', status: 503, body: { status: 'unavailable' } });
-const LIVE: Reply = Object.freeze({ kind: 'json', status: 200, body: { status: 'ok' } });
+const OK = constantJson(200, { status: 'ok' });
+const UNAVAILABLE = constantJson(503, { status: 'unavailable' });
 
-/** The health routes; bodies never say why a check failed. */
+/** The health routes, public for load balancers and probes; bodies never say why a check failed. */
 export function healthRoutes(options: HealthOptions): Route[] {
   const check = coalesced(() => pingDatabase(options.pool, options.timeoutMs));
   return [
     {
       method: 'GET',
       pattern: '/health',
+      public: true,
       async handler() {
         if (options.isDraining()) return UNAVAILABLE;
         return (await check()) ? OK : UNAVAILABLE;
       },
     },
-    { method: 'GET', pattern: '/health/live', handler: () => LIVE },
+    { method: 'GET', pattern: '/health/live', public: true, handler: () => OK },
   ];
 }
 

@@ -121,7 +121,6 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
         bodyLimit(config.maxBodyBytes),
         cors({ origins: config.corsOrigins, onReject: event('cors_rejected') }),
         auth({
-          prefix: '/v1/',
           authenticate,
           cached: authenticate.cached,
           throttle: createFailureThrottle(config.authFailuresPerMinute),
@@ -136,7 +135,6 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
           },
         }),
         rateLimit({
-          prefix: '/v1/',
           take: limits.take,
           headers: limits.headers,
           onRejected: (ctx) => {

@@ -5,8 +5,9 @@ import { deleteConversation, getConversation, listConversations } from '../db/co
 import { AppError } from '../errors.ts';
 import { queryParams } from '../http/app.ts';
 import { readJson } from '../http/body.ts';
+import { constantJson } from '../http/respond.ts';
 import type { Route } from '../http/router.ts';
-import type { Context, Identity, Reply } from '../http/types.ts';
+import type { Context, Identity } from '../http/types.ts';
 import type { AgentRegistry } from './agents.ts';
 import { type ChatService, validationError } from './service.ts';
 
@@ -57,7 +58,7 @@ function decodeCursor(cursor: string): { updatedAt: string; id: string } {
 /** The /v1 routes. */
 export function chatRoutes(options: ChatRoutesOptions): Route[] {
   const { pool, chat } = options;
-  const agentsReply: Reply = Object.freeze({ kind: 'json', status: 200, body: { agents: options.agents.list() } });
+  const agentsReply = constantJson(200, { agents: options.agents.list() });
   return [
     {
       method: 'POST',

@@ -70,10 +70,15 @@ export async function serve(
   };
 }
 
-/** A route whose handler answers `reply`. */
-export function route(method: string, pattern: string, reply: Reply | Handler): Route {
+/** A route whose handler answers `reply`; protected unless `options.public`. */
+export function route(
+  method: string,
+  pattern: string,
+  reply: Reply | Handler,
+  options: { public?: boolean } = {},
+): Route {
   const handler: Handler = typeof reply === 'function' ? reply : async () => reply;
-  return { method, pattern, handler };
+  return { method, pattern, handler, public: options.public === true };
 }
 
 /** A JSON 200 reply. */

@@ -1,6 +1,5 @@
 // CORS with an exact-match origin allowlist (never `*`), preflights, and Vary: Origin.
 import { AppError } from '../../errors.ts';
-import { UNMATCHED_ROUTE } from '../app.ts';
 import { sendEmpty } from '../respond.ts';
 import type { Context, Middleware, Next } from '../types.ts';
 
@@ -41,8 +40,8 @@ function answerOptions(
   maxAge: string,
   onReject: CorsOptions['onReject'],
 ): void {
-  const allow = (ctx as Context & { allow?: string }).allow;
-  const routeExists = ctx.route !== UNMATCHED_ROUTE;
+  const { match } = ctx;
+  const routeExists = match.kind !== 'not-found';
   const preflight = origin !== undefined && ctx.req.headers['access-control-request-method'] !== undefined;
   if (preflight) {
     if (!originAllowed) {
@@ -66,5 +65,6 @@ function answerOptions(
   } else if (!routeExists) {
     throw new AppError('NOT_FOUND', { detail: 'No such resource' });
   }
-  sendEmpty(ctx, 204, { allow: allow ?? ALLOW_METHODS });
+  // The path's own methods, which the router reports for every path without an OPTIONS route of its own.
+  sendEmpty(ctx, 204, { allow: match.kind === 'method-not-allowed' ? match.allow : ALLOW_METHODS });
 }
