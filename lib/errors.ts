@@ -104,3 +104,17 @@ export function toAppError(err: unknown): AppError {
   if (err instanceof AppError) return err;
   return new AppError('INTERNAL', { cause: err });
 }
+
+/** One link of a cause chain; `code` is what Node, undici and pg set (an errno name or a SQLSTATE). */
+export type ErrorLink = Error & { code?: unknown };
+
+/** `err` and its causes, as far as they are Errors, at most `maxDepth` links (a cycle cannot loop forever). */
+export function causeChain(err: unknown, maxDepth = 4): ErrorLink[] {
+  const links: ErrorLink[] = [];
+  let current = err;
+  while (links.length < maxDepth && current instanceof Error) {
+    links.push(current);
+    current = current.cause;
+  }
+  return links;
+}

@@ -1,5 +1,6 @@
 // Health routes: /health checks the database with a deadline; /health/live touches nothing.
 import type pg from 'pg';
+import { waitAtMost } from './deadline.ts';
 import { constantJson } from './http/respond.ts';
 import type { Route } from './http/router.ts';
 
@@ -35,20 +36,12 @@ export function healthRoutes(options: HealthOptions): Route[] {
  * socket, so the deadline bounds our wait; the query itself is bounded by the pool's
  * connectionTimeoutMillis and query_timeout, and only one check runs at a time (see coalesced).
  */
-export async function pingDatabase(pool: pg.Pool, timeoutMs: number): Promise<boolean> {
-  let timer: NodeJS.Timeout | undefined;
-  const deadline = new Promise<boolean>((resolve) => {
-    timer = setTimeout(() => resolve(false), timeoutMs);
-  });
+export function pingDatabase(pool: pg.Pool, timeoutMs: number): Promise<boolean> {
   const query = pool.query('SELECT 1').then(
     () => true,
     () => false,
   );
-  try {
-    return await Promise.race([query, deadline]);
-  } finally {
-    clearTimeout(timer);
-  }
+  return waitAtMost(query, timeoutMs, false);
 }
 
 /** Shares one in-flight run among concurrent callers, so a flood of probes makes one query. */

@@ -13,6 +13,7 @@ import type { Config } from './config.ts';
 import { createDatabase, type Database } from './db/database.ts';
 import { isDatabaseUnavailable } from './db/errors.ts';
 import { migrate } from './db/migrate.ts';
+import { waitAtMost } from './deadline.ts';
 import { AppError } from './errors.ts';
 import { healthRoutes } from './health.ts';
 import { createApp } from './http/app.ts';
@@ -175,7 +176,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
       await drainServer(server, graceMs);
       // Streams still open after the grace period end with `event: error` SHUTTING_DOWN and are stored incomplete.
       shutdown.abort(new AppError('SHUTTING_DOWN'));
-      await waitAtMost(chat.idle(), 2_000);
+      await waitAtMost(chat.idle(), 2_000, undefined);
       server.closeAllConnections();
       for (const cleanup of cleanups.reverse()) await cleanup();
     }
@@ -206,13 +207,6 @@ function createRateLimiter(config: Config, db: Database, log: Logger) {
   return { take: (key: string) => store.takeSync(key, policy), headers, close: async () => {} };
 }
 
-function waitAtMost(promise: Promise<void>, ms: number): Promise<void> {
-  let timer: NodeJS.Timeout | undefined;
-  return Promise.race([promise, new Promise<void>((resolve) => (timer = setTimeout(resolve, ms)))]).finally(() =>
-    clearTimeout(timer),
-  );
-}
-
 function listen(server: Server, port: number, host: string): Promise<void> {
   return new Promise((resolve, reject) => {
     server.once('error', reject);
@@ -228,12 +222,7 @@ async function drainServer(server: Server, graceMs: number): Promise<void> {
   const closed = new Promise<void>((resolve) => server.close(() => resolve()));
   // Keep-alive sockets that finish their last response become idle; close them as they do.
   const sweep = setInterval(() => server.closeIdleConnections(), 100);
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<void>((resolve) => {
-    timer = setTimeout(resolve, graceMs);
-  });
   server.closeIdleConnections();
-  await Promise.race([closed, timeout]);
+  await waitAtMost(closed, graceMs, undefined);
   clearInterval(sweep);
-  clearTimeout(timer);
 }

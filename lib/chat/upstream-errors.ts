@@ -1,7 +1,7 @@
 // Upstream failures: one error type with a kind per client-facing code, and the classifier that
 // maps whatever the SDK or undici threw onto it. Upstream text never leaves through these.
 import { APIConnectionError, APIConnectionTimeoutError, APIError, APIUserAbortError } from 'openai';
-import { AppError } from '../errors.ts';
+import { AppError, causeChain } from '../errors.ts';
 
 /** How an upstream call failed; each kind maps to one client-facing code. */
 export type UpstreamErrorKind = 'aborted' | 'timeout' | 'unavailable' | 'status' | 'connection' | 'broken';
@@ -120,23 +120,14 @@ function requestIdOf(err: unknown): string | undefined {
 
 /** The undici error code anywhere in the first few links of the cause chain. */
 function transportCode(err: unknown): string | undefined {
-  let current: unknown = err;
-  for (let depth = 0; depth < 4 && current instanceof Error; depth++) {
-    const code = (current as { code?: unknown }).code;
-    if (typeof code === 'string' && code.startsWith('UND_ERR')) return code;
-    current = current.cause;
-  }
+  for (const { code } of causeChain(err)) if (typeof code === 'string' && code.startsWith('UND_ERR')) return code;
   return undefined;
 }
 
 /** The upstream's own words about a failure, for the log only. */
 export function describeCause(err: unknown): string {
-  const parts: string[] = [];
-  let current: unknown = err;
-  for (let depth = 0; depth < 4 && current instanceof Error; depth++) {
-    const code = (current as { code?: unknown }).code;
-    parts.push(typeof code === 'string' ? `${current.message} [${code}]` : current.message);
-    current = current.cause;
-  }
+  const parts = causeChain(err).map(({ code, message }) =>
+    typeof code === 'string' ? `${message} [${code}]` : message,
+  );
   return parts.join(' <- ').slice(0, 1000);
 }
