@@ -12,7 +12,6 @@ export const ERROR_CODES = {
   BAD_FRAMING: { status: 400, title: 'Ambiguous request framing' },
   UNAUTHORIZED: { status: 401, title: 'Authentication required' },
   INVALID_TOKEN: { status: 401, title: 'Invalid credentials' },
-  FORBIDDEN: { status: 403, title: 'Forbidden' },
   CORS_REJECTED: { status: 403, title: 'Origin not allowed' },
   NOT_FOUND: { status: 404, title: 'Not found' },
   METHOD_NOT_ALLOWED: { status: 405, title: 'Method not allowed' },
@@ -68,11 +67,6 @@ export class AppError extends Error {
     this.headers = options.headers;
     this.extra = options.extra;
   }
-}
-
-/** True for errors this server raised on purpose. */
-export function isAppError(err: unknown): err is AppError {
-  return err instanceof AppError;
 }
 
 // '__proto__' as well: assigning it would replace the body's prototype.
