@@ -167,10 +167,7 @@ describe('conversations API', () => {
     let last: SseFrame | undefined;
     for (let f = await stream.next(); f !== undefined; f = await stream.next()) last = f;
     assert.equal(last?.event, 'done');
-    const errors = h.server
-      .logs()
-      .split('\n')
-      .filter((l) => l.includes(requestId) && l.includes('"level":"error"'));
+    const errors = h.server.lines().filter((l) => l['requestId'] === requestId && l['level'] === 'error');
     assert.deepEqual(errors, []);
     assert.equal(h.server.slots.inUse(), 0);
   });

@@ -74,23 +74,20 @@ describe('auth() in the real app', () => {
     const from = fresh(bearer(token));
     const res = await get(agents, from);
     const events = server
-      .logs()
-      .split('\n')
-      .filter((line) => line.includes(String(res.headers['x-request-id'])) && line.includes('"event":"security"'));
+      .lines()
+      .filter((line) => line['requestId'] === res.headers['x-request-id'] && line['event'] === 'security');
     assert.equal(events.length, 1);
-    const event = JSON.parse(events[0] ?? '{}') as Record<string, unknown>;
-    assert.equal(event['kind'], 'auth_failure');
-    assert.equal(event['ip'], from.localAddress);
+    assert.equal(events[0]?.['kind'], 'auth_failure');
+    assert.equal(events[0]?.['ip'], from.localAddress);
     assert.ok(!server.logs().includes('B'.repeat(43)));
   });
 
   it('logs failed and throttled attempts as auth_failure and auth_throttled security events', async () => {
     await statuses(agents, 11, { headers: BAD_KEY, localAddress: '127.0.0.7' });
     const kinds = server
-      .logs()
-      .split('\n')
-      .filter((line) => line.includes('"event":"security"') && line.includes('"ip":"127.0.0.7"'))
-      .map((line) => (JSON.parse(line) as Record<string, unknown>)['kind']);
+      .lines()
+      .filter((line) => line['event'] === 'security' && line['ip'] === '127.0.0.7')
+      .map((line) => line['kind']);
     assert.deepEqual(kinds, [...Array<string>(10).fill('auth_failure'), 'auth_throttled']);
   });
 

@@ -42,11 +42,7 @@ describe('rateLimit() with the memory store in the real app', () => {
   it('logs a rejection as a rate_limited security event with the identity', async () => {
     const key = await createTestKey(server.db.pool, 'rl-log');
     await burst([server], key, 6);
-    const events = server
-      .logs()
-      .split('\n')
-      .filter((line) => line.includes('"kind":"rate_limited"'))
-      .map((line) => JSON.parse(line) as Record<string, unknown>);
+    const events = server.lines().filter((line) => line['kind'] === 'rate_limited');
     assert.deepEqual(
       events.map((event) => event['identity']),
       [key.identity],
@@ -221,12 +217,13 @@ describe('rateLimit() when the postgres store fails', () => {
     await res.arrayBuffer();
     const requestId = res.headers.get('x-request-id') ?? '';
     const failures = server
-      .logs()
-      .split('\n')
-      .filter((line) => line.includes('rate-limit store failed') && line.includes(requestId));
+      .lines()
+      .filter(
+        (line) => line['msg'] === 'rate-limit store failed; refusing requests' && line['requestId'] === requestId,
+      );
     assert.equal(failures.length, 1);
-    assert.match(failures[0] ?? '', /"level":"error"/);
-    assert.match(failures[0] ?? '', /rate_limit_buckets/);
+    assert.equal(failures[0]?.['level'], 'error');
+    assert.match(JSON.stringify(failures[0]), /rate_limit_buckets/);
   });
 
   it('keeps the process serving after a store failure', async () => {
