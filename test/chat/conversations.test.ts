@@ -229,7 +229,7 @@ describe('conversations API', () => {
     assert.equal(page.title, 'Start');
   });
 
-  it('GET /v1/conversations/:id without a limit still answers a short conversation whole, with no cursors', async () => {
+  it('GET /v1/conversations/:id without a limit answers a short conversation whole, no cursors', async () => {
     const page = await read(owner, conversationId);
     assert.deepEqual(
       page.messages.map((m) => m.content),
@@ -238,7 +238,7 @@ describe('conversations API', () => {
     assert.deepEqual([page.before, page.after], [null, null]);
   });
 
-  it('GET /v1/conversations/:id walks every page of a 1,200-message conversation with before, each message once', async () => {
+  it('GET /v1/conversations/:id walks all pages of 1,200 messages with before, each message once', async () => {
     const key = await h.mintKey();
     const id = await longConversation(key, 1_198);
     const seen: string[] = [];
