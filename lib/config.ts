@@ -342,9 +342,3 @@ export function loadConfig(): Config {
   process.stderr.write(`Invalid configuration:\n${result.problems.map((p) => `  - ${p}`).join('\n')}\n`);
   process.exit(1);
 }
-
-/** Reads one variable that is not part of the server's configuration (test and bench helpers). */
-export function readEnv(name: string): string | undefined {
-  const value = process.env[name];
-  return value === '' ? undefined : value;
-}

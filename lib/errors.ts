@@ -12,7 +12,6 @@ export const ERROR_CODES = {
   BAD_FRAMING: { status: 400, title: 'Ambiguous request framing' },
   UNAUTHORIZED: { status: 401, title: 'Authentication required' },
   INVALID_TOKEN: { status: 401, title: 'Invalid credentials' },
-  FORBIDDEN: { status: 403, title: 'Forbidden' },
   CORS_REJECTED: { status: 403, title: 'Origin not allowed' },
   NOT_FOUND: { status: 404, title: 'Not found' },
   METHOD_NOT_ALLOWED: { status: 405, title: 'Method not allowed' },
@@ -74,11 +73,6 @@ export class AppError extends Error {
   }
 }
 
-/** True for errors this server raised on purpose. */
-export function isAppError(err: unknown): err is AppError {
-  return err instanceof AppError;
-}
-
 // '__proto__' as well: assigning it would replace the body's prototype.
 const RESERVED_MEMBERS = new Set(['type', 'title', 'status', 'code', 'detail', 'requestId', '__proto__']);
 
@@ -107,4 +101,18 @@ export function problemBody(err: AppError, requestId: string): Record<string, un
 export function toAppError(err: unknown): AppError {
   if (err instanceof AppError) return err;
   return new AppError('INTERNAL', { cause: err });
+}
+
+/** One link of a cause chain; `code` is what Node, undici and pg set (an errno name or a SQLSTATE). */
+export type ErrorLink = Error & { code?: unknown };
+
+/** `err` and its causes, as far as they are Errors, at most `maxDepth` links (a cycle cannot loop forever). */
+export function causeChain(err: unknown, maxDepth = 4): ErrorLink[] {
+  const links: ErrorLink[] = [];
+  let current = err;
+  while (links.length < maxDepth && current instanceof Error) {
+    links.push(current);
+    current = current.cause;
+  }
+  return links;
 }

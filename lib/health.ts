@@ -1,7 +1,8 @@
 // Health routes: /health checks the database with a deadline; /health/live touches nothing.
 import type pg from 'pg';
+import { waitAtMost } from './deadline.ts';
+import { constantJson } from './http/respond.ts';
 import type { Route } from './http/router.ts';
-import type { Reply } from './http/types.ts';
 
 export interface HealthOptions {
   pool: pg.Pool;
@@ -10,23 +11,23 @@ export interface HealthOptions {
   isDraining: () => boolean;
 }
 
-const OK: Reply = Object.freeze({ kind: 'json', status: 200, body: { status: 'ok' } });
-const UNAVAILABLE: Reply = Object.freeze({ kind: 'json', status: 503, body: { status: 'unavailable' } });
-const LIVE: Reply = Object.freeze({ kind: 'json', status: 200, body: { status: 'ok' } });
+const OK = constantJson(200, { status: 'ok' });
+const UNAVAILABLE = constantJson(503, { status: 'unavailable' });
 
-/** The health routes; bodies never say why a check failed. */
+/** The health routes, public for load balancers and probes; bodies never say why a check failed. */
 export function healthRoutes(options: HealthOptions): Route[] {
   const check = coalesced(() => pingDatabase(options.pool, options.timeoutMs));
   return [
     {
       method: 'GET',
       pattern: '/health',
+      public: true,
       async handler() {
         if (options.isDraining()) return UNAVAILABLE;
         return (await check()) ? OK : UNAVAILABLE;
       },
     },
-    { method: 'GET', pattern: '/health/live', handler: () => LIVE },
+    { method: 'GET', pattern: '/health/live', public: true, handler: () => OK },
   ];
 }
 
@@ -35,20 +36,12 @@ export function healthRoutes(options: HealthOptions): Route[] {
  * socket, so the deadline bounds our wait; the query itself is bounded by the pool's
  * connectionTimeoutMillis and query_timeout, and only one check runs at a time (see coalesced).
  */
-export async function pingDatabase(pool: pg.Pool, timeoutMs: number): Promise<boolean> {
-  let timer: NodeJS.Timeout | undefined;
-  const deadline = new Promise<boolean>((resolve) => {
-    timer = setTimeout(() => resolve(false), timeoutMs);
-  });
+export function pingDatabase(pool: pg.Pool, timeoutMs: number): Promise<boolean> {
   const query = pool.query('SELECT 1').then(
     () => true,
     () => false,
   );
-  try {
-    return await Promise.race([query, deadline]);
-  } finally {
-    clearTimeout(timer);
-  }
+  return waitAtMost(query, timeoutMs, false);
 }
 
 /** Shares one in-flight run among concurrent callers, so a flood of probes makes one query. */

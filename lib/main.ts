@@ -20,6 +20,7 @@ import type { Config } from './config.ts';
 import { createDatabase, createSessionClient, type Database } from './db/database.ts';
 import { isDatabaseUnavailable } from './db/errors.ts';
 import { migrate } from './db/migrate.ts';
+import { waitAtMost } from './deadline.ts';
 import { AppError } from './errors.ts';
 import { healthRoutes } from './health.ts';
 import { createApp } from './http/app.ts';
@@ -84,8 +85,6 @@ interface DrainState {
 /** Things to close on shutdown (or after a failed start), last opened first. */
 type Cleanup = () => Promise<void> | void;
 
-// The API lives under this prefix; everything else is operational and public.
-const API_PREFIX = '/v1/';
 // Answer for themselves while draining: readiness says 503, liveness and metrics keep working.
 const DRAIN_EXEMPT = new Set(['/health', '/health/live', '/metrics']);
 // How long the drain waits for aborted streams to store their answers before closing the pool.
@@ -245,7 +244,6 @@ function buildMiddleware(
     bodyLimit(config.maxBodyBytes, new Map([[COMPLETIONS_ROUTE, config.completionsMaxBodyBytes]])),
     cors({ origins: config.corsOrigins, onReject: securityEvent(security, 'cors_rejected') }),
     auth({
-      prefix: API_PREFIX,
       authenticate,
       cached: authenticate.cached,
       throttle: createFailureThrottle(config.authFailuresPerMinute),
@@ -260,7 +258,6 @@ function buildMiddleware(
       },
     }),
     rateLimit({
-      prefix: API_PREFIX,
       take: limits.take,
       headers: limits.headers,
       onRejected: (ctx) => {
@@ -323,11 +320,11 @@ async function stop(options: StopOptions): Promise<void> {
   const listener = closeListener(server);
   // Answers outlive their connections: wait for both within the grace.
   const settled = Promise.all([listener.closed, services.chat.idle()]).then(() => {});
-  await waitAtMost(settled, deadlineMs - performance.now());
+  await waitAtMost(settled, Math.max(0, deadlineMs - performance.now()), undefined);
   services.shutdown.abort(new AppError('SHUTTING_DOWN'));
-  await waitAtMost(services.chat.idle(), STREAM_STORE_WAIT_MS);
+  await waitAtMost(services.chat.idle(), STREAM_STORE_WAIT_MS, undefined);
   // Aborted streams write their last frame after their answer is stored: let them end before cutting.
-  await waitAtMost(listener.closed, LAST_FRAME_WAIT_MS);
+  await waitAtMost(listener.closed, LAST_FRAME_WAIT_MS, undefined);
   listener.stopSweeping();
   server.closeAllConnections();
   await runCleanups(options.cleanups);
@@ -362,14 +359,6 @@ function createRateLimiter(config: Config, db: Database, log: Logger): RateLimit
   }
   const store = createMemoryStore();
   return { take: (key) => store.takeSync(key, policy), headers, close: async () => {} };
-}
-
-function waitAtMost(promise: Promise<void>, ms: number): Promise<void> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<void>((resolve) => {
-    timer = setTimeout(resolve, Math.max(0, ms));
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
 /** Listens and resolves with the base URL (the real port when `port` is 0). */

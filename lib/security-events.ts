@@ -1,13 +1,8 @@
 // Structured `security` log events, rate-limited so an attack cannot flood the log.
 import type { Logger } from './log.ts';
 
-export type SecurityEventKind =
-  | 'auth_failure'
-  | 'auth_throttled'
-  | 'rate_limited'
-  | 'cors_rejected'
-  | 'stream_cap'
-  | 'metrics_denied';
+/** What a security event reports; each kind is emitted where that refusal happens. */
+export type SecurityEventKind = 'auth_failure' | 'auth_throttled' | 'rate_limited' | 'cors_rejected' | 'metrics_denied';
 
 export interface SecurityEvents {
   emit(kind: SecurityEventKind, fields: Record<string, unknown>): void;

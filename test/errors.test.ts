@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
+import { readdir, readFile } from 'node:fs/promises';
 import { describe, it } from 'node:test';
-import { AppError, ERROR_CODES, type ErrorCode, isAppError, problemBody, toAppError } from '../lib/errors.ts';
+import { AppError, causeChain, ERROR_CODES, type ErrorCode, problemBody, toAppError } from '../lib/errors.ts';
 
 const REQUEST_ID = 'req-0123456789';
 
@@ -37,10 +38,43 @@ describe('AppError', () => {
     }
   });
 
-  it('isAppError() tells AppErrors from other errors', () => {
-    assert.equal(isAppError(new AppError('NOT_FOUND')), true);
-    assert.equal(isAppError(new Error('x')), false);
-    assert.equal(isAppError('NOT_FOUND'), false);
+  it('ERROR_CODES lists only codes that some module in lib/ raises', async () => {
+    const lib = new URL('../lib/', import.meta.url);
+    const files = (await readdir(lib, { recursive: true })).filter((f) => f.endsWith('.ts'));
+    const sources = await Promise.all(files.map((f) => readFile(new URL(f, lib), 'utf8')));
+    const text = sources.join('\n');
+    const unused = Object.keys(ERROR_CODES).filter((code) => !text.includes(`'${code}'`));
+    assert.deepEqual(unused, []);
+  });
+});
+
+describe('causeChain()', () => {
+  it('causeChain() lists the error and its causes, innermost last', () => {
+    const root = Object.assign(new Error('connect ECONNREFUSED'), { code: 'ECONNREFUSED' });
+    const outer = new Error('query failed', { cause: new Error('pool', { cause: root }) });
+    const chain = causeChain(outer);
+    assert.deepEqual(
+      chain.map((link) => link.message),
+      ['query failed', 'pool', 'connect ECONNREFUSED'],
+    );
+    assert.equal(chain[2]?.code, 'ECONNREFUSED');
+  });
+
+  it('causeChain() stops at the first cause that is not an Error', () => {
+    const chain = causeChain(new Error('outer', { cause: { code: 'ECONNRESET' } }));
+    assert.deepEqual(
+      chain.map((link) => link.message),
+      ['outer'],
+    );
+    assert.deepEqual(causeChain('a thrown string'), []);
+  });
+
+  it('causeChain() stops after maxDepth links, so a cyclic chain ends', () => {
+    const a = new Error('a');
+    const b = new Error('b', { cause: a });
+    a.cause = b;
+    assert.equal(causeChain(a).length, 4);
+    assert.equal(causeChain(a, 2).length, 2);
   });
 });
 

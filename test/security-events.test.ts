@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { type TestContext, test } from 'node:test';
 import { createLogger } from '../lib/log.ts';
 import { createSecurityEvents } from '../lib/security-events.ts';
+import { logLines } from './support/log-lines.ts';
 
 /** A logger whose lines are parsed back into objects, and the events built on it, on a mocked clock. */
 function setup(t: TestContext, options: { perSecond?: number } = {}) {
@@ -12,11 +13,7 @@ function setup(t: TestContext, options: { perSecond?: number } = {}) {
   const events = createSecurityEvents(log, options);
   const lines = (): Array<Record<string, unknown>> => {
     log.flush();
-    return chunks
-      .join('')
-      .split('\n')
-      .filter((line) => line !== '')
-      .map((line) => JSON.parse(line) as Record<string, unknown>);
+    return logLines(chunks.join(''));
   };
   return { events, lines };
 }

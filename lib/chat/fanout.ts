@@ -142,6 +142,8 @@ export function createPgFanout(options: PgFanoutOptions): Fanout {
         const [start, text] = parts.at(-1) as [number, string];
         offset = start + text.length;
       } else if (live.final !== undefined) {
+        // The end goes out once it is stored, so a follower's response closes on a whole row too.
+        await live.stored();
         await notify(channel, encodeFinal(live.final, live.length));
         return;
       } else {

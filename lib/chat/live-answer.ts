@@ -41,6 +41,11 @@ export class LiveAnswer {
     return this.#final;
   }
 
+  /** Resolves once the end is stored (at once for a mirror, which stores nothing). */
+  stored(): Promise<void> {
+    return this.#stored.catch(() => {});
+  }
+
   /** Appends text from the model, in parts of at most MAX_PART_CHARS. */
   append(text: string): void {
     for (let at = 0; at < text.length; ) {

@@ -3,7 +3,7 @@
 // Agents are the models; nothing is stored (the API is stateless); errors take OpenAI's shape.
 import type { AppError } from '../errors.ts';
 import { readJson } from '../http/body.ts';
-import { sendJson } from '../http/respond.ts';
+import { constantJson, sendJson } from '../http/respond.ts';
 import type { Route } from '../http/router.ts';
 import type { Context, Identity, Reply, SseEvent } from '../http/types.ts';
 import type { AgentRegistry } from './agents.ts';
@@ -38,7 +38,7 @@ export function openAiRoutes(options: OpenAiRoutesOptions): Route[] {
     created: options.createdSeconds,
     owned_by: options.ownedBy,
   }));
-  const modelsReply: Reply = Object.freeze({ kind: 'json', status: 200, body: { object: 'list', data: models } });
+  const modelsReply = constantJson(200, { object: 'list', data: models });
   const limits = { maxInputChars: options.maxInputChars };
 
   async function completions(ctx: Context): Promise<Reply> {

@@ -1,7 +1,7 @@
 // Upstream failures: one error type with a kind per client-facing code, and the classifier that
 // maps whatever the SDK or undici threw onto it. Upstream text never leaves through these.
 import { APIConnectionError, APIConnectionTimeoutError, APIError, APIUserAbortError } from 'openai';
-import { AppError } from '../errors.ts';
+import { AppError, causeChain } from '../errors.ts';
 
 /** How an upstream call failed; each kind maps to one client-facing code. */
 export type UpstreamErrorKind = 'aborted' | 'timeout' | 'unavailable' | 'status' | 'connection' | 'broken';
@@ -136,11 +136,9 @@ function providerCode(err: unknown): string | undefined {
 
 /** The first string code in the first few links of the cause chain (undici's, the OS's or ours). */
 function causeCode(err: unknown): string | undefined {
-  let current: unknown = err;
-  for (let depth = 0; depth < 4 && current instanceof Error; depth++) {
-    const code = (current as { code?: unknown }).code;
-    if (typeof code === 'string' && PROVIDER_CODE.test(code) && !(current instanceof APIError)) return code;
-    current = current.cause;
+  for (const link of causeChain(err)) {
+    const { code } = link;
+    if (typeof code === 'string' && PROVIDER_CODE.test(code) && !(link instanceof APIError)) return code;
   }
   return undefined;
 }

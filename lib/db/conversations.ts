@@ -66,21 +66,34 @@ export async function startTurn(
   });
 }
 
+/** Most earlier messages a turn ever sends, whatever the character budget allows. */
+export const HISTORY_MAX_MESSAGES = 200;
+
+/**
+ * The newest messages that fit in `maxChars` characters together, oldest first; only content that
+ * was actually shown (non-empty). The cut happens in SQL: the walk goes back one message at a time
+ * keeping a running sum of lengths and stops at the first message that does not fit, so the only
+ * content that leaves the database is content that is sent.
+ */
 async function loadHistory(client: pg.PoolClient, conversationId: string, maxChars: number): Promise<HistoryMessage[]> {
   if (maxChars <= 0) return [];
-  // Newest first until the budget is spent; only content that was actually shown (non-empty).
   const { rows } = await client.query<{ role: 'user' | 'assistant'; content: string }>(
-    "SELECT role, content FROM messages WHERE conversation_id = $1 AND content <> '' ORDER BY seq DESC LIMIT 200",
-    [conversationId],
+    `WITH RECURSIVE walk (seq, used, n) AS (
+       (SELECT seq, char_length(content)::bigint, 1 FROM messages
+        WHERE conversation_id = $1 AND content <> '' ORDER BY seq DESC LIMIT 1)
+       UNION ALL
+       SELECT older.seq, walk.used + older.len, walk.n + 1
+       FROM walk CROSS JOIN LATERAL (
+         SELECT seq, char_length(content) AS len FROM messages
+         WHERE conversation_id = $1 AND content <> '' AND seq < walk.seq ORDER BY seq DESC LIMIT 1
+       ) older
+       WHERE walk.used <= $2 AND walk.n < $3
+     )
+     SELECT m.role, m.content FROM walk JOIN messages m ON m.conversation_id = $1 AND m.seq = walk.seq
+     WHERE walk.used <= $2 ORDER BY m.seq`,
+    [conversationId, maxChars, HISTORY_MAX_MESSAGES],
   );
-  const picked: HistoryMessage[] = [];
-  let used = 0;
-  for (const row of rows) {
-    used += row.content.length;
-    if (used > maxChars) break;
-    picked.push({ role: row.role, content: row.content });
-  }
-  return picked.reverse();
+  return rows.map((row) => ({ role: row.role, content: row.content }));
 }
 
 export interface AssistantMessage {
@@ -192,38 +205,84 @@ interface MessageRow {
   completed_at: Date | null;
 }
 
-/** One conversation with its messages, or undefined when it is not the owner's. */
+/** Which page of a conversation's messages to read; `before` and `after` are message ids of that conversation. */
+export interface MessagePageQuery {
+  limit: number;
+  /** The `limit` messages just older than this one; without before or after, the newest `limit`. */
+  before?: string;
+  /** The `limit` messages just newer than this one. */
+  after?: string;
+}
+
+/** One conversation with a page of its messages, oldest first. */
+export interface ConversationPage extends ConversationSummary {
+  messages: StoredMessage[];
+  /** Messages older than the first one of the page exist. */
+  hasOlder: boolean;
+  /** Messages newer than the last one of the page existed when it was read. */
+  hasNewer: boolean;
+}
+
+export type ConversationRead =
+  | { kind: 'found'; conversation: ConversationPage }
+  | { kind: 'not-found' }
+  /** The page's anchor message is not in this conversation. */
+  | { kind: 'unknown-anchor' };
+
+const MESSAGE_COLUMNS =
+  'id, role, content, status, finish_reason, prompt_tokens, completion_tokens, created_at, completed_at';
+
+/** One conversation with a page of its messages, keyset-paginated by seq; `not-found` when it is not the owner's. */
 export async function getConversation(
   pool: pg.Pool,
   owner: string,
   id: string,
-): Promise<(ConversationSummary & { messages: StoredMessage[] }) | undefined> {
-  const conv = await pool.query<ConversationRow>(
-    'SELECT id, agent, title, created_at, updated_at FROM conversations WHERE id = $1 AND owner = $2',
-    [id, owner],
+  page: MessagePageQuery,
+): Promise<ConversationRead> {
+  const anchorId = page.before ?? page.after ?? null;
+  // The anchor is looked up inside the owner's conversation only: a message id from elsewhere names nothing.
+  const conv = await pool.query<ConversationRow & { anchor_seq: string | null }>(
+    `SELECT c.id, c.agent, c.title, c.created_at, c.updated_at,
+       (SELECT m.seq FROM messages m WHERE m.id = $3 AND m.conversation_id = c.id) AS anchor_seq
+     FROM conversations c WHERE c.id = $1 AND c.owner = $2`,
+    [id, owner, anchorId],
   );
   const row = conv.rows[0];
-  if (row === undefined) return undefined;
+  if (row === undefined) return { kind: 'not-found' };
+  if (anchorId !== null && row.anchor_seq === null) return { kind: 'unknown-anchor' };
+  const forward = page.after !== undefined;
+  const bound = row.anchor_seq === null ? '' : forward ? 'AND seq > $3' : 'AND seq < $3';
   const { rows } = await pool.query<MessageRow>(
-    `SELECT id, role, content, status, finish_reason, prompt_tokens, completion_tokens, created_at, completed_at
-     FROM messages WHERE conversation_id = $1 ORDER BY seq LIMIT 1000`,
-    [id],
+    `SELECT ${MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1 ${bound}
+     ORDER BY seq ${forward ? 'ASC' : 'DESC'} LIMIT $2`,
+    row.anchor_seq === null ? [id, page.limit + 1] : [id, page.limit + 1, row.anchor_seq],
   );
-  return {
+  const more = rows.length > page.limit;
+  const messages = rows.slice(0, page.limit).map(storedMessage);
+  if (!forward) messages.reverse();
+  const anchored = anchorId !== null;
+  const conversation: ConversationPage = {
     ...summary(row),
-    messages: rows.map((m) => ({
-      id: m.id,
-      role: m.role,
-      content: m.content,
-      status: m.status,
-      finishReason: m.finish_reason,
-      usage:
-        m.prompt_tokens === null && m.completion_tokens === null
-          ? null
-          : { promptTokens: m.prompt_tokens ?? 0, completionTokens: m.completion_tokens ?? 0 },
-      createdAt: m.created_at.toISOString(),
-      completedAt: m.completed_at?.toISOString() ?? null,
-    })),
+    messages,
+    hasOlder: forward ? anchored : more,
+    hasNewer: forward ? more : anchored,
+  };
+  return { kind: 'found', conversation };
+}
+
+function storedMessage(m: MessageRow): StoredMessage {
+  return {
+    id: m.id,
+    role: m.role,
+    content: m.content,
+    status: m.status,
+    finishReason: m.finish_reason,
+    usage:
+      m.prompt_tokens === null && m.completion_tokens === null
+        ? null
+        : { promptTokens: m.prompt_tokens ?? 0, completionTokens: m.completion_tokens ?? 0 },
+    createdAt: m.created_at.toISOString(),
+    completedAt: m.completed_at?.toISOString() ?? null,
   };
 }
 

@@ -1,4 +1,5 @@
 // Recognises database failures that mean "unavailable right now" rather than a bug.
+import { causeChain } from '../errors.ts';
 
 // SQLSTATE class 08 (connection exception), class 28 (authorization: a password mid-rotation),
 // 53300 too_many_connections, 57P01-57P03 shutdown/cannot connect now.
@@ -18,12 +19,9 @@ const UNAVAILABLE_MESSAGE =
 
 /** True when `err` (or its cause) says the database cannot be reached or is overloaded. */
 export function isDatabaseUnavailable(err: unknown): boolean {
-  let current: unknown = err;
-  for (let depth = 0; depth < 4 && current instanceof Error; depth++) {
-    const code = (current as { code?: unknown }).code;
-    if (typeof code === 'string' && (UNAVAILABLE_SQLSTATE.test(code) || UNAVAILABLE_ERRNO.has(code))) return true;
-    if (UNAVAILABLE_MESSAGE.test(current.message)) return true;
-    current = current.cause;
-  }
-  return false;
+  return causeChain(err).some(
+    ({ code, message }) =>
+      (typeof code === 'string' && (UNAVAILABLE_SQLSTATE.test(code) || UNAVAILABLE_ERRNO.has(code))) ||
+      UNAVAILABLE_MESSAGE.test(message),
+  );
 }

@@ -3,10 +3,10 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
 import { AppError } from '../errors.ts';
 import type { Logger } from '../log.ts';
-import { compose } from './compose.ts';
+import { compose, settle } from './compose.ts';
 import { sendReply } from './respond.ts';
-import { createRouter, type Route } from './router.ts';
-import type { Context, Handler, Identity, Middleware } from './types.ts';
+import { createRouter, type Match, type Route } from './router.ts';
+import type { Context, Identity, Middleware } from './types.ts';
 
 export interface AppOptions {
   routes: readonly Route[];
@@ -20,6 +20,8 @@ export interface AppOptions {
 
 /** Route label for requests that matched no route (bounded label sets in logs and metrics). */
 export const UNMATCHED_ROUTE = 'unmatched';
+/** The native API's path prefix: a path under it that matches no route still needs credentials first. */
+export const API_PREFIX = '/v1/';
 
 const NO_HEADERS: string[] = [];
 const NO_PARAMS: Record<string, string> = Object.freeze({});
@@ -33,6 +35,8 @@ export class RequestContext implements Context {
   readonly rawQuery: string;
   route: string;
   params: Record<string, string> = NO_PARAMS; // the router's own object when a route matched
+  readonly match: Match;
+  readonly requiresIdentity: boolean;
   requestId = '';
   clientIp: string;
   identity: Identity | undefined = undefined;
@@ -43,15 +47,19 @@ export class RequestContext implements Context {
   status = 0;
   bytes = 0;
   usage: { promptTokens: number; completionTokens: number } | undefined = undefined;
-  /** Set by the listener from the router; read by the final dispatch step. */
-  handler: Handler | undefined = undefined;
-  allow: string | undefined = undefined;
   readonly #deadlineMs: number;
   #controller: AbortController | undefined;
   #timer: NodeJS.Timeout | undefined;
   #state: Map<string, unknown> | undefined;
 
-  constructor(req: IncomingMessage, res: ServerResponse, log: Logger, deadlineMs: number, clientIp: string) {
+  constructor(
+    req: IncomingMessage,
+    res: ServerResponse,
+    log: Logger,
+    deadlineMs: number,
+    clientIp: string,
+    match: (method: string, path: string) => Match,
+  ) {
     this.req = req;
     this.res = res;
     this.method = req.method ?? 'GET';
@@ -59,7 +67,17 @@ export class RequestContext implements Context {
     const q = url.indexOf('?');
     this.path = q === -1 ? url : url.slice(0, q);
     this.rawQuery = q === -1 ? '' : url.slice(q + 1);
-    this.route = UNMATCHED_ROUTE;
+    const found = match(this.method, this.path);
+    this.match = found;
+    if (found.kind === 'not-found') {
+      this.route = UNMATCHED_ROUTE;
+      // Under the API prefix an unknown path answers 401 like a known one, so route names cannot be probed.
+      this.requiresIdentity = this.path.startsWith(API_PREFIX);
+    } else {
+      this.route = found.pattern;
+      this.requiresIdentity = !found.public;
+      if (found.kind === 'found') this.params = found.params;
+    }
     this.log = log;
     this.startMs = performance.now();
     this.#deadlineMs = deadlineMs;
@@ -110,16 +128,7 @@ export function createApp(options: AppOptions): (req: IncomingMessage, res: Serv
   const run = compose([...options.middleware, dispatch]);
   const { log, deadlineMs, clientIp } = options;
   return function onRequest(req: IncomingMessage, res: ServerResponse): void {
-    const ctx = new RequestContext(req, res, log, deadlineMs, clientIp(req));
-    const found = match(ctx.method, ctx.path);
-    if (found.kind === 'found') {
-      ctx.route = found.pattern;
-      ctx.params = found.params;
-      ctx.handler = found.handler;
-    } else if (found.kind === 'method-not-allowed') {
-      ctx.route = found.pattern;
-      ctx.allow = found.allow;
-    }
+    const ctx = new RequestContext(req, res, log, deadlineMs, clientIp(req), match);
     run(ctx)?.catch((err: unknown) => {
       // The errors middleware answers every error; reaching here means the chain itself broke.
       ctx.log.error('request failed outside the error handler', { err, requestId: ctx.requestId });
@@ -133,21 +142,17 @@ export function createApp(options: AppOptions): (req: IncomingMessage, res: Serv
 }
 
 /** The last step of the chain: run the matched handler, or answer 404/405. Synchronous when the handler is. */
-function dispatch(context: Context): Promise<void> | undefined {
-  const ctx = context as RequestContext;
-  if (ctx.handler === undefined) {
-    if (ctx.allow !== undefined) {
-      // RFC 9110 §15.5.6: 405 responses carry Allow
-      throw new AppError('METHOD_NOT_ALLOWED', {
-        detail: `Method ${ctx.method} is not allowed here`,
-        headers: { allow: ctx.allow },
-      });
-    }
-    throw new AppError('NOT_FOUND', { detail: 'No such resource' });
+function dispatch(ctx: Context): Promise<void> | undefined {
+  const { match } = ctx;
+  if (match.kind === 'found') return settle(ctx, match.handler, sendReply);
+  if (match.kind === 'method-not-allowed') {
+    // RFC 9110 §15.5.6: 405 responses carry Allow
+    throw new AppError('METHOD_NOT_ALLOWED', {
+      detail: `Method ${ctx.method} is not allowed here`,
+      headers: { allow: match.allow },
+    });
   }
-  const reply = ctx.handler(ctx);
-  if (reply instanceof Promise) return reply.then((r) => sendReply(ctx, r));
-  return sendReply(ctx, reply);
+  throw new AppError('NOT_FOUND', { detail: 'No such resource' });
 }
 
 /** Parses the query string (only routes that need it pay for it). */

@@ -1,4 +1,5 @@
 // Reads a JSON request body with a streaming byte cap and structural bounds.
+import type { IncomingMessage } from 'node:http';
 import { AppError } from '../errors.ts';
 import type { Context } from './types.ts';
 
@@ -35,8 +36,7 @@ export async function readJson(ctx: Context, limits: BodyLimits): Promise<unknow
   if (!isJsonContentType(req.headers['content-type'])) {
     throw new AppError('UNSUPPORTED_MEDIA_TYPE', { detail: 'Content-Type must be application/json' });
   }
-  const declared = req.headers['content-length'];
-  if (declared !== undefined && Number(declared) > limits.maxBytes) throw tooLarge(limits.maxBytes);
+  checkDeclaredLength(req, limits.maxBytes);
   const text = await readText(ctx, limits.maxBytes);
   return parseJson(text, limits);
 }
@@ -46,6 +46,12 @@ const CLOSE = { connection: 'close' };
 
 function tooLarge(maxBytes: number): AppError {
   return new AppError('BODY_TOO_LARGE', { detail: `Body exceeds ${maxBytes} bytes`, headers: CLOSE });
+}
+
+/** Throws 413 when the request declares a Content-Length over `maxBytes`, before a byte of the body is read. */
+export function checkDeclaredLength(req: IncomingMessage, maxBytes: number): void {
+  const declared = req.headers['content-length'];
+  if (declared !== undefined && Number(declared) > maxBytes) throw tooLarge(maxBytes);
 }
 
 function readText(ctx: Context, maxBytes: number): Promise<string> {

@@ -1,4 +1,4 @@
-// Composes middleware into one onion, Koa/Hono style, in a few lines.
+// Composes middleware into one onion, Koa/Hono style, and owns the one sync-or-promise rule.
 import type { Context, Middleware } from './types.ts';
 
 /**
@@ -24,4 +24,31 @@ export function compose(middleware: readonly Middleware[]): (ctx: Context) => Pr
     }
     return dispatch(0);
   };
+}
+
+/**
+ * Runs `step(ctx)` and hands its outcome on: `onValue` with what it returned, or `onError` with what
+ * it threw or rejected with (without `onError` the error travels on). When the step returns no
+ * promise, the handler runs at once and no promise is made; otherwise it runs when the promise settles.
+ * Middleware and the final dispatch use this instead of testing for a promise themselves, so the
+ * rule that a synchronous chain stays synchronous is decided here only.
+ */
+export function settle<T>(
+  ctx: Context,
+  step: (ctx: Context) => T | Promise<T>,
+  onValue: (ctx: Context, value: T) => Promise<void> | undefined,
+  onError?: (ctx: Context, err: unknown) => Promise<void> | undefined,
+): Promise<void> | undefined {
+  let result: T | Promise<T>;
+  try {
+    result = step(ctx);
+  } catch (err) {
+    if (onError === undefined) throw err;
+    return onError(ctx, err);
+  }
+  if (!(result instanceof Promise)) return onValue(ctx, result);
+  return result.then(
+    (value) => onValue(ctx, value),
+    onError === undefined ? undefined : (err: unknown) => onError(ctx, err),
+  );
 }

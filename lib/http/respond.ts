@@ -97,24 +97,20 @@ export function sendEmpty(ctx: Context, status: number, extra?: Record<string, s
   ctx.res.end();
 }
 
-// A frozen reply is a constant (health, the agents list): serialise it once, not per request.
-const serialisedReplies = new WeakMap<object, string>();
-
-function serialised(reply: Reply & { kind: 'json' }): string {
-  if (!Object.isFrozen(reply)) return JSON.stringify(reply.body);
-  let text = serialisedReplies.get(reply);
-  if (text === undefined) {
-    text = JSON.stringify(reply.body);
-    serialisedReplies.set(reply, text);
-  }
-  return text;
+/**
+ * A JSON reply built once and sent many times (health answers, the agents list): the body is
+ * serialised here, once, instead of on every request. What is serialised here is what is sent: build a
+ * new reply rather than change the body afterwards.
+ */
+export function constantJson(status: number, body: unknown): Reply {
+  return Object.freeze({ kind: 'json', status, body, serialised: JSON.stringify(body) });
 }
 
 /** Writes a reply returned by a handler: synchronously, except SSE, whose promise settles when the stream has ended. */
 export function sendReply(ctx: Context, reply: Reply): Promise<void> | undefined {
   switch (reply.kind) {
     case 'json':
-      writeBody(ctx, reply.status, serialised(reply), JSON_TYPE, reply.headers);
+      writeBody(ctx, reply.status, reply.serialised ?? JSON.stringify(reply.body), JSON_TYPE, reply.headers);
       return undefined;
     case 'text':
       writeBody(ctx, reply.status, reply.body, reply.contentType, reply.headers);

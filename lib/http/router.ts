@@ -1,32 +1,43 @@
 // A small router: static and `:param` segments, 404, 405 with Allow, HEAD served by GET.
 import type { Handler } from './types.ts';
 
-/** One route as data. */
+/** One route as data. A route needs an identity unless it says `public: true`. */
 export interface Route {
   method: string;
   pattern: string;
   handler: Handler;
+  /** Served without credentials (health probes; metrics, which checks its own token). */
+  public?: boolean;
 }
 
+/** The router's answer; `public` is true only when the route (for a 405: every route on that path) is public. */
 export type Match =
-  | { kind: 'found'; pattern: string; handler: Handler; params: Record<string, string> }
-  | { kind: 'method-not-allowed'; pattern: string; allow: string }
+  | { kind: 'found'; pattern: string; handler: Handler; params: Record<string, string>; public: boolean }
+  | { kind: 'method-not-allowed'; pattern: string; allow: string; public: boolean }
   | { kind: 'not-found' };
 
 interface Node {
   statics: Map<string, Node>;
   param: { name: string; node: Node } | undefined;
-  // method → handler, and the pattern for labels; set on the node where a route ends
-  methods: Map<string, Handler>;
+  // method → route, and the pattern for labels; set on the node where a route ends
+  methods: Map<string, Route>;
   pattern: string | undefined;
   allow: string;
+  allPublic: boolean;
 }
 
 const NOT_FOUND: Match = { kind: 'not-found' };
 const MAX_SEGMENT_LENGTH = 1024;
 
 function newNode(): Node {
-  return { statics: new Map(), param: undefined, methods: new Map(), pattern: undefined, allow: '' };
+  return {
+    statics: new Map(),
+    param: undefined,
+    methods: new Map(),
+    pattern: undefined,
+    allow: '',
+    allPublic: true,
+  };
 }
 
 /** Builds a router from route data; lookups are a walk down a segment tree. */
@@ -39,10 +50,12 @@ export function createRouter(routes: readonly Route[]): (method: string, path: s
     const { node, params } = found;
     const pattern = node.pattern as string;
     // RFC 9110 §9.3.2: HEAD is GET without the body; serve it with the GET handler.
-    const handler = node.methods.get(method) ?? (method === 'HEAD' ? node.methods.get('GET') : undefined);
-    if (handler !== undefined) return { kind: 'found', pattern, handler, params };
+    const route = node.methods.get(method) ?? (method === 'HEAD' ? node.methods.get('GET') : undefined);
+    if (route !== undefined) {
+      return { kind: 'found', pattern, handler: route.handler, params, public: route.public === true };
+    }
     // RFC 9110 §15.5.6: a 405 response carries Allow with the methods the resource supports.
-    return { kind: 'method-not-allowed', pattern, allow: node.allow };
+    return { kind: 'method-not-allowed', pattern, allow: node.allow, public: node.allPublic };
   };
 }
 
@@ -66,8 +79,9 @@ function addRoute(root: Node, route: Route): void {
     }
   }
   if (node.methods.has(route.method)) throw new Error(`Duplicate route: ${route.method} ${route.pattern}`);
-  node.methods.set(route.method, route.handler);
+  node.methods.set(route.method, route);
   node.pattern = route.pattern;
+  node.allPublic &&= route.public === true;
   const methods = new Set(node.methods.keys());
   if (methods.has('GET')) methods.add('HEAD');
   methods.add('OPTIONS'); // answered by CORS

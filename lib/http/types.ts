@@ -1,6 +1,7 @@
 // The types of the framework we do not import: context, handlers, middleware, replies.
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from '../log.ts';
+import type { Match } from './router.ts';
 
 /** Who made the request, once authentication has run: `key:<id>` or `jwt:<sub>`. */
 export interface Identity {
@@ -19,7 +20,14 @@ export interface SseEvent {
 
 /** What a handler returns; `respond` is the only code that turns it into bytes. */
 export type Reply =
-  | { kind: 'json'; status: number; body: unknown; headers?: Record<string, string> }
+  | {
+      kind: 'json';
+      status: number;
+      body: unknown;
+      headers?: Record<string, string>;
+      /** The body already serialised, set only by constantJson() for replies sent many times. */
+      serialised?: string;
+    }
   | { kind: 'text'; status: number; body: string; contentType: string; headers?: Record<string, string> }
   | { kind: 'empty'; status: number; headers?: Record<string, string> }
   | {
@@ -42,6 +50,13 @@ export interface Context {
   /** The matched route pattern (e.g. `/v1/conversations/:id`), or a fixed label when none matched. */
   route: string;
   params: Record<string, string>;
+  /** What the router found for this method and path: a route, a path without this method (405), or nothing. */
+  readonly match: Match;
+  /**
+   * True when the auth middleware must establish an identity: every route not marked public, and a
+   * path that matched nothing under the API prefix (so an anonymous caller cannot probe which exist).
+   */
+  readonly requiresIdentity: boolean;
   requestId: string;
   /** The client address: the socket peer, or the right-most untrusted X-Forwarded-For entry. */
   clientIp: string;
@@ -66,9 +81,19 @@ export interface Context {
   readonly state: Map<string, unknown>;
 }
 
-// A step that finished synchronously returns undefined: a request whose whole chain is synchronous
-// (a cached key, the memory rate-limit store, a constant reply) is answered without one promise.
-// Errors always travel as rejections (compose() turns a synchronous throw into one).
+// A request whose whole chain is synchronous (a cached key, the memory rate-limit store, a constant
+// reply) is answered without one promise; compose() and settle() keep it that way.
+
+/**
+ * Runs the rest of the chain: undefined when all of it finished synchronously, else its promise.
+ * A failure further in always arrives as a rejection (compose() turns a synchronous throw into one).
+ */
 export type Next = () => Promise<void> | undefined;
+/**
+ * A middleware may return synchronously (undefined) or a promise, and may throw synchronously.
+ * One that acts after next() or on any other maybe-promise step does so through settle(), which
+ * handles both shapes and both kinds of failure; the others simply `return next()`.
+ */
 export type Middleware = (ctx: Context, next: Next) => Promise<void> | undefined;
+/** A handler may return its reply synchronously or as a promise; a synchronous reply costs no promise. */
 export type Handler = (ctx: Context) => Reply | Promise<Reply>;

@@ -38,6 +38,7 @@ export function metricsRoutes(options: MetricsRouteOptions): Route[] {
     {
       method: 'GET',
       pattern: '/metrics',
+      public: true, // no API identity: the metrics token or a loopback peer, checked below
       async handler(ctx) {
         if (!allowed(ctx)) {
           options.onDenied?.(ctx);

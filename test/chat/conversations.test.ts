@@ -15,6 +15,11 @@ interface Page {
   conversations: Summary[];
   nextCursor: string | null;
 }
+interface MessagesPage extends Summary {
+  messages: Array<{ id: string; role: string; content: string }>;
+  before: string | null;
+  after: string | null;
+}
 
 describe('conversations API', () => {
   let h: ChatHarness;
@@ -52,6 +57,29 @@ describe('conversations API', () => {
       assert.ok(pages <= 20, 'pagination terminates');
     } while (cursor !== null);
     return { ids, pages };
+  }
+
+  async function read(key: string, id: string, query = ''): Promise<MessagesPage> {
+    const res = await h.call('GET', `/v1/conversations/${id}${query}`, key);
+    assert.equal(res.status, 200);
+    return (await res.json()) as MessagesPage;
+  }
+
+  /** A conversation of `key` with `extra` more messages (m1, m2, …) stored after its first turn. */
+  async function longConversation(key: string, extra: number): Promise<string> {
+    const id = await converse(key, 'Start');
+    await h.server.db.pool.query(
+      `INSERT INTO messages (id, conversation_id, role, content, status, completed_at)
+       SELECT gen_random_uuid(), $1, CASE WHEN i % 2 = 1 THEN 'user' ELSE 'assistant' END, 'm' || i, 'complete', now()
+       FROM generate_series(1, $2::int) AS i ORDER BY i`,
+      [id, extra],
+    );
+    return id;
+  }
+
+  async function expectBadRequest(res: Response, code = 'BAD_REQUEST'): Promise<void> {
+    assert.equal(res.status, 400);
+    assert.equal(((await res.json()) as { code: string }).code, code);
   }
 
   async function expectNotFound(res: Response): Promise<void> {
@@ -167,10 +195,7 @@ describe('conversations API', () => {
     let last: SseFrame | undefined;
     for (let f = await stream.next(); f !== undefined; f = await stream.next()) last = f;
     assert.equal(last?.event, 'done');
-    const errors = h.server
-      .logs()
-      .split('\n')
-      .filter((l) => l.includes(requestId) && l.includes('"level":"error"'));
+    const errors = h.server.lines().filter((l) => l['requestId'] === requestId && l['level'] === 'error');
     assert.deepEqual(errors, []);
     assert.equal(h.server.slots.inUse(), 0);
   });
@@ -189,5 +214,92 @@ describe('conversations API', () => {
     );
     assert.equal(res.status, 400);
     assert.equal(((await res.json()) as { code: string }).code, 'BAD_REQUEST');
+  });
+
+  it('GET /v1/conversations/:id answers the newest page, oldest first, with a before cursor and no after', async () => {
+    const id = await longConversation(owner, 8);
+    const page = await read(owner, id, '?limit=3');
+    assert.deepEqual(
+      page.messages.map((m) => m.content),
+      ['m6', 'm7', 'm8'],
+    );
+    assert.equal(typeof page.before, 'string');
+    assert.equal(page.after, null);
+    assert.equal(page.id, id);
+    assert.equal(page.title, 'Start');
+  });
+
+  it('GET /v1/conversations/:id without a limit answers a short conversation whole, no cursors', async () => {
+    const page = await read(owner, conversationId);
+    assert.deepEqual(
+      page.messages.map((m) => m.content),
+      ['Private question', 'Hello world'],
+    );
+    assert.deepEqual([page.before, page.after], [null, null]);
+  });
+
+  it('GET /v1/conversations/:id walks all pages of 1,200 messages with before, each message once', async () => {
+    const key = await h.mintKey();
+    const id = await longConversation(key, 1_198);
+    const seen: string[] = [];
+    let query = '';
+    let pages = 0;
+    for (;;) {
+      const page = await read(key, id, query);
+      seen.unshift(...page.messages.map((m) => m.content));
+      pages++;
+      if (page.before === null) break;
+      assert.ok(pages < 5, 'the walk ends');
+      query = `?before=${encodeURIComponent(page.before)}`;
+    }
+    assert.equal(pages, 2, 'pages of 1,000 by default');
+    assert.equal(new Set(seen).size, 1_200);
+    assert.deepEqual(seen, ['Start', 'Hello world', ...Array.from({ length: 1_198 }, (_, i) => `m${i + 1}`)]);
+  });
+
+  it('GET /v1/conversations/:id walks forward with after, each message once', async () => {
+    const id = await longConversation(owner, 23);
+    let page = await read(owner, id, '?limit=5');
+    let pages = 1;
+    while (page.before !== null) {
+      assert.ok(pages++ < 10 && typeof page.before === 'string', 'the walk back ends');
+      page = await read(owner, id, `?limit=5&before=${page.before}`);
+    }
+    const seen = page.messages.map((m) => m.content);
+    while (page.after !== null) {
+      assert.ok(pages++ < 20 && typeof page.after === 'string', 'the walk forward ends');
+      page = await read(owner, id, `?limit=5&after=${page.after}`);
+      seen.push(...page.messages.map((m) => m.content));
+    }
+    assert.deepEqual(seen, ['Start', 'Hello world', ...Array.from({ length: 23 }, (_, i) => `m${i + 1}`)]);
+  });
+
+  it('GET /v1/conversations/:id refuses a malformed or forged cursor with 400 BAD_REQUEST', async () => {
+    const id = await longConversation(owner, 4);
+    const listCursor = (await list(owner, '?limit=1')).nextCursor ?? '';
+    const otherMessage = (await read(owner, conversationId)).messages[0]?.id;
+    const forged = Buffer.from(JSON.stringify({ m: otherMessage })).toString('base64url');
+    for (const cursor of ['x', '%FF', Buffer.from('{"m":"not-a-uuid"}').toString('base64url'), listCursor, forged]) {
+      await expectBadRequest(await h.call('GET', `/v1/conversations/${id}?before=${cursor}`, owner));
+    }
+  });
+
+  it('GET /v1/conversations/:id refuses before and after together, and a limit outside 1..1000', async () => {
+    const page = await read(owner, conversationId, '?limit=1');
+    const cursor = page.before ?? '';
+    await expectBadRequest(
+      await h.call('GET', `/v1/conversations/${conversationId}?before=${cursor}&after=${cursor}`, owner),
+    );
+    for (const limit of ['0', '1001', 'ten']) {
+      await expectBadRequest(
+        await h.call('GET', `/v1/conversations/${conversationId}?limit=${limit}`, owner),
+        'VALIDATION_FAILED',
+      );
+    }
+  });
+
+  it('GET /v1/conversations/:id answers 404 to another identity, even with a valid cursor', async () => {
+    const cursor = (await read(owner, conversationId, '?limit=1')).before ?? '';
+    await expectNotFound(await h.call('GET', `/v1/conversations/${conversationId}?before=${cursor}`, stranger));
   });
 });

@@ -227,7 +227,8 @@ describe('resumable answers across two instances', { skip: !TEST_DATABASE_URL &&
   });
 
   it('a resume whose listening session is terminated ends with an error frame; resuming again gets the rest', async () => {
-    one.fake.queue({ kind: 'slow', chunks: WORDS, chunkDelayMs: 60 });
+    // Slow enough to still be live after the listeners come back, even on a loaded machine.
+    one.fake.queue({ kind: 'slow', chunks: WORDS, chunkDelayMs: 200 });
     const { conversationId, deltas, lastId } = await readThreeAndLeave(one.server.url, key);
     const first = await resumeStream(two.url, key, conversationId, { 'last-event-id': lastId });
     const got: SseFrame[] = [];

@@ -1,8 +1,9 @@
 import assert from 'node:assert/strict';
-import { request } from 'node:http';
+import { IncomingMessage, request } from 'node:http';
+import { Socket } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { AppError } from '../../lib/errors.ts';
-import { isJsonContentType, parseJson, readJson } from '../../lib/http/body.ts';
+import { checkDeclaredLength, isJsonContentType, parseJson, readJson } from '../../lib/http/body.ts';
 import { errorHandler } from '../../lib/http/middleware/errors.ts';
 import type { Context } from '../../lib/http/types.ts';
 import { rawRequest, rawStatus, route, type Served, serve } from '../support/http.ts';
@@ -18,6 +19,31 @@ function throwsApp(fn: () => unknown, code: string, status: number): void {
     return true;
   });
 }
+
+describe('checkDeclaredLength()', () => {
+  function declaring(length: string | undefined): IncomingMessage {
+    const req = new IncomingMessage(new Socket());
+    if (length !== undefined) req.headers['content-length'] = length;
+    return req;
+  }
+
+  it('checkDeclaredLength() accepts a declared length up to the cap, and no declared length', () => {
+    checkDeclaredLength(declaring(String(MAX_BYTES)), MAX_BYTES);
+    checkDeclaredLength(declaring('0'), MAX_BYTES);
+    checkDeclaredLength(declaring(undefined), MAX_BYTES);
+  });
+
+  it('checkDeclaredLength() refuses a declared length over the cap with 413 and Connection: close', () => {
+    throwsApp(() => checkDeclaredLength(declaring(String(MAX_BYTES + 1)), MAX_BYTES), 'BODY_TOO_LARGE', 413);
+    assert.throws(
+      () => checkDeclaredLength(declaring('99999999999999999999'), MAX_BYTES),
+      (err: unknown) =>
+        err instanceof AppError &&
+        err.detail === `Body exceeds ${MAX_BYTES} bytes` &&
+        err.headers?.['connection'] === 'close',
+    );
+  });
+});
 
 describe('isJsonContentType()', () => {
   for (const header of [

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { compose } from '../../lib/http/compose.ts';
+import { compose, settle } from '../../lib/http/compose.ts';
 import type { Context, Middleware } from '../../lib/http/types.ts';
 
 const ctx = {} as Context;
@@ -139,5 +139,77 @@ describe('compose()', () => {
     list.unshift(async () => void seen.push('late'));
     await chain(ctx);
     assert.deepEqual(seen, ['a']);
+  });
+});
+
+describe('settle()', () => {
+  const seen: string[] = [];
+  const onValue = (_ctx: Context, value: string): undefined => void seen.push(`value ${value}`);
+  const onError = (_ctx: Context, err: unknown): undefined => void seen.push(`error ${(err as Error).message}`);
+
+  it('settle() hands a synchronous value on at once and makes no promise', () => {
+    seen.length = 0;
+    assert.equal(
+      settle(ctx, () => 'a', onValue, onError),
+      undefined,
+    );
+    assert.deepEqual(seen, ['value a']);
+  });
+
+  it('settle() hands a synchronous throw to onError at once', () => {
+    seen.length = 0;
+    const result = settle(
+      ctx,
+      () => {
+        throw new Error('b');
+      },
+      onValue,
+      onError,
+    );
+    assert.equal(result, undefined);
+    assert.deepEqual(seen, ['error b']);
+  });
+
+  it('settle() hands a resolved promise on once it settles', async () => {
+    seen.length = 0;
+    const result = settle(ctx, async () => 'c', onValue, onError);
+    assert.ok(result instanceof Promise);
+    assert.deepEqual(seen, []);
+    await result;
+    assert.deepEqual(seen, ['value c']);
+  });
+
+  it('settle() hands a rejection to onError', async () => {
+    seen.length = 0;
+    await settle(ctx, async () => Promise.reject(new Error('d')), onValue, onError);
+    assert.deepEqual(seen, ['error d']);
+  });
+
+  it('settle() without onError lets a synchronous throw and a rejection travel on', async () => {
+    assert.throws(
+      () =>
+        settle(
+          ctx,
+          () => {
+            throw new TypeError('e');
+          },
+          onValue,
+        ),
+      TypeError,
+    );
+    await assert.rejects(
+      settle(ctx, async () => Promise.reject(new TypeError('f')), onValue) as Promise<void>,
+      TypeError,
+    );
+  });
+
+  it('settle() does not send a failure of onValue to onError', async () => {
+    seen.length = 0;
+    const failing = (): undefined => {
+      throw new RangeError('g');
+    };
+    assert.throws(() => settle(ctx, () => 'x', failing, onError), RangeError);
+    await assert.rejects(settle(ctx, async () => 'x', failing, onError) as Promise<void>, RangeError);
+    assert.deepEqual(seen, []);
   });
 });

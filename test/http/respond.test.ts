@@ -5,7 +5,7 @@ import { cors } from '../../lib/http/middleware/cors.ts';
 import { errorHandler } from '../../lib/http/middleware/errors.ts';
 import { requestId } from '../../lib/http/middleware/request-id.ts';
 import { securityHeaders } from '../../lib/http/middleware/security-headers.ts';
-import type { Reply } from '../../lib/http/types.ts';
+import { constantJson } from '../../lib/http/respond.ts';
 import { rawRequest, type Served, serve } from '../support/http.ts';
 
 /** Header lines of each response in a raw byte stream, as [name, value] pairs per response. */
@@ -25,7 +25,15 @@ function headerBlocks(raw: string): Array<Array<[string, string]>> {
     );
 }
 
-const CONSTANT: Reply = Object.freeze({ kind: 'json', status: 200, body: { ok: true } });
+const CONSTANT = constantJson(200, { ok: true });
+let serialisations = 0;
+// toJSON runs whenever the body is serialised: it counts how often that happens.
+const COUNTED = constantJson(200, {
+  toJSON() {
+    serialisations++;
+    return { counted: true };
+  },
+});
 
 describe('respond (synchronous answers)', () => {
   let served: Served;
@@ -98,5 +106,20 @@ describe('respond (synchronous answers)', () => {
     assert.equal(res.headers.get('www-authenticate'), 'Bearer');
     assert.match(res.headers.get('content-type') ?? '', /^application\/problem\+json/);
     assert.equal(res.headers.get('x-content-type-options'), 'nosniff');
+  });
+});
+
+describe('constantJson()', () => {
+  let served: Served;
+  before(async () => {
+    served = await serve([{ method: 'GET', pattern: '/counted', handler: () => COUNTED }], []);
+  });
+  after(() => served.close());
+
+  it('constantJson() serialises its body once, however often the reply is sent', async () => {
+    const bodies: unknown[] = [];
+    for (let i = 0; i < 3; i++) bodies.push(await (await fetch(`${served.url}/counted`)).json());
+    assert.deepEqual(bodies, [{ counted: true }, { counted: true }, { counted: true }]);
+    assert.equal(serialisations, 1);
   });
 });

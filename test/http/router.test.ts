@@ -17,7 +17,7 @@ const getMessage = handler('getMessage');
 const getNew = handler('getNew');
 
 const routes: Route[] = [
-  { method: 'GET', pattern: '/health', handler: getHealth },
+  { method: 'GET', pattern: '/health', handler: getHealth, public: true },
   { method: 'GET', pattern: '/v1/conversations', handler: listConversations },
   { method: 'GET', pattern: '/v1/conversations/:id', handler: getConversation },
   { method: 'DELETE', pattern: '/v1/conversations/:id', handler: deleteConversation },
@@ -78,6 +78,7 @@ describe('createRouter()', () => {
       kind: 'method-not-allowed',
       pattern: '/v1/conversations/:id',
       allow: 'DELETE, GET, HEAD, OPTIONS',
+      public: false,
     });
   });
 
@@ -86,6 +87,34 @@ describe('createRouter()', () => {
       kind: 'method-not-allowed',
       pattern: '/v1/chat',
       allow: 'OPTIONS, POST',
+      public: false,
+    });
+  });
+
+  it('createRouter() reports a route public only when it says public: true', () => {
+    assert.equal(found(match('GET', '/health')).public, true);
+    assert.equal(found(match('HEAD', '/health')).public, true);
+    assert.equal(found(match('GET', '/v1/conversations/c1')).public, false);
+    assert.equal(found(match('POST', '/v1/chat')).public, false);
+  });
+
+  it('createRouter() reports a 405 public only when every route on the path is public', () => {
+    const mixed = createRouter([
+      { method: 'GET', pattern: '/open', handler: getHealth, public: true },
+      { method: 'GET', pattern: '/mixed', handler: getHealth, public: true },
+      { method: 'POST', pattern: '/mixed', handler: postChat },
+    ]);
+    assert.deepEqual(mixed('POST', '/open'), {
+      kind: 'method-not-allowed',
+      pattern: '/open',
+      allow: 'GET, HEAD, OPTIONS',
+      public: true,
+    });
+    assert.deepEqual(mixed('PUT', '/mixed'), {
+      kind: 'method-not-allowed',
+      pattern: '/mixed',
+      allow: 'GET, HEAD, OPTIONS, POST',
+      public: false,
     });
   });
 

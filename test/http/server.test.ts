@@ -124,11 +124,12 @@ describe('the HTTP server', () => {
         code: 'INTERNAL',
         requestId,
       });
-      const logged = h.server
-        .logs()
-        .split('\n')
-        .find((line) => line.includes('SQL-DETAIL-MARKER'));
-      assert.ok(logged?.includes(`"requestId":"${requestId}"`), `the cause is logged with the request id: ${logged}`);
+      const logged = h.server.lines().find((line) => JSON.stringify(line).includes('SQL-DETAIL-MARKER'));
+      assert.equal(
+        logged?.['requestId'],
+        requestId,
+        `the cause is logged with the request id: ${JSON.stringify(logged)}`,
+      );
     });
   });
 

@@ -8,13 +8,7 @@ import {
   RATE_LIMIT_REASONS,
   UPSTREAM_OUTCOMES,
 } from '../../lib/metrics/app-metrics.ts';
-import { validateExposition } from '../support/exposition-grammar.ts';
-
-/** The value of one sample line, e.g. `value(text, 'chat_active_streams')`; undefined when absent. */
-function value(text: string, series: string): number | undefined {
-  const line = text.split('\n').find((l) => l.startsWith(`${series} `));
-  return line === undefined ? undefined : Number(line.slice(series.length + 1));
-}
+import { validateExposition, sampleValue as value } from '../support/exposition-grammar.ts';
 
 function metrics(t: { after(fn: () => void): void }): AppMetrics {
   const m = createAppMetrics();

@@ -3,14 +3,8 @@ import { randomUUID } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { METRIC_NAMES } from '../../lib/metrics/app-metrics.ts';
 import { type ChatHarness, readEvents, startChat } from '../support/chat.ts';
-import { validateExposition } from '../support/exposition-grammar.ts';
+import { sampleValue as sample, validateExposition } from '../support/exposition-grammar.ts';
 import { CANARY, startTestServer, type TestServer } from '../support/server.ts';
-
-/** The value of one series (`name{labels}` exactly as rendered), or undefined when absent. */
-function sample(text: string, series: string): number | undefined {
-  const line = text.split('\n').find((l) => l.startsWith(`${series} `));
-  return line === undefined ? undefined : Number(line.slice(series.length + 1));
-}
 
 async function scrape(
   url: string,

@@ -170,3 +170,9 @@ export function validateExposition(text: string): string[] {
   finish();
   return problems;
 }
+
+/** The value of one sample, `name{labels}` exactly as rendered (e.g. `chat_active_streams`); undefined when absent. */
+export function sampleValue(text: string, series: string): number | undefined {
+  const line = text.split('\n').find((l) => l.startsWith(`${series} `));
+  return line === undefined ? undefined : Number(line.slice(series.length + 1));
+}

@@ -6,6 +6,7 @@ import { createClientIp } from '../../lib/http/client-ip.ts';
 import type { Route } from '../../lib/http/router.ts';
 import type { Handler, Middleware, Reply } from '../../lib/http/types.ts';
 import { createLogger, type Logger, type LogLevel } from '../../lib/log.ts';
+import { logLines } from './log-lines.ts';
 
 export interface Served {
   /** Base URL, e.g. http://127.0.0.1:41234 */
@@ -57,11 +58,7 @@ export async function serve(
     port,
     log,
     logs,
-    lines: () =>
-      logs()
-        .split('\n')
-        .filter((line) => line !== '')
-        .map((line) => JSON.parse(line) as Record<string, unknown>),
+    lines: () => logLines(logs()),
     close: () =>
       new Promise<void>((resolve) => {
         server.closeAllConnections();
@@ -70,10 +67,15 @@ export async function serve(
   };
 }
 
-/** A route whose handler answers `reply`. */
-export function route(method: string, pattern: string, reply: Reply | Handler): Route {
+/** A route whose handler answers `reply`; protected unless `options.public`. */
+export function route(
+  method: string,
+  pattern: string,
+  reply: Reply | Handler,
+  options: { public?: boolean } = {},
+): Route {
   const handler: Handler = typeof reply === 'function' ? reply : async () => reply;
-  return { method, pattern, handler };
+  return { method, pattern, handler, public: options.public === true };
 }
 
 /** A JSON 200 reply. */

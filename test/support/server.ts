@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { type Config, parseConfig } from '../../lib/config.ts';
 import { createLogger, type Logger } from '../../lib/log.ts';
 import { type RunningServer, startServer } from '../../lib/main.ts';
+import { logLines } from './log-lines.ts';
 
 /** A value set as every secret variable; no log line, body or header may ever contain it. */
 export const CANARY = 'canary-7f3c9e1d5b2a4f68a0c1e3d5b7f9a2c4';
@@ -17,6 +18,8 @@ export interface TestServer extends RunningServer {
   log: Logger;
   /** Everything logged so far (flushed first). */
   logs(): string;
+  /** Every log line so far, parsed. */
+  lines(): Array<Record<string, unknown>>;
   close(): Promise<void>;
 }
 
@@ -58,6 +61,10 @@ export async function startTestServer(env: Record<string, string | undefined> = 
     logs() {
       log.flush();
       return lines.join('');
+    },
+    lines() {
+      log.flush();
+      return logLines(lines.join(''));
     },
     async close() {
       if (closed) return;

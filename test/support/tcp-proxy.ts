@@ -18,6 +18,8 @@ export interface TcpProxy {
   setMode(mode: ProxyMode): void;
   /** Client connections currently open through the proxy. */
   connections(): number;
+  /** Bytes the target has sent through the proxy so far, over all connections. */
+  bytesFromTarget(): number;
   /** Destroys every connection and stops listening. */
   close(): Promise<void>;
 }
@@ -34,6 +36,7 @@ export async function startTcpProxy(
   initialMode: ProxyMode = 'pass',
 ): Promise<TcpProxy> {
   let mode = initialMode;
+  let fromTarget = 0;
   const links = new Set<Link>();
 
   function drop(link: Link): void {
@@ -50,6 +53,9 @@ export async function startTcpProxy(
       link.upstream = upstream;
       upstream.on('error', () => drop(link));
       upstream.on('close', () => drop(link));
+      upstream.on('data', (chunk: Buffer) => {
+        fromTarget += chunk.length;
+      });
     }
     link.client.pipe(link.upstream);
     link.upstream.pipe(link.client);
@@ -100,6 +106,7 @@ export async function startTcpProxy(
       }
     },
     connections: () => links.size,
+    bytesFromTarget: () => fromTarget,
     async close() {
       for (const link of [...links]) drop(link);
       await new Promise<void>((resolve) => server.close(() => resolve()));

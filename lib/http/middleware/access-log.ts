@@ -1,7 +1,8 @@
 // One access-log line per request: method, route pattern, status, bytes, duration, client, ids.
 import { performance } from 'node:perf_hooks';
 import type { Logger } from '../../log.ts';
-import type { Context, Identity, Middleware, Next } from '../types.ts';
+import { settle } from '../compose.ts';
+import type { Context, Middleware, Next } from '../types.ts';
 
 export interface AccessLogOptions {
   log: Logger;
@@ -9,14 +10,17 @@ export interface AccessLogOptions {
   observe?: (ctx: Context, durationMs: number) => void;
 }
 
-// A cached key's identity is one frozen object reused across requests: escape its id once.
-const identityFields = new WeakMap<Identity, string>();
+// Identity ids repeat across requests (one API key, many calls): escape each once. Bounded, so a
+// flood of distinct JWT subjects cannot grow it; starting over when full costs one escape per id.
+const MAX_IDENTITY_FIELDS = 1024;
+const identityFields = new Map<string, string>();
 
-function identityField(identity: Identity): string {
-  let field = identityFields.get(identity);
+function identityField(id: string): string {
+  let field = identityFields.get(id);
   if (field === undefined) {
-    field = `,"identity":${JSON.stringify(identity.id)}`;
-    if (Object.isFrozen(identity)) identityFields.set(identity, field);
+    field = `,"identity":${JSON.stringify(id)}`;
+    if (identityFields.size >= MAX_IDENTITY_FIELDS) identityFields.clear();
+    identityFields.set(id, field);
   }
   return field;
 }
@@ -31,14 +35,14 @@ function tokens(ctx: Context): string {
 export function accessLog(options: AccessLogOptions): Middleware {
   const { log, observe } = options;
   const enabled = log.isEnabled('info');
-  function finish(ctx: Context): void {
+  function finish(ctx: Context): undefined {
     const durationMs = performance.now() - ctx.startMs;
     observe?.(ctx, durationMs);
     if (enabled) {
       // Built by hand: every field is a known-safe scalar (request id and route are from fixed
       // alphabets, node's parser accepts only known method names, the client address is a socket
       // address or an X-Forwarded-For hop that passed net.isIP); the identity is JSON-escaped.
-      const identity = ctx.identity === undefined ? '' : identityField(ctx.identity);
+      const identity = ctx.identity === undefined ? '' : identityField(ctx.identity.id);
       log.line(
         'info',
         'request',
@@ -46,19 +50,12 @@ export function accessLog(options: AccessLogOptions): Middleware {
       );
     }
   }
+  function finishFailed(ctx: Context, err: unknown): never {
+    finish(ctx);
+    throw err;
+  }
   // Not async: a request answered synchronously is logged without a promise.
   return function accessLogMiddleware(ctx: Context, next: Next): Promise<void> | undefined {
-    let pending: Promise<void> | undefined;
-    try {
-      pending = next();
-    } catch (err) {
-      finish(ctx);
-      throw err;
-    }
-    if (pending === undefined) {
-      finish(ctx);
-      return undefined;
-    }
-    return pending.finally(() => finish(ctx));
+    return settle(ctx, next, finish, finishFailed);
   };
 }

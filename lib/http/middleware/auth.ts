@@ -1,10 +1,8 @@
-// Bearer authentication for protected paths, with a failed-attempt throttle per client address.
+// Bearer authentication for every route not marked public, with a failed-attempt throttle per client address.
 import { AppError } from '../../errors.ts';
 import type { Context, Identity, Middleware, Next } from '../types.ts';
 
 export interface AuthOptions {
-  /** Paths under this prefix need an identity. */
-  prefix: string;
   authenticate: (token: string) => Promise<Identity>;
   /**
    * Optional synchronous lookup of an already verified token (skips a promise per request);
@@ -28,9 +26,12 @@ const MAX_TOKEN_LENGTH = 8192;
 const CHALLENGE = { 'WWW-Authenticate': 'Bearer' };
 const INVALID_CHALLENGE = { 'WWW-Authenticate': 'Bearer error="invalid_token"' };
 
-/** Sets `ctx.identity` on protected paths or answers 401 (or 429 for an address that failed too often). */
+/**
+ * Sets `ctx.identity` wherever `ctx.requiresIdentity` (every route not marked public) or answers 401
+ * (or 429 for an address that failed too often). Public routes pass without a look at the header.
+ */
 export function auth(options: AuthOptions): Middleware {
-  const { prefix, authenticate, throttle, addressKey } = options;
+  const { authenticate, throttle, addressKey } = options;
   const { cached } = options;
   async function slowPath(ctx: Context, next: Next, address: string, header: string): Promise<void> {
     try {
@@ -44,7 +45,7 @@ export function auth(options: AuthOptions): Middleware {
     return next();
   }
   return function authMiddleware(ctx: Context, next: Next): Promise<void> | undefined {
-    if (!ctx.path.startsWith(prefix)) return next();
+    if (!ctx.requiresIdentity) return next();
     const address = throttle.anyBlocked?.() === false ? undefined : addressKey(ctx.clientIp);
     const wait = address === undefined ? 0 : throttle.blockedFor(address);
     if (wait > 0) {

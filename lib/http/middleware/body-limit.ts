@@ -1,5 +1,5 @@
 // Refuses a declared Content-Length over the cap before authentication or any handler runs.
-import { AppError } from '../../errors.ts';
+import { checkDeclaredLength } from '../body.ts';
 import type { Context, Middleware, Next } from '../types.ts';
 
 /**
@@ -8,13 +8,7 @@ import type { Context, Middleware, Next } from '../types.ts';
  */
 export function bodyLimit(maxBytes: number, perRoute: ReadonlyMap<string, number> = new Map()): Middleware {
   return function bodyLimitMiddleware(ctx: Context, next: Next): Promise<void> | undefined {
-    const declared = ctx.req.headers['content-length'];
-    if (declared !== undefined) {
-      const cap = perRoute.get(ctx.route) ?? maxBytes;
-      if (Number(declared) > cap) {
-        throw new AppError('BODY_TOO_LARGE', { detail: `Body exceeds ${cap} bytes`, headers: { connection: 'close' } });
-      }
-    }
+    checkDeclaredLength(ctx.req, perRoute.get(ctx.route) ?? maxBytes);
     return next();
   };
 }

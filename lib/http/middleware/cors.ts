@@ -1,6 +1,5 @@
 // CORS with an exact-match origin allowlist (never `*`), preflights, and Vary: Origin.
 import { AppError } from '../../errors.ts';
-import { UNMATCHED_ROUTE } from '../app.ts';
 import { sendEmpty } from '../respond.ts';
 import type { Context, Middleware, Next } from '../types.ts';
 
@@ -11,8 +10,8 @@ export interface CorsOptions {
   maxAgeSeconds?: number;
 }
 
-const ALLOW_METHODS = 'GET, HEAD, POST, DELETE';
-const ALLOW_HEADERS = 'authorization, content-type, x-request-id';
+// Last-Event-ID: a page resuming a stream sends it (EventSource-style resumption over fetch).
+const ALLOW_HEADERS = 'authorization, content-type, x-request-id, last-event-id';
 const EXPOSE_HEADERS = 'x-request-id, ratelimit, ratelimit-policy, retry-after';
 
 /** Answers preflights and OPTIONS, and marks allowed origins on actual requests. */
@@ -41,8 +40,10 @@ function answerOptions(
   maxAge: string,
   onReject: CorsOptions['onReject'],
 ): void {
-  const allow = (ctx as Context & { allow?: string }).allow;
-  const routeExists = ctx.route !== UNMATCHED_ROUTE;
+  const { match } = ctx;
+  const routeExists = match.kind !== 'not-found';
+  // The path's own methods, from the router (no route answers OPTIONS itself, so it reports them all).
+  const methods = match.kind === 'method-not-allowed' ? match.allow : ctx.method;
   const preflight = origin !== undefined && ctx.req.headers['access-control-request-method'] !== undefined;
   if (preflight) {
     if (!originAllowed) {
@@ -55,7 +56,7 @@ function answerOptions(
       'access-control-allow-origin',
       origin,
       'access-control-allow-methods',
-      ALLOW_METHODS,
+      methods,
       'access-control-allow-headers',
       ALLOW_HEADERS,
       'access-control-max-age',
@@ -66,5 +67,5 @@ function answerOptions(
   } else if (!routeExists) {
     throw new AppError('NOT_FOUND', { detail: 'No such resource' });
   }
-  sendEmpty(ctx, 204, { allow: allow ?? ALLOW_METHODS });
+  sendEmpty(ctx, 204, { allow: methods });
 }

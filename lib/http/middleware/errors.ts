@@ -1,5 +1,6 @@
 // Turns every error into RFC 9457 problem+json; unknown errors become a generic 500 and are logged in full.
 import { AppError, toAppError } from '../../errors.ts';
+import { settle } from '../compose.ts';
 import { sendProblem } from '../respond.ts';
 import type { Context, Middleware, Next } from '../types.ts';
 
@@ -13,7 +14,7 @@ export interface ErrorHandlerOptions {
 /** Catches what the rest of the chain throws and answers it (or cuts the connection if headers are gone). */
 export function errorHandler(options: ErrorHandlerOptions = {}): Middleware {
   const { classify } = options;
-  function handle(ctx: Context, thrown: unknown): void {
+  function handle(ctx: Context, thrown: unknown): undefined {
     const err = thrown instanceof AppError ? thrown : (classify?.(thrown) ?? thrown);
     const appErr = toAppError(err);
     if (!(err instanceof AppError)) {
@@ -37,13 +38,10 @@ export function errorHandler(options: ErrorHandlerOptions = {}): Middleware {
   }
   // Not async: a chain that finished synchronously costs no promise here.
   return function errorMiddleware(ctx: Context, next: Next): Promise<void> | undefined {
-    let pending: Promise<void> | undefined;
-    try {
-      pending = next();
-    } catch (thrown) {
-      handle(ctx, thrown);
-      return undefined;
-    }
-    return pending?.then(undefined, (thrown: unknown) => handle(ctx, thrown));
+    return settle(ctx, next, answered, handle);
   };
+}
+
+function answered(): undefined {
+  return undefined;
 }

@@ -1,5 +1,6 @@
 // Token-bucket rate limit per identity, with RateLimit headers; a failing store fails closed.
 import { AppError } from '../../errors.ts';
+import { settle } from '../compose.ts';
 import type { Context, Middleware, Next } from '../types.ts';
 
 /** The decision shape of lib/limits/token-bucket.ts (repeated structurally: lib/http imports no other layer). */
@@ -11,7 +12,6 @@ export interface RateDecision {
 }
 
 export interface RateLimitOptions {
-  prefix: string;
   /** Synchronous where the store allows it (memory), so the hot path makes no promise. */
   take: (key: string) => RateDecision | Promise<RateDecision>;
   /** The header fields for a decision: [name, value, name, value]. */
@@ -20,9 +20,9 @@ export interface RateLimitOptions {
   onStoreError?: (ctx: Context, err: unknown) => void;
 }
 
-/** One bucket per identity on protected paths; 429 with Retry-After when it is empty. */
+/** One bucket per identity: requests the auth middleware identified (public routes have none); 429 when empty. */
 export function rateLimit(options: RateLimitOptions): Middleware {
-  const { prefix, take, headers } = options;
+  const { take, headers } = options;
   function decide(ctx: Context, decision: RateDecision, next: Next): Promise<void> | undefined {
     const fields = headers(decision);
     for (let i = 0; i < fields.length; i++) ctx.headers.push(fields[i] as string);
@@ -43,19 +43,13 @@ export function rateLimit(options: RateLimitOptions): Middleware {
   }
   // Not async: with the memory store the whole decision is synchronous and adds no promise hop.
   return function rateLimitMiddleware(ctx: Context, next: Next): Promise<void> | undefined {
-    if (ctx.identity === undefined || !ctx.path.startsWith(prefix)) return next();
-    let result: RateDecision | Promise<RateDecision>;
-    try {
-      result = take(ctx.identity.id);
-    } catch (err) {
-      storeFailed(ctx, err);
-    }
-    if (result instanceof Promise) {
-      return result.then(
-        (decision) => decide(ctx, decision, next),
-        (err: unknown) => storeFailed(ctx, err),
-      );
-    }
-    return decide(ctx, result, next);
+    const { identity } = ctx;
+    if (identity === undefined) return next();
+    return settle(
+      ctx,
+      () => take(identity.id),
+      (c, decision) => decide(c, decision, next),
+      storeFailed,
+    );
   };
 }

@@ -13,7 +13,9 @@ describe('accessLog()', () => {
   let served: Served;
   const observed: Array<{ route: string; durationMs: number }> = [];
   const identify: Middleware = async function identifyMiddleware(ctx, next) {
-    if (ctx.req.headers['x-test-identity'] === 'yes') ctx.identity = { id: 'key:42', kind: 'key' };
+    const id = ctx.req.headers['x-test-identity'];
+    if (id === 'yes') ctx.identity = { id: 'key:42', kind: 'key' };
+    else if (typeof id === 'string') ctx.identity = { id: decodeURIComponent(id), kind: 'jwt' };
     await next();
   };
 
@@ -90,6 +92,15 @@ describe('accessLog()', () => {
   it('accessLog() adds the identity when one is known', async () => {
     const { line } = await get('/v1/conversations/c1', { headers: { 'x-test-identity': 'yes' } });
     assert.equal(line['identity'], 'key:42');
+  });
+
+  it('accessLog() escapes an identity id in the line, the same way on every request', async () => {
+    const id = 'jwt:a"b\\c\u2028d';
+    const headers = { 'x-test-identity': encodeURIComponent(id) };
+    const first = await get('/v1/conversations/c1', { headers });
+    const second = await get('/v1/conversations/c1', { headers });
+    assert.equal(first.line['identity'], id);
+    assert.equal(second.line['identity'], id);
   });
 
   it('accessLog() writes no identity field for an anonymous request', async () => {

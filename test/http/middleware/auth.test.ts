@@ -1,6 +1,13 @@
 import assert from 'node:assert/strict';
 import { request } from 'node:http';
 import { after, before, describe, it } from 'node:test';
+import { AppError } from '../../../lib/errors.ts';
+import { auth } from '../../../lib/http/middleware/auth.ts';
+import { errorHandler } from '../../../lib/http/middleware/errors.ts';
+import { requestId } from '../../../lib/http/middleware/request-id.ts';
+import type { Identity } from '../../../lib/http/types.ts';
+import { createFailureThrottle } from '../../../lib/limits/failure-throttle.ts';
+import { ok, route, type Served, serve } from '../../support/http.ts';
 import { bearer, createTestKey, mintJwt, msUntil, type TestKey, unsignedJwt } from '../../support/keys.ts';
 import { startTestServer, TEST_DATABASE_URL, type TestServer } from '../../support/server.ts';
 import { startTcpProxy, type TcpProxy } from '../../support/tcp-proxy.ts';
@@ -67,23 +74,20 @@ describe('auth() in the real app', () => {
     const from = fresh(bearer(token));
     const res = await get(agents, from);
     const events = server
-      .logs()
-      .split('\n')
-      .filter((line) => line.includes(String(res.headers['x-request-id'])) && line.includes('"event":"security"'));
+      .lines()
+      .filter((line) => line['requestId'] === res.headers['x-request-id'] && line['event'] === 'security');
     assert.equal(events.length, 1);
-    const event = JSON.parse(events[0] ?? '{}') as Record<string, unknown>;
-    assert.equal(event['kind'], 'auth_failure');
-    assert.equal(event['ip'], from.localAddress);
+    assert.equal(events[0]?.['kind'], 'auth_failure');
+    assert.equal(events[0]?.['ip'], from.localAddress);
     assert.ok(!server.logs().includes('B'.repeat(43)));
   });
 
   it('logs failed and throttled attempts as auth_failure and auth_throttled security events', async () => {
     await statuses(agents, 11, { headers: BAD_KEY, localAddress: '127.0.0.7' });
     const kinds = server
-      .logs()
-      .split('\n')
-      .filter((line) => line.includes('"event":"security"') && line.includes('"ip":"127.0.0.7"'))
-      .map((line) => (JSON.parse(line) as Record<string, unknown>)['kind']);
+      .lines()
+      .filter((line) => line['event'] === 'security' && line['ip'] === '127.0.0.7')
+      .map((line) => line['kind']);
     assert.deepEqual(kinds, [...Array<string>(10).fill('auth_failure'), 'auth_throttled']);
   });
 
@@ -291,5 +295,71 @@ describe('auth() when the key store is unreachable', { skip: !TEST_DATABASE_URL 
       5_000,
     );
     assert.ok(ms < 5_000);
+  });
+});
+
+describe('auth() decides protection by route, not by path', () => {
+  let served: Served;
+  const IDENTITY: Identity = { id: 'key:route-test', kind: 'key' };
+
+  before(async () => {
+    served = await serve(
+      [
+        route('GET', '/open', ok(), { public: true }),
+        route('GET', '/closed', (ctx) => ({ kind: 'json', status: 200, body: { identity: ctx.identity?.id } })),
+        route('GET', '/v1/things', ok()),
+      ],
+      [
+        requestId(),
+        errorHandler(),
+        auth({
+          authenticate: async (token) => {
+            if (token === 'good') return IDENTITY;
+            throw new AppError('INVALID_TOKEN');
+          },
+          throttle: createFailureThrottle(1_000),
+          addressKey: (address) => address,
+        }),
+      ],
+    );
+  });
+  after(() => served.close());
+
+  async function call(method: string, path: string, token?: string): Promise<{ status: number; code: unknown }> {
+    const headers: Record<string, string> = token === undefined ? {} : { authorization: `Bearer ${token}` };
+    const res = await fetch(`${served.url}${path}`, { method, headers });
+    const text = await res.text();
+    return { status: res.status, code: text === '' ? undefined : (JSON.parse(text) as { code?: unknown }).code };
+  }
+
+  it('auth() lets a route marked public through without credentials', async () => {
+    assert.deepEqual(await call('GET', '/open'), { status: 200, code: undefined });
+  });
+
+  it('auth() refuses a route without the public flag outside /v1/ with 401', async () => {
+    assert.deepEqual(await call('GET', '/closed'), { status: 401, code: 'UNAUTHORIZED' });
+  });
+
+  it('auth() sets the identity on a protected route for a valid credential', async () => {
+    const res = await fetch(`${served.url}/closed`, { headers: { authorization: 'Bearer good' } });
+    assert.deepEqual(await res.json(), { identity: IDENTITY.id });
+  });
+
+  it('auth() answers an unknown path under /v1/ with the same 401 as a known one', async () => {
+    assert.deepEqual(await call('GET', '/v1/nothing'), await call('GET', '/v1/things'));
+    assert.deepEqual(await call('GET', '/v1/nothing'), { status: 401, code: 'UNAUTHORIZED' });
+  });
+
+  it('auth() leaves an unknown path outside /v1/ to its 404', async () => {
+    assert.deepEqual(await call('GET', '/nothing'), { status: 404, code: 'NOT_FOUND' });
+  });
+
+  it('auth() answers a wrong method on a protected path 401 before its 405', async () => {
+    assert.deepEqual(await call('DELETE', '/v1/things'), { status: 401, code: 'UNAUTHORIZED' });
+    assert.deepEqual(await call('DELETE', '/v1/things', 'good'), { status: 405, code: 'METHOD_NOT_ALLOWED' });
+  });
+
+  it('auth() answers a wrong method on a public path 405 without credentials', async () => {
+    assert.deepEqual(await call('DELETE', '/open'), { status: 405, code: 'METHOD_NOT_ALLOWED' });
   });
 });

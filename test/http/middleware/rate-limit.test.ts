@@ -3,6 +3,11 @@ import { randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
+import { errorHandler } from '../../../lib/http/middleware/errors.ts';
+import { type RateDecision, rateLimit } from '../../../lib/http/middleware/rate-limit.ts';
+import { requestId } from '../../../lib/http/middleware/request-id.ts';
+import type { Middleware } from '../../../lib/http/types.ts';
+import { ok, route, type Served, serve } from '../../support/http.ts';
 import { bearer, createTestKey, msUntil, type TestKey } from '../../support/keys.ts';
 import { startTestServer, TEST_DATABASE_URL, type TestServer } from '../../support/server.ts';
 import { startTcpProxy, type TcpProxy } from '../../support/tcp-proxy.ts';
@@ -37,11 +42,7 @@ describe('rateLimit() with the memory store in the real app', () => {
   it('logs a rejection as a rate_limited security event with the identity', async () => {
     const key = await createTestKey(server.db.pool, 'rl-log');
     await burst([server], key, 6);
-    const events = server
-      .logs()
-      .split('\n')
-      .filter((line) => line.includes('"kind":"rate_limited"'))
-      .map((line) => JSON.parse(line) as Record<string, unknown>);
+    const events = server.lines().filter((line) => line['kind'] === 'rate_limited');
     assert.deepEqual(
       events.map((event) => event['identity']),
       [key.identity],
@@ -216,12 +217,13 @@ describe('rateLimit() when the postgres store fails', () => {
     await res.arrayBuffer();
     const requestId = res.headers.get('x-request-id') ?? '';
     const failures = server
-      .logs()
-      .split('\n')
-      .filter((line) => line.includes('rate-limit store failed') && line.includes(requestId));
+      .lines()
+      .filter(
+        (line) => line['msg'] === 'rate-limit store failed; refusing requests' && line['requestId'] === requestId,
+      );
     assert.equal(failures.length, 1);
-    assert.match(failures[0] ?? '', /"level":"error"/);
-    assert.match(failures[0] ?? '', /rate_limit_buckets/);
+    assert.equal(failures[0]?.['level'], 'error');
+    assert.match(JSON.stringify(failures[0]), /rate_limit_buckets/);
   });
 
   it('keeps the process serving after a store failure', async () => {
@@ -281,5 +283,83 @@ describe('rateLimit() when the postgres store loses its database connection', {
     proxy.setMode('pass');
     const ms = await msUntil(async () => (await agentsStatus(server, key)) === 200, 5_000);
     assert.ok(ms < 5_000);
+  });
+});
+
+describe('rateLimit() on its own', () => {
+  let served: Served;
+  const taken: string[] = [];
+  let decide: (key: string) => RateDecision | Promise<RateDecision> = () => ALLOW;
+  const ALLOW: RateDecision = { allowed: true, remaining: 4, resetSeconds: 1, retryAfterSeconds: 0 };
+  const DENY: RateDecision = { allowed: false, remaining: 0, resetSeconds: 3, retryAfterSeconds: 2 };
+  // Stands in for auth: a request with x-test-identity is identified, any other is anonymous.
+  const identify: Middleware = function identifyMiddleware(ctx, next) {
+    const id = ctx.req.headers['x-test-identity'];
+    if (typeof id === 'string') ctx.identity = { id, kind: 'key' };
+    return next();
+  };
+
+  before(async () => {
+    served = await serve(
+      [route('GET', '/anywhere', ok()), route('GET', '/v1/things', ok())],
+      [
+        requestId(),
+        errorHandler(),
+        identify,
+        rateLimit({
+          take: (key) => {
+            taken.push(key);
+            return decide(key);
+          },
+          headers: (decision) => ['ratelimit', `r=${decision.remaining}`],
+        }),
+      ],
+    );
+  });
+  after(() => served.close());
+
+  async function call(path: string, identity?: string): Promise<{ status: number; code: unknown; header: unknown }> {
+    const headers: Record<string, string> = identity === undefined ? {} : { 'x-test-identity': identity };
+    const res = await fetch(`${served.url}${path}`, { headers });
+    const body = (await res.json()) as { code?: unknown };
+    return { status: res.status, code: body.code, header: res.headers.get('ratelimit') };
+  }
+
+  it('rateLimit() takes no token for a request without an identity', async () => {
+    decide = () => ALLOW;
+    taken.length = 0;
+    assert.equal((await call('/v1/things')).status, 200);
+    assert.deepEqual(taken, []);
+  });
+
+  it('rateLimit() takes a token for an identified request on any route, not only under /v1/', async () => {
+    decide = () => ALLOW;
+    taken.length = 0;
+    assert.deepEqual(await call('/anywhere', 'key:a'), { status: 200, code: undefined, header: 'r=4' });
+    assert.deepEqual(taken, ['key:a']);
+  });
+
+  it('rateLimit() answers 429 RATE_LIMITED with Retry-After from a store that decides synchronously', async () => {
+    decide = () => DENY;
+    const res = await fetch(`${served.url}/anywhere`, { headers: { 'x-test-identity': 'key:b' } });
+    assert.equal(res.status, 429);
+    assert.equal(res.headers.get('retry-after'), '2');
+    assert.equal(((await res.json()) as { code: string }).code, 'RATE_LIMITED');
+  });
+
+  it('rateLimit() waits for a store that decides asynchronously', async () => {
+    decide = async () => ALLOW;
+    assert.deepEqual(await call('/anywhere', 'key:c'), { status: 200, code: undefined, header: 'r=4' });
+    decide = async () => DENY;
+    assert.equal((await call('/anywhere', 'key:c')).status, 429);
+  });
+
+  it('rateLimit() fails closed with 503 RATE_LIMIT_UNAVAILABLE when the store throws or rejects', async () => {
+    decide = () => {
+      throw new Error('store down');
+    };
+    assert.deepEqual(await call('/anywhere', 'key:d'), { status: 503, code: 'RATE_LIMIT_UNAVAILABLE', header: null });
+    decide = async () => Promise.reject(new Error('store down'));
+    assert.deepEqual(await call('/anywhere', 'key:d'), { status: 503, code: 'RATE_LIMIT_UNAVAILABLE', header: null });
   });
 });
