@@ -1,10 +1,14 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { PGlite } from '@electric-sql/pglite';
+import { createPgConfig } from '@electric-sql/pglite/node-postgres';
 import { SignJWT } from 'jose';
-import type pg from 'pg';
+import pg from 'pg';
 import { generateApiKey } from '../../lib/auth/api-key.ts';
 import { createAuthenticator } from '../../lib/auth/authenticator.ts';
 import { createJwtVerifier } from '../../lib/auth/jwt.ts';
+import { insertApiKey, revokeApiKey } from '../../lib/db/api-keys.ts';
+import { migrate } from '../../lib/db/migrate.ts';
 import { AppError } from '../../lib/errors.ts';
 
 interface StoredKey {
@@ -15,6 +19,7 @@ interface StoredKey {
 
 /**
  * A stand-in for the pool that answers the api_keys lookup from a list and counts round trips.
+ * It ignores the SQL: the PGlite test at the end runs the real query against the real schema.
  * `hold()` parks every query until `release()`, so tests can line up concurrent lookups.
  */
 function fakeKeyTable() {
@@ -254,4 +259,23 @@ test('cached() remembers the last key per connection, and still forgets it when 
   );
   clock.advance(2_000);
   assert.equal(authenticate.cached(key, connection), undefined, 'the memo expires with the cache entry');
+});
+
+test('authenticate() accepts a stored key and refuses it once revoked, through the real query on PGlite', async (t) => {
+  const engine = await PGlite.create();
+  const pool = new pg.Pool(createPgConfig(engine) as pg.PoolConfig);
+  t.after(async () => {
+    await pool.end();
+    await engine.close();
+  });
+  await migrate(pool);
+  const generated = generateApiKey();
+  const id = await insertApiKey(pool, { name: 'pglite-key', prefix: generated.prefix, hash: generated.hash });
+  const clock = manualClock();
+  const authenticate = createAuthenticator({ pool, jwt: undefined, cacheTtlMs: 2_000, now: clock.now });
+  assert.deepEqual(await authenticate(generated.key), { id: `key:${id}`, kind: 'key' });
+  await assert.rejects(authenticate(generateApiKey().key), isInvalidToken);
+  assert.equal(await revokeApiKey(pool, 'pglite-key'), true);
+  clock.advance(2_000);
+  await assert.rejects(authenticate(generated.key), isInvalidToken);
 });

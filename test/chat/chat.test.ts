@@ -304,8 +304,18 @@ describe('POST /v1/chat', () => {
     assert.equal(failed.status, 502);
     await failed.body?.cancel();
     const logs = h.server.logs();
-    for (const res of [streamed, buffered, failed])
-      assert.ok(logs.includes(res.headers.get('x-request-id') ?? '-'), 'the requests were logged');
+    const logged = logs
+      .split('\n')
+      .filter((line) => line !== '')
+      .map((line) => JSON.parse(line) as { msg?: unknown; requestId?: unknown });
+    for (const res of [streamed, buffered, failed]) {
+      const id = res.headers.get('x-request-id');
+      assert.ok(id !== null, 'the response names its request id');
+      assert.ok(
+        logged.some((line) => line.msg === 'request' && line.requestId === id),
+        `request ${id} has its access-log line`,
+      );
+    }
     assert.ok(logs.includes('upstream error'), 'the upstream failure was logged');
     assert.equal(logs.includes(CANARY), false, 'the upstream key is in the logs');
     assert.equal(logs.includes(secretMessage), false, 'the message is in the logs');

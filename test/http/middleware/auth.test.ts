@@ -290,11 +290,10 @@ describe('auth() when the key store is unreachable', { skip: !TEST_DATABASE_URL 
     );
     proxy.setMode('pass');
     // The pool reconnects on the next query; the address must not have been throttled meanwhile.
-    const ms = await msUntil(
+    await msUntil(
       async () => (await get(agents, { headers: bearer(key.key), localAddress: '127.0.2.2' })).status === 200,
       5_000,
     );
-    assert.ok(ms < 5_000);
   });
 });
 

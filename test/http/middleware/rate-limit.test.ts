@@ -281,8 +281,7 @@ describe('rateLimit() when the postgres store loses its database connection', {
     await refused.arrayBuffer();
     assert.equal(refused.status, 503);
     proxy.setMode('pass');
-    const ms = await msUntil(async () => (await agentsStatus(server, key)) === 200, 5_000);
-    assert.ok(ms < 5_000);
+    await msUntil(async () => (await agentsStatus(server, key)) === 200, 5_000);
   });
 });
 
