@@ -183,26 +183,52 @@ describe('POST /v1/chat when the upstream fails', () => {
 });
 
 describe('POST /v1/chat when the client leaves', () => {
-  let h: ChatHarness;
+  // Upstream deadlines far beyond the test: only the client leaving (or a cancel) can end the upstream request.
+  const DEADLINES = { UPSTREAM_TIMEOUT_MS: '30000', UPSTREAM_IDLE_TIMEOUT_MS: '30000' };
+  let abort: ChatHarness;
+  let finish: ChatHarness;
   before(async () => {
-    // Upstream deadlines far beyond the test: only the client leaving can end the upstream request.
-    h = await startChat({ UPSTREAM_TIMEOUT_MS: '30000', UPSTREAM_IDLE_TIMEOUT_MS: '30000' });
+    abort = await startChat({ ...DEADLINES, ANSWER_ON_DISCONNECT: 'abort' });
+    finish = await startChat({ ...DEADLINES, ANSWER_ON_DISCONNECT: 'finish' });
   });
-  after(() => h.close());
+  after(async () => {
+    await abort?.close();
+    await finish?.close();
+  });
 
-  it('closes a silent upstream within 1 s of a client abort and stores the partial answer incomplete', async () => {
+  /** Starts an answer whose upstream sends one chunk and then stays silent, reads that chunk and leaves. */
+  async function leaveAfterOneChunk(h: ChatHarness): Promise<{ index: number; conversationId: string }> {
     // One chunk and then silence: no later chunk can make the relay notice the closed socket.
     h.fake.queue({ kind: 'stall', afterChunks: 1 });
     const index = h.fake.requests.length;
     const stream = await openStream(h.server.url, h.key, { message: 'Start and wait' });
     const start = await stream.next();
-    assert.deepEqual(await stream.next(), { event: 'delta', data: { text: 'Hel' }, comment: undefined });
+    const first = await stream.next();
+    assert.deepEqual([first?.event, first?.data], ['delta', { text: 'Hel' }]);
     stream.abort();
-    await h.fake.waitForClose(index, 1_000);
-    assert.equal(h.fake.requests[index]?.closedEarly, true);
-    const conversationId = (start?.data as { conversationId: string }).conversationId;
-    const answer = await storedAnswer(h.server.db.pool, conversationId, 2_000);
+    return { index, conversationId: (start?.data as { conversationId: string }).conversationId };
+  }
+
+  it('with ANSWER_ON_DISCONNECT=abort closes a silent upstream within 1 s of a client abort, stored incomplete', async () => {
+    const { index, conversationId } = await leaveAfterOneChunk(abort);
+    await abort.fake.waitForClose(index, 1_000);
+    assert.equal(abort.fake.requests[index]?.closedEarly, true);
+    const answer = await storedAnswer(abort.server.db.pool, conversationId, 2_000);
     assert.deepEqual([answer.status, answer.error_code, answer.content], ['incomplete', null, 'Hel']);
+  });
+
+  it('with ANSWER_ON_DISCONNECT=finish keeps a silent upstream open after the client left, until a cancel', async () => {
+    const { index, conversationId } = await leaveAfterOneChunk(finish);
+    await new Promise((resolve) => setTimeout(resolve, 1_000));
+    assert.equal(finish.fake.requests[index]?.closedAt, undefined, 'the answer outlives its client');
+    assert.equal(finish.server.chat.active(), 1);
+    const res = await finish.call('POST' as 'GET', `/v1/conversations/${conversationId}/cancel`);
+    assert.equal(res.status, 204);
+    await finish.fake.waitForClose(index, 1_000);
+    await waitFor('the answer to be stored', 2_000, async () => {
+      const answer = await storedAnswer(finish.server.db.pool, conversationId);
+      return answer.status === 'incomplete' && answer.error_code === 'CANCELLED' ? answer : undefined;
+    });
   });
 });
 

@@ -60,6 +60,17 @@ function chatProbe(c: Credentials, name: string, body: string, upstream?: Behavi
   };
 }
 
+function completionsProbe(c: Credentials, name: string, stream: boolean): Probe {
+  const body = { model: 'default', stream, messages: [{ role: 'user', content: CANARY_MESSAGE }] };
+  return {
+    name: `POST /v1/chat/completions ${name}`,
+    method: 'POST',
+    path: '/v1/chat/completions',
+    headers: { ...bearer(c.key), 'content-type': 'application/json' },
+    body: JSON.stringify(body),
+  };
+}
+
 /** Every route with a valid caller: one entry per route. */
 function routeProbes(c: Credentials): Probe[] {
   const auth = bearer(c.key);
@@ -71,6 +82,11 @@ function routeProbes(c: Credentials): Probe[] {
     { name: 'GET /v1/agents', path: '/v1/agents', headers: auth },
     chatProbe(c, 'streamed, the canary in the message', JSON.stringify({ message: CANARY_MESSAGE })),
     chatProbe(c, 'buffered, the canary in the message', JSON.stringify({ message: CANARY_MESSAGE, stream: false })),
+    completionsProbe(c, 'streamed, the canary in the message', true),
+    completionsProbe(c, 'buffered, the canary in the message', false),
+    { name: 'GET /v1/models', path: '/v1/models', headers: auth },
+    { name: 'GET /v1/conversations/:id/stream', path: `${conversation}/stream`, headers: auth },
+    { name: 'POST /v1/conversations/:id/cancel', method: 'POST', path: `${conversation}/cancel`, headers: auth },
     { name: 'GET /v1/conversations/:id', path: conversation, headers: auth },
     { name: 'GET /v1/conversations?limit=1', path: '/v1/conversations?limit=1', headers: auth },
     { name: 'DELETE /v1/conversations/:id', method: 'DELETE', path: conversation, headers: auth },
