@@ -19,7 +19,8 @@ import {
   startPinned,
   table,
 } from './harness.ts';
-import { type HeapFigures, heapAfterGc, heapNow, inspectorUrl, writeHeapSnapshot } from './inspector.ts';
+import { type HeapPoint, heapTable, maybeSnapshot, readHeap } from './heap-report.ts';
+import { inspectorUrl } from './inspector.ts';
 import { type Relay, type RelayId, startUpstream } from './relays.ts';
 
 export interface MemoryOptions {
@@ -36,15 +37,6 @@ export interface MemoryResult {
   kibPerStream?: number;
   markdownRow?: string[];
   heap?: string;
-}
-
-/** V8 figures read over the inspector (KiB); each is undefined without an inspector. */
-interface HeapPoint {
-  /** Right after the RSS samples with the streams open, no GC forced. */
-  now?: HeapFigures;
-  /** BENCH_SETTLE_S later, still no GC forced: what V8's own heuristics keep for idle streams. */
-  settled?: HeapFigures;
-  afterGc?: HeapFigures;
 }
 
 type OpenLine = { open: number; failed: number; failures: Record<string, number>; openMs: number };
@@ -124,9 +116,9 @@ async function holdAndSample(
   // The idle baseline is taken after a forced GC when the inspector is there, so that garbage left
   // by the warm-up cannot be collected later and make the per-stream figure look smaller.
   // Snapshots come after the RSS samples: writing one grows the process's native memory for a while.
-  const idleHeap: HeapPoint = { afterGc: await readHeap(inspector, o, 'afterGc') };
+  const idleHeap: HeapPoint = { afterGc: await readHeap(inspector, o.log, 'afterGc') };
   const idle = median(await rssSamples(server.pid, 1000));
-  await maybeSnapshot(inspector, `${relay.id}-idle`, o);
+  await maybeSnapshot(inspector, `${relay.id}-idle`, o.log);
   o.log(`SSE memory: ${relay.id}: idle RSS ${fmt(idle / 1024, 1)} MiB; opening ${o.streams} streams`);
   const open = await sampleOpen(relay, server, inspector, holdClient(targets, o.streams, procs), o);
   return memoryResult(relay, w.open, idle, idleHeap, open, o);
@@ -151,7 +143,7 @@ async function sampleOpen(
   const opened = await openLine(big);
   await sleep(1000);
   const withOpen = await rssSamples(server.pid, 2000);
-  const heap: HeapPoint = { now: await readHeap(inspector, o, 'now') };
+  const heap: HeapPoint = { now: await readHeap(inspector, o.log, 'now') };
   // The young generation grows while 1,000 streams open within a second or two and V8 shrinks it
   // only after a quiet spell; the settled reading shows what the same open streams hold then.
   const settleS = settleSeconds();
@@ -160,10 +152,10 @@ async function sampleOpen(
     o.log(`SSE memory: holding the streams ${settleS} s more for the settled reading (no forced GC)`);
     await sleep(settleS * 1000);
     settled = median(await rssSamples(server.pid, 2000));
-    heap.settled = await readHeap(inspector, o, 'now');
+    heap.settled = await readHeap(inspector, o.log, 'now');
   }
-  heap.afterGc = await readHeap(inspector, o, 'afterGc');
-  await maybeSnapshot(inspector, `${relay.id}-open`, o);
+  heap.afterGc = await readHeap(inspector, o.log, 'afterGc');
+  await maybeSnapshot(inspector, `${relay.id}-open`, o.log);
   await closeHold(big);
   await sleep(3000);
   const after = median(await rssSamples(server.pid, 1000));
@@ -282,21 +274,6 @@ async function closeHold(p: Proc): Promise<void> {
   clearTimeout(timer);
 }
 
-/** One inspector reading; a failure leaves the figures out instead of failing the run. */
-async function readHeap(
-  url: string | undefined,
-  o: MemoryOptions,
-  how: 'now' | 'afterGc',
-): Promise<HeapFigures | undefined> {
-  if (url === undefined) return undefined;
-  try {
-    return how === 'now' ? await heapNow(url) : await heapAfterGc(url);
-  } catch (err) {
-    o.log(`SSE memory: inspector reading failed: ${(err as Error).message}`);
-    return undefined;
-  }
-}
-
 /**
  * BENCH_SERVER_NODE_ARGS (space-separated) adds Node flags to the memory test's relays, for experiments
  * such as --max-semi-space-size. Production starts with none beyond the ones ours.ts sets, so leave it
@@ -312,50 +289,4 @@ function settleSeconds(): number {
   const v = raw === undefined || raw === '' ? 20 : Number(raw);
   if (!Number.isFinite(v) || v < 0) throw new Error(`invalid BENCH_SETTLE_S: ${raw}`);
   return v;
-}
-
-/** BENCH_HEAP_SNAPSHOT_DIR=dir writes idle/open heap snapshots there (for scripts/heap-diff.ts). */
-async function maybeSnapshot(url: string | undefined, name: string, o: MemoryOptions): Promise<void> {
-  const dir = process.env.BENCH_HEAP_SNAPSHOT_DIR;
-  if (dir === undefined || dir === '' || url === undefined) return;
-  const path = join(dir, `${name}.heapsnapshot`);
-  await writeHeapSnapshot(url, path);
-  o.log(`SSE memory: heap snapshot written to ${path}`);
-}
-
-/** The V8 breakdown: per stream = (with streams open − idle) / streams, idle always after a forced GC. */
-function heapTable(name: string, idle: HeapPoint, open: HeapPoint, n: number): string {
-  const base = idle.afterGc;
-  if (base === undefined || n === 0) return '';
-  const keys = ['rss', 'heapUsed', 'heapTotal', 'external', 'arrayBuffers'] as const;
-  const mib = (f: HeapFigures) => keys.map((k) => fmt(f[k] / 1024, 1));
-  const per = (f: HeapFigures) => keys.map((k) => fmt((f[k] - base[k]) / n, 1));
-  const points: Array<[string, HeapFigures | undefined]> = [
-    ['streams open, 1–3 s after opening', open.now],
-    ['streams open, settled (no forced GC)', open.settled],
-    ['streams open, after forced GC', open.afterGc],
-  ];
-  const rows = [['idle, after forced GC (MiB)', ...mib(base)]];
-  const spaceLines = [`idle after GC: ${spaces(base)}`];
-  for (const [label, f] of points) {
-    if (f === undefined) continue;
-    rows.push([`${label} (MiB)`, ...mib(f)], [`**KiB per stream, ${label}**`, ...per(f)]);
-    spaceLines.push(`${label}: ${spaces(f)}`);
-  }
-  return [
-    '',
-    `Where it goes in ${name}: \`process.memoryUsage()\` read over the inspector (Runtime.evaluate; for ` +
-      `"after forced GC", HeapProfiler.collectGarbage twice first).`,
-    '',
-    table(['point', 'rss', 'heapUsed', 'heapTotal', 'external', 'arrayBuffers'], rows),
-    '',
-    `Committed V8 heap spaces ≥ 1 MiB, in MiB: ${spaceLines.join('; ')}.`,
-  ].join('\n');
-}
-
-function spaces(f: HeapFigures): string {
-  return Object.entries(f.spaces)
-    .filter(([, kib]) => kib >= 1024)
-    .map(([name, kib]) => `${name} ${fmt(kib / 1024, 1)}`)
-    .join(', ');
 }
