@@ -3,9 +3,9 @@
 //   throughput  `concurrency` keep-alive workers POST the same request in a loop for `durationMs`;
 //               a stream counts when it completed inside the window and its tail holds `okMarker`.
 //   ttfb        sequential requests, alternating the targets one request at a time (drift cancels):
-//               time to headers, to the first body byte and to the first `tokenMarker`.
+//               time to headers, to the first body byte and to the first match of `tokenPattern`.
 //   hold        opens `n` streams (at most `openConcurrency` connecting at once), reports when each
-//               has shown `tokenMarker`, then keeps them open until a 'close' line on stdin.
+//               has shown `tokenPattern`, then keeps them open until a 'close' line on stdin.
 // Only loopback URLs are accepted; every mode is bounded in count and time.
 import { Agent, type IncomingMessage, request } from 'node:http';
 import { createInterface } from 'node:readline';
@@ -16,7 +16,8 @@ export interface Target {
   headers: Record<string, string>;
   body: string;
   okMarker: string;
-  tokenMarker: string;
+  /** A RegExp source matched against the last 512 characters read: the first content token. */
+  tokenPattern: string;
 }
 type Job =
   | { mode: 'throughput'; target: Target; concurrency: number; durationMs: number }
@@ -49,6 +50,7 @@ function once(t: Target, agent: Agent, timeoutMs: number): Promise<Outcome> {
   return new Promise((resolve) => {
     const t0 = performance.now();
     const out: Outcome = { ok: false, status: 0, headersMs: NaN, firstByteMs: NaN, tokenMs: NaN, totalMs: NaN };
+    const token = new RegExp(t.tokenPattern);
     let tail = '';
     let settled = false;
     const finish = () => {
@@ -73,7 +75,7 @@ function once(t: Target, agent: Agent, timeoutMs: number): Promise<Outcome> {
         if (Number.isNaN(out.firstByteMs)) out.firstByteMs = performance.now() - t0;
         // Keep a short tail only: the markers are short, and the client's own cost stays small and equal for both targets.
         tail = (tail + chunk).slice(-512);
-        if (Number.isNaN(out.tokenMs) && tail.includes(t.tokenMarker)) out.tokenMs = performance.now() - t0;
+        if (Number.isNaN(out.tokenMs) && token.test(tail)) out.tokenMs = performance.now() - t0;
       });
       res.on('end', finish);
       res.on('error', finish);
@@ -197,11 +199,12 @@ async function hold(
           settle(false, String(res.statusCode));
           return;
         }
+        const token = new RegExp(t.tokenPattern);
         let tail = '';
         res.setEncoding('utf8');
         res.on('data', (chunk: string) => {
           tail = (tail + chunk).slice(-512);
-          if (!done && tail.includes(t.tokenMarker)) {
+          if (!done && token.test(tail)) {
             clearTimeout(timer);
             settle(true, '');
           }

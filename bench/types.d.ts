@@ -2,3 +2,4 @@
 declare module 'express';
 declare module 'cors';
 declare module 'autocannon';
+declare module '@portkey-ai/gateway/build/start-server.js';

@@ -4,7 +4,7 @@
 // servers go on CPU 0, load generators and clients on CPU 1, through `taskset` (which execs,
 // so the pid we hold is the node/wrk process itself).
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
-import { existsSync, openSync, readFileSync } from 'node:fs';
+import { existsSync, openSync, readdirSync, readFileSync } from 'node:fs';
 import { type AddressInfo, createServer } from 'node:net';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -180,6 +180,37 @@ export function processCpuSeconds(pid: number): number {
   }
 }
 
+/**
+ * CPU seconds so far of every PostgreSQL backend on this machine serving database `db`, by pid. Found
+ * by process title (`postgres: [CLUSTER: ]USER DB HOST(PORT) STATE`), so no database session is needed.
+ */
+export function dbBackendCpu(db: string): Map<number, number> {
+  const out = new Map<number, number>();
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    let title: string;
+    try {
+      title = readFileSync(`/proc/${entry}/cmdline`, 'utf8');
+    } catch {
+      continue; // gone, or not ours to read
+    }
+    const words = title.replace(/\0/g, ' ').trim().split(/\s+/);
+    // cluster_name, when set (Debian sets it), comes first and ends with a colon
+    const dbAt = words[1]?.endsWith(':') ? 3 : 2;
+    if (words[0] !== 'postgres:' || words[dbAt] !== db) continue;
+    const cpu = processCpuSeconds(Number(entry));
+    if (Number.isFinite(cpu)) out.set(Number(entry), cpu);
+  }
+  return out;
+}
+
+/** CPU seconds the backends used between two dbBackendCpu() readings (a backend that ended meanwhile is lost). */
+export function dbCpuBetween(before: Map<number, number>, after: Map<number, number>): number {
+  let sum = 0;
+  for (const [pid, cpu] of after) sum += cpu - (before.get(pid) ?? 0);
+  return sum;
+}
+
 /** Resident set size in KiB (VmRSS); NaN when the process is gone. */
 export function rssKiB(pid: number): number {
   try {
@@ -236,6 +267,24 @@ export function fmt(x: number, digits = 2): string {
 
 export function fmtInt(x: number): string {
   return Number.isFinite(x) ? Math.round(x).toLocaleString('en-US') : '–';
+}
+
+/**
+ * One line of the report's goals: the value and whether it meets the goal, or why it could not be
+ * judged ('n/a (…)' reasons read as n/a, anything else as unavailable).
+ */
+export function goal(
+  name: string,
+  value: number | undefined,
+  ok: (v: number) => boolean,
+  show: (v: number) => string,
+  why: string | undefined,
+): string {
+  if (value === undefined || !Number.isFinite(value)) {
+    if (why?.startsWith('n/a')) return `- ${name}: **n/a**${why.slice(3)}`;
+    return `- ${name}: **unavailable**${why ? ` (${why})` : ''}`;
+  }
+  return `- ${name}: ${show(value)} → **${ok(value) ? 'met' : 'not met'}**`;
 }
 
 /** Renders a markdown table. */

@@ -33,6 +33,20 @@ export const OURS_SETTINGS: Readonly<Record<string, string>> = {
   SHUTDOWN_GRACE_MS: '1000',
 };
 
+/** The rate-limit stores the HTTP configs run ours with (`postgres-leased` is refused by servers that predate it). */
+export type RateLimitStore = 'memory' | 'postgres' | 'postgres-leased';
+
+/** The database name in a postgres:// URL, or undefined (no URL, or none in it). */
+export function databaseName(url: string | undefined): string | undefined {
+  if (url === undefined || url === '') return undefined;
+  try {
+    const name = decodeURIComponent(new URL(url).pathname.slice(1));
+    return name === '' ? undefined : name;
+  } catch {
+    return undefined;
+  }
+}
+
 export interface OursPrepared {
   ok: true;
   dataDir: string;
@@ -109,15 +123,17 @@ export const PRODUCTION_ENV: Readonly<Record<string, string>> = { MALLOC_ARENA_M
 
 /**
  * Starts the server on CPU 0 and checks that GET /v1/agents answers 200 with the first key.
- * `nodeArgs` go before the entry point (the memory test adds `--inspect=127.0.0.1:0`).
+ * `nodeArgs` go before the entry point (the memory test adds `--inspect=127.0.0.1:0`); `extraEnv`
+ * sets variables per config (RATE_LIMIT_STORE). A server that refuses its configuration exits 1 at once.
  */
 export async function startOurs(
   prep: OursPrepared,
   port: number,
   upstreamBaseUrl: string,
   nodeArgs: readonly string[] = [],
+  extraEnv: Readonly<Record<string, string>> = {},
 ): Promise<Proc> {
-  const env = { ...prep.env, ...PRODUCTION_ENV, PORT: String(port), OPENAI_BASE_URL: upstreamBaseUrl };
+  const env = { ...prep.env, ...PRODUCTION_ENV, ...extraEnv, PORT: String(port), OPENAI_BASE_URL: upstreamBaseUrl };
   const proc = startPinned('ours', SERVER_CPU, NODE, [...PRODUCTION_NODE_FLAGS, ...nodeArgs, ENTRY], {
     cwd: REPO_ROOT,
     env,
