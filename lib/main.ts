@@ -8,6 +8,7 @@ import { type Authenticate, createAuthenticator } from './auth/authenticator.ts'
 import { createJwtVerifier, type JwtVerifierOptions } from './auth/jwt.ts';
 import { ensureDevKey } from './auth/keys-command.ts';
 import { type AgentRegistry, loadAgents } from './chat/agents.ts';
+import { AI_SDK_CHAT_ROUTE, aiSdkRoutes } from './chat/ai-sdk.ts';
 import { createPgFanout, type Fanout } from './chat/fanout.ts';
 import { liveRoutes } from './chat/live-routes.ts';
 import { nativeChat } from './chat/native.ts';
@@ -182,6 +183,13 @@ function createFanout(config: Config, db: Database, log: Logger): Fanout {
 }
 
 function buildRoutes(config: Config, db: Database, services: Services, drain: DrainState): Route[] {
+  const resume = createResumer({
+    turns: services.chat,
+    pool: db.pool,
+    fanout: services.fanout,
+    // Past its deadlines (and the drain), an answer that never stored its end has no instance running it.
+    maxAnswerAgeSeconds: (config.upstream.timeoutMs + config.upstream.maxDurationMs + config.shutdownGraceMs) / 1000,
+  });
   const { chat, agents, metrics } = services;
   const isDraining = () => drain.draining;
   return [
@@ -197,18 +205,15 @@ function buildRoutes(config: Config, db: Database, services: Services, drain: Dr
       agents,
       maxBodyBytes: config.maxBodyBytes,
     }),
-    ...liveRoutes({
+    ...liveRoutes({ pool: db.pool, turns: chat, fanout: services.fanout, resume }),
+    ...aiSdkRoutes({
       pool: db.pool,
       turns: chat,
-      fanout: services.fanout,
-      resume: createResumer({
-        turns: chat,
-        pool: db.pool,
-        fanout: services.fanout,
-        // Past its deadlines (and the drain), an answer that never stored its end has no instance running it.
-        maxAnswerAgeSeconds:
-          (config.upstream.timeoutMs + config.upstream.maxDurationMs + config.shutdownGraceMs) / 1000,
-      }),
+      agents,
+      maxBodyBytes: config.completionsMaxBodyBytes,
+      maxMessageChars: config.maxMessageChars,
+      onDisconnect: config.answerOnDisconnect,
+      resume,
     }),
     ...openAiRoutes({
       turns: chat,
@@ -241,7 +246,14 @@ function buildMiddleware(
     accessLog({ log, observe: (ctx, ms) => metrics.observeRequest(ctx.method, ctx.route, ctx.status, ms / 1000) }),
     errorHandler({ classify: databaseUnavailable, writerFor: errorDialect }),
     refuseWhileDraining({ isDraining: () => drain.draining, exempt: DRAIN_EXEMPT }),
-    bodyLimit(config.maxBodyBytes, new Map([[COMPLETIONS_ROUTE, config.completionsMaxBodyBytes]])),
+    // Both dialects carry a client's whole history in the body (the AI SDK's is ignored but still sent).
+    bodyLimit(
+      config.maxBodyBytes,
+      new Map([
+        [COMPLETIONS_ROUTE, config.completionsMaxBodyBytes],
+        [AI_SDK_CHAT_ROUTE, config.completionsMaxBodyBytes],
+      ]),
+    ),
     cors({ origins: config.corsOrigins, onReject: securityEvent(security, 'cors_rejected') }),
     auth({
       authenticate,

@@ -2,7 +2,7 @@
 // checkpoint a stored answer as it grows, and release everything once in finish().
 import { performance } from 'node:perf_hooks';
 import { checkpointAnswer } from '../db/answers.ts';
-import { type AssistantMessage, startTurn } from '../db/conversations.ts';
+import { type AssistantMessage, type RegeneratedTurn, regenerateTurn, startTurn } from '../db/conversations.ts';
 import { AppError } from '../errors.ts';
 import type { Agent } from './agents.ts';
 import { storeAnswer } from './answers.ts';
@@ -132,16 +132,23 @@ export class TurnRun {
       const head = { conversationId: undefined, messageId: crypto.randomUUID(), agent: requested.id, createdSeconds };
       return { agent: requested, head, messages: [system, ...input.messages] };
     }
-    const turn = await startTurn(this.#options.pool, {
-      owner: identity.id,
-      agent: requested.id,
-      message: input.message,
-      historyMaxChars: this.#options.historyMaxChars,
-      ...(input.conversationId === undefined ? {} : { conversationId: input.conversationId }),
-    });
+    const { pool, historyMaxChars } = this.#options;
+    const turn =
+      input.kind === 'regenerate'
+        ? await regenerateTurn(pool, { owner: identity.id, conversationId: input.conversationId, historyMaxChars })
+        : await startTurn(pool, {
+            owner: identity.id,
+            agent: requested.id,
+            message: input.message,
+            historyMaxChars,
+            ...(input.conversationId === undefined ? {} : { conversationId: input.conversationId }),
+            ...(input.clientId === undefined ? {} : { clientId: input.clientId }),
+          });
     if (turn === undefined) throw new AppError('NOT_FOUND', { detail: 'No such conversation' });
+    const message = input.kind === 'regenerate' ? (turn as RegeneratedTurn).message : input.message;
     // A follow-up that names no agent continues with the conversation's own (while it still exists).
-    const agent = input.agentNamed ? requested : (this.#options.agents.get(turn.agent) ?? requested);
+    const named = input.kind === 'stored' && input.agentNamed;
+    const agent = named ? requested : (this.#options.agents.get(turn.agent) ?? requested);
     this.#answer = { id: turn.assistantMessageId, conversationId: turn.conversationId, content: '', status: 'error' };
     const head = {
       conversationId: turn.conversationId,
@@ -150,7 +157,7 @@ export class TurnRun {
       createdSeconds,
     };
     const prompt: UpstreamMessage = { role: 'system', content: agent.systemPrompt };
-    return { agent, head, messages: [prompt, ...turn.history, { role: 'user', content: input.message }] };
+    return { agent, head, messages: [prompt, ...turn.history, { role: 'user', content: message }] };
   }
 
   async *#relay(stream: UpstreamStream, head: TurnHead, startedMs: number): AsyncGenerator<TurnEvent> {

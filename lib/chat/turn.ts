@@ -51,7 +51,9 @@ export interface Sampling {
 
 /** What the turn answers: a message in a stored conversation, or a client-held history (stateless). */
 export type TurnInput =
-  | { kind: 'stored'; message: string; conversationId?: string; agentNamed: boolean }
+  | { kind: 'stored'; message: string; conversationId?: string; clientId?: string; agentNamed: boolean }
+  /** The conversation's last question again, for a new answer that replaces the last one. */
+  | { kind: 'regenerate'; conversationId: string }
   | { kind: 'stateless'; messages: UpstreamMessage[] };
 
 export interface TurnRequest {

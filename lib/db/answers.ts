@@ -60,6 +60,19 @@ export async function latestAnswer(
   };
 }
 
+/** The owner's conversation a client knows by its own id (the AI SDK's chat id), if any. */
+export async function findConversationByClientId(
+  pool: pg.Pool,
+  owner: string,
+  clientId: string,
+): Promise<string | undefined> {
+  const { rows } = await pool.query<{ id: string }>(
+    'SELECT id FROM conversations WHERE owner = $1 AND client_id = $2',
+    [owner, clientId],
+  );
+  return rows[0]?.id;
+}
+
 /** True when the conversation exists and is the owner's. */
 export async function ownsConversation(pool: pg.Pool, owner: string, conversationId: string): Promise<boolean> {
   const { rowCount } = await pool.query('SELECT 1 FROM conversations WHERE id = $1 AND owner = $2', [

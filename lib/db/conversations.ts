@@ -20,14 +20,22 @@ export interface StartedTurn {
   history: HistoryMessage[];
 }
 
+/** A new turn: the owner's message in a conversation, or in a new one (named by `clientId` when given). */
+export interface TurnStart {
+  owner: string;
+  agent: string;
+  conversationId?: string;
+  /** A client's own id for a new conversation (unique per owner): a race to create it joins the winner's. */
+  clientId?: string;
+  message: string;
+  historyMaxChars: number;
+}
+
 /**
  * Stores the user's message, creating the conversation in the same transaction when no id is
  * given. Returns undefined when `conversationId` does not exist for this owner.
  */
-export async function startTurn(
-  pool: pg.Pool,
-  input: { owner: string; agent: string; conversationId?: string; message: string; historyMaxChars: number },
-): Promise<StartedTurn | undefined> {
+export async function startTurn(pool: pg.Pool, input: TurnStart): Promise<StartedTurn | undefined> {
   const userMessageId = randomUUID();
   // The answer's row exists from the start, as `incomplete`: if the database is unreachable when
   // the answer ends, the question still has its answer row instead of standing alone.
@@ -38,14 +46,34 @@ export async function startTurn(
     const title = input.message.slice(0, 80).replace(/[\uD800-\uDBFF]$/, '');
     // One statement is atomic on its own: no BEGIN/COMMIT round trips on the first turn, the common
     // one. Foreign keys are checked at the end of the statement, when the conversation row exists.
-    await pool.query(
-      `WITH c AS (INSERT INTO conversations (id, owner, agent, title) VALUES ($1, $2, $3, $4) RETURNING id)
+    const created = await pool.query(
+      `WITH c AS (
+         INSERT INTO conversations (id, owner, agent, title, client_id) VALUES ($1, $2, $3, $4, $8)
+         ON CONFLICT (owner, client_id) WHERE client_id IS NOT NULL DO NOTHING RETURNING id)
        INSERT INTO messages (id, conversation_id, role, content, status, completed_at)
        SELECT $5::uuid, c.id, 'user', $6::text, 'complete', now() FROM c
        UNION ALL SELECT $7::uuid, c.id, 'assistant', '', 'incomplete', NULL FROM c`,
-      [conversationId, input.owner, input.agent, title, userMessageId, input.message, assistantMessageId],
+      [
+        conversationId,
+        input.owner,
+        input.agent,
+        title,
+        userMessageId,
+        input.message,
+        assistantMessageId,
+        input.clientId ?? null,
+      ],
     );
-    return { conversationId, userMessageId, assistantMessageId, agent: input.agent, history: [] };
+    if ((created.rowCount ?? 0) > 0) {
+      return { conversationId, userMessageId, assistantMessageId, agent: input.agent, history: [] };
+    }
+    // Another request created this client id's conversation first: continue in it.
+    const existing = await pool.query<{ id: string }>(
+      'SELECT id FROM conversations WHERE owner = $1 AND client_id = $2',
+      [input.owner, input.clientId],
+    );
+    const id = existing.rows[0]?.id;
+    return id === undefined ? undefined : startTurn(pool, { ...input, clientId: undefined, conversationId: id });
   }
   const conversationId = input.conversationId;
   return withTransaction(pool, async (client) => {
@@ -75,12 +103,17 @@ export const HISTORY_MAX_MESSAGES = 200;
  * keeping a running sum of lengths and stops at the first message that does not fit, so the only
  * content that leaves the database is content that is sent.
  */
-async function loadHistory(client: pg.PoolClient, conversationId: string, maxChars: number): Promise<HistoryMessage[]> {
+async function loadHistory(
+  client: pg.PoolClient,
+  conversationId: string,
+  maxChars: number,
+  beforeSeq = Number.MAX_SAFE_INTEGER,
+): Promise<HistoryMessage[]> {
   if (maxChars <= 0) return [];
   const { rows } = await client.query<{ role: 'user' | 'assistant'; content: string }>(
     `WITH RECURSIVE walk (seq, used, n) AS (
        (SELECT seq, char_length(content)::bigint, 1 FROM messages
-        WHERE conversation_id = $1 AND content <> '' ORDER BY seq DESC LIMIT 1)
+        WHERE conversation_id = $1 AND content <> '' AND seq < $4 ORDER BY seq DESC LIMIT 1)
        UNION ALL
        SELECT older.seq, walk.used + older.len, walk.n + 1
        FROM walk CROSS JOIN LATERAL (
@@ -91,9 +124,48 @@ async function loadHistory(client: pg.PoolClient, conversationId: string, maxCha
      )
      SELECT m.role, m.content FROM walk JOIN messages m ON m.conversation_id = $1 AND m.seq = walk.seq
      WHERE walk.used <= $2 ORDER BY m.seq`,
-    [conversationId, maxChars, HISTORY_MAX_MESSAGES],
+    [conversationId, maxChars, HISTORY_MAX_MESSAGES, beforeSeq],
   );
   return rows.map((row) => ({ role: row.role, content: row.content }));
+}
+
+/** A regenerated turn: the last question of a conversation, asked again for a new answer. */
+export interface RegeneratedTurn extends StartedTurn {
+  message: string;
+}
+
+/**
+ * Replaces the conversation's last answer: deletes every message after its last user message and
+ * stores a new `incomplete` answer row; undefined when the conversation is not the owner's or has
+ * no question yet.
+ */
+export async function regenerateTurn(
+  pool: pg.Pool,
+  input: { owner: string; conversationId: string; historyMaxChars: number },
+): Promise<RegeneratedTurn | undefined> {
+  const { conversationId } = input;
+  return withTransaction(pool, async (client) => {
+    const found = await client.query<{ agent: string }>(
+      'UPDATE conversations SET updated_at = now() WHERE id = $1 AND owner = $2 RETURNING agent',
+      [conversationId, input.owner],
+    );
+    const agent = found.rows[0]?.agent;
+    if (agent === undefined) return undefined;
+    const question = await client.query<{ id: string; seq: string; content: string }>(
+      `SELECT id, seq, content FROM messages WHERE conversation_id = $1 AND role = 'user' ORDER BY seq DESC LIMIT 1`,
+      [conversationId],
+    );
+    const asked = question.rows[0];
+    if (asked === undefined) return undefined;
+    await client.query('DELETE FROM messages WHERE conversation_id = $1 AND seq > $2', [conversationId, asked.seq]);
+    const history = await loadHistory(client, conversationId, input.historyMaxChars, Number(asked.seq));
+    const assistantMessageId = randomUUID();
+    await client.query(
+      `INSERT INTO messages (id, conversation_id, role, content, status) VALUES ($1, $2, 'assistant', '', 'incomplete')`,
+      [assistantMessageId, conversationId],
+    );
+    return { conversationId, userMessageId: asked.id, assistantMessageId, agent, history, message: asked.content };
+  });
 }
 
 export interface AssistantMessage {

@@ -85,6 +85,31 @@ function routeProbes(c: Credentials): Probe[] {
     completionsProbe(c, 'streamed, the canary in the message', true),
     completionsProbe(c, 'buffered, the canary in the message', false),
     { name: 'GET /v1/models', path: '/v1/models', headers: auth },
+    {
+      name: 'POST /v1/ai-sdk/chat, the canary in the message',
+      method: 'POST',
+      path: '/v1/ai-sdk/chat',
+      headers: { ...auth, 'content-type': 'application/json' },
+      body: JSON.stringify({
+        id: 'canary-chat',
+        trigger: 'submit-message',
+        messages: [{ id: 'u1', role: 'user', parts: [{ type: 'text', text: CANARY_MESSAGE }] }],
+      }),
+    },
+    {
+      name: 'POST /v1/ai-sdk/chat, without the canary',
+      method: 'POST',
+      path: '/v1/ai-sdk/chat',
+      headers: { ...auth, 'content-type': 'application/json' },
+      body: JSON.stringify({
+        id: 'plain-chat',
+        trigger: 'submit-message',
+        messages: [{ id: 'u1', role: 'user', parts: [{ type: 'text', text: 'hello' }] }],
+      }),
+    },
+    // A chat's own messages are the caller's to read: the one without the canary.
+    { name: 'GET /v1/ai-sdk/chat/:id/stream', path: '/v1/ai-sdk/chat/plain-chat/stream', headers: auth },
+    { name: 'GET /v1/ai-sdk/chat/:id/messages', path: '/v1/ai-sdk/chat/plain-chat/messages', headers: auth },
     { name: 'GET /v1/conversations/:id/stream', path: `${conversation}/stream`, headers: auth },
     { name: 'POST /v1/conversations/:id/cancel', method: 'POST', path: `${conversation}/cancel`, headers: auth },
     { name: 'GET /v1/conversations/:id', path: conversation, headers: auth },
