@@ -4,9 +4,10 @@ import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { startAdminSocket } from './admin-socket.ts';
 import { type Authenticate, createAuthenticator } from './auth/authenticator.ts';
 import { createJwtVerifier, type JwtVerifierOptions } from './auth/jwt.ts';
-import { ensureDevKey } from './auth/keys-command.ts';
+import { ensureDevKey, type KeysOutput, parseKeysArgs, runKeys } from './auth/keys-command.ts';
 import { type AgentRegistry, loadAgents } from './chat/agents.ts';
 import { AI_SDK_CHAT_ROUTE, aiSdkRoutes } from './chat/ai-sdk.ts';
 import { createPgFanout, type Fanout } from './chat/fanout.ts';
@@ -99,7 +100,12 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
   const cleanups: Cleanup[] = [() => db.close()];
   try {
     await migrate(db.pool);
-    if (db.kind === 'pglite') await ensureDevKey(db.pool, config.dataDir, log);
+    if (db.kind === 'pglite') {
+      await ensureDevKey(db.pool, config.dataDir, log);
+      // While this server holds the embedded database, `keys …` runs here instead of failing on the lock.
+      const admin = await startAdminSocket(config.dataDir, (args, io) => runKeysHere(db, args, io), log);
+      cleanups.push(() => admin.close());
+    }
     const services = await buildServices(config, db, log, cleanups);
     const drain: DrainState = { draining: false };
     const headerList = securityHeaderList({ hsts: config.hsts });
@@ -285,6 +291,12 @@ function buildMiddleware(
 /** OpenAI's clients parse OpenAI's error object; every other route answers problem+json. */
 function errorDialect(ctx: Context): ((ctx: Context, err: AppError) => void) | undefined {
   return OPENAI_ROUTES.has(ctx.route) ? sendOpenAiError : undefined;
+}
+
+/** A keys subcommand sent over the admin socket, run on this server's own database. */
+async function runKeysHere(db: Database, args: readonly string[], io: KeysOutput): Promise<number> {
+  const command = parseKeysArgs(args, io);
+  return command === undefined ? 2 : runKeys(db.pool, command, io);
 }
 
 /** A database that cannot be reached is a 503 the client may retry, not a 500. */

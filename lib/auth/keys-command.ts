@@ -2,6 +2,7 @@
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type pg from 'pg';
+import { sendAdminCommand } from '../admin-socket.ts';
 import type { Config } from '../config.ts';
 import { countApiKeys, insertApiKey, listApiKeys, revokeApiKey } from '../db/api-keys.ts';
 import { createDatabase, type Database, DatabaseLockedError } from '../db/database.ts';
@@ -13,34 +14,70 @@ import { generateApiKey } from './api-key.ts';
 const NAME = /^[A-Za-z0-9._-]{1,100}$/;
 const USAGE = 'Usage: keys create NAME | keys list | keys revoke NAME';
 
-/** Runs one keys subcommand; stdout carries only the result (the new key alone, or the list). Returns the exit code. */
-export async function runKeysCommand(config: Config, log: Logger, args: readonly string[]): Promise<number> {
+/** Where a keys subcommand writes: stdout for its result alone (a new key, the list), stderr for the rest. */
+export interface KeysOutput {
+  out(text: string): void;
+  err(text: string): void;
+}
+
+const PROCESS_OUTPUT: KeysOutput = {
+  out: (text) => process.stdout.write(text),
+  err: (text) => process.stderr.write(text),
+};
+
+/** A valid subcommand, or undefined (the usage has been written). */
+export function parseKeysArgs(args: readonly string[], io: KeysOutput): { action: string; name?: string } | undefined {
   const [action, name, ...rest] = args;
   const needsName = action === 'create' || action === 'revoke';
   if (
+    action === undefined ||
     rest.length > 0 ||
     (needsName && (name === undefined || !NAME.test(name))) ||
     (!needsName && action !== 'list') ||
     (action === 'list' && name !== undefined)
   ) {
-    process.stderr.write(`${USAGE}\nNAME: 1-100 characters of A-Z a-z 0-9 . _ -\n`);
-    return 2;
+    io.err(`${USAGE}\nNAME: 1-100 characters of A-Z a-z 0-9 . _ -\n`);
+    return undefined;
   }
+  return name === undefined ? { action } : { action, name };
+}
+
+/** Runs a parsed subcommand on a migrated database; returns the exit code. */
+export async function runKeys(
+  pool: pg.Pool,
+  command: { action: string; name?: string },
+  io: KeysOutput,
+): Promise<number> {
+  if (command.action === 'create') return create(pool, command.name as string, io);
+  if (command.action === 'revoke') return revoke(pool, command.name as string, io);
+  return list(pool, io);
+}
+
+/**
+ * Runs one keys subcommand; stdout carries only the result (the new key alone, or the list). While a
+ * server holds the embedded database, the command runs inside that server over its admin socket.
+ * Returns the exit code.
+ */
+export async function runKeysCommand(config: Config, log: Logger, args: readonly string[]): Promise<number> {
+  const command = parseKeysArgs(args, PROCESS_OUTPUT);
+  if (command === undefined) return 2;
   let db: Database;
   try {
     db = await createDatabase(config, log);
   } catch (err) {
-    if (err instanceof DatabaseLockedError) {
+    if (!(err instanceof DatabaseLockedError)) throw err;
+    const answer = await sendAdminCommand(config.dataDir, args);
+    if (answer === undefined) {
       process.stderr.write(`${err.message}\n`);
       return 1;
     }
-    throw err;
+    process.stdout.write(answer.stdout);
+    process.stderr.write(answer.stderr);
+    return answer.code;
   }
   try {
     await migrate(db.pool);
-    if (action === 'create') return await create(db.pool, name as string);
-    if (action === 'revoke') return await revoke(db.pool, name as string);
-    return await list(db.pool);
+    return await runKeys(db.pool, command, PROCESS_OUTPUT);
   } catch (err) {
     if (!isDatabaseUnavailable(err)) throw err;
     // An operator at a terminal wants one line, not a stack trace; never the URL (it holds the password).
@@ -53,38 +90,38 @@ export async function runKeysCommand(config: Config, log: Logger, args: readonly
   }
 }
 
-async function create(pool: pg.Pool, name: string): Promise<number> {
+async function create(pool: pg.Pool, name: string, io: KeysOutput): Promise<number> {
   const key = generateApiKey();
   try {
     await insertApiKey(pool, { name, prefix: key.prefix, hash: key.hash });
   } catch (err) {
     if ((err as { code?: string }).code === '23505') {
-      process.stderr.write(`A key named ${name} already exists\n`);
+      io.err(`A key named ${name} already exists\n`);
       return 1;
     }
     throw err;
   }
-  process.stdout.write(`${key.key}\n`);
-  process.stderr.write(`Created key ${name} (${key.prefix}…). It is shown once; only its hash is stored.\n`);
+  io.out(`${key.key}\n`);
+  io.err(`Created key ${name} (${key.prefix}…). It is shown once; only its hash is stored.\n`);
   return 0;
 }
 
-async function revoke(pool: pg.Pool, name: string): Promise<number> {
+async function revoke(pool: pg.Pool, name: string, io: KeysOutput): Promise<number> {
   if (!(await revokeApiKey(pool, name))) {
-    process.stderr.write(`No active key named ${name}\n`);
+    io.err(`No active key named ${name}\n`);
     return 1;
   }
-  process.stderr.write(`Revoked key ${name}; every instance refuses it within a few seconds.\n`);
+  io.err(`Revoked key ${name}; every instance refuses it within a few seconds.\n`);
   return 0;
 }
 
-async function list(pool: pg.Pool): Promise<number> {
+async function list(pool: pg.Pool, io: KeysOutput): Promise<number> {
   const rows = await listApiKeys(pool);
   const lines = [
     'NAME\tPREFIX\tCREATED\tREVOKED',
     ...rows.map((r) => `${r.name}\t${r.prefix}\t${r.createdAt}\t${r.revokedAt ?? '-'}`),
   ];
-  process.stdout.write(`${lines.join('\n')}\n`);
+  io.out(`${lines.join('\n')}\n`);
   return 0;
 }
 

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -122,11 +122,41 @@ describe('server.ts keys and the embedded database held by a running server', ()
   });
   after(() => server.close());
 
-  it('keys create fails with a non-zero exit and says the database is in use', async () => {
-    const locked = await runKeysCli(['create', uniqueKeyName('cli-locked')], { DATA_DIR: server.config.dataDir });
-    assert.notEqual(locked.code, 0);
-    assert.equal(locked.stdout, '');
-    assert.match(locked.stderr, /embedded database in .* is in use by another process .*Stop it, or set DATABASE_URL/);
+  it('keys create runs inside the running server over DATA_DIR/admin.sock: the key alone on stdout, and it works', async () => {
+    const created = await runKeysCli(['create', uniqueKeyName('cli-socket')], { DATA_DIR: server.config.dataDir });
+    assert.equal(created.code, 0, created.stderr);
+    assert.match(created.stdout, KEY_LINE);
+    assert.match(created.stderr, /^Created key cli-socket/);
+    assert.equal(await agentsStatus(server, created.stdout.trim()), 200);
+    const listed = await runKeysCli(['list'], { DATA_DIR: server.config.dataDir });
+    assert.equal(listed.code, 0);
+    assert.ok(listed.stdout.includes('cli-socket'));
+    assert.ok(!listed.stdout.includes(created.stdout.trim()), 'the list shows no key');
+  });
+
+  it('the admin socket is a file only its owner can use, and refuses a request that is not a command', async () => {
+    const path = join(server.config.dataDir, 'admin.sock');
+    assert.equal((await stat(path)).mode & 0o777, 0o600);
+    const usage = await runKeysCli(['delete', 'x'], { DATA_DIR: server.config.dataDir });
+    assert.equal(usage.code, 2);
+    assert.match(usage.stderr, /^Usage: keys create NAME/);
+  });
+
+  it('keys create still says the database is in use when the process holding it answers no admin socket', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'keys-locked-'));
+    try {
+      // A lock held by a live process (this test's) that runs no server: nothing answers on the socket.
+      await writeFile(join(dir, 'server.lock'), String(process.pid));
+      const locked = await runKeysCli(['create', uniqueKeyName('cli-locked')], { DATA_DIR: dir });
+      assert.notEqual(locked.code, 0);
+      assert.equal(locked.stdout, '');
+      assert.match(
+        locked.stderr,
+        /embedded database in .* is in use by another process .*Stop it, or set DATABASE_URL/,
+      );
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   it('the first start writes a dev-api-key file readable only by its owner', async () => {
