@@ -18,7 +18,7 @@
 //          BENCH_SSE_TARGETS=portkey,ours-chat,ours-completions
 import { execFileSync } from 'node:child_process';
 import { existsSync, rmSync, writeFileSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { join, relative, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { runSse, type SseReport } from './sse.ts';
 import {
@@ -490,7 +490,8 @@ function report(args: {
     '',
     `- Machine: ${m.nproc} CPUs (${m.cpuModel}), ${m.memTotal} RAM, Linux ${m.kernel}; shared, so absolute ` +
       `figures drift: compare the per-round ratios (treat them as ±0.1)`,
-    `- Node ${process.version} (${NODE}); npm ${npmVersion}`,
+    // Relative to the repository: the report is committed, the machine's own paths are not its business.
+    `- Node ${process.version} (${relative(REPO_ROOT, NODE)}); npm ${npmVersion}`,
     `- Load generator: ${args.gen ? `${args.gen.version} — ${args.gen.note}` : 'not used'}`,
     `- Server under test: repo root server.ts at ${gitState()}; database: ${databaseLabel(args.prep)}`,
     '',

@@ -2,10 +2,8 @@
 // Response-shaped object whose body is undici's Node Readable.
 //
 // Why not undici's fetch: per open stream it keeps a WHATWG Request and Response, two header
-// lists, a byte ReadableStream with its controller and a chain of pending promises, about
-// 20 KiB more live heap a stream than undici.request, and more garbage per chunk (measured
-// with bench/sse.ts, BENCH_SSE_PARTS=memory, and scripts/heap-diff.ts). The SDK needs only
-// what it reads: status, ok, url, headers.get/entries, text()/json() for errors and buffered
+// lists, a byte ReadableStream with its controller and a chain of pending promises, and makes more
+// garbage per chunk (bench/RESULTS.md has the figures). The SDK needs only what it reads: status, ok, url, headers.get/entries, text()/json() for errors and buffered
 // answers, and `body`, which its SSE reader iterates with for-await when the body has no
 // getReader() (openai/internal/shims.js ReadableStreamToAsyncIterable).
 //

@@ -38,7 +38,7 @@ export function postgresPoolConfig(config: Config): pg.PoolConfig {
     idleTimeoutMillis: 10_000,
     maxLifetimeSeconds: db.maxLifetimeSeconds,
     statement_timeout: db.statementTimeoutMs,
-    // Client-side backstop slightly above the server's own limit (pg notes §6.2).
+    // Client-side backstop slightly above the server's own limit: pg's query_timeout only rejects the promise.
     query_timeout: db.statementTimeoutMs + 1_000,
     idle_in_transaction_session_timeout: Math.max(db.statementTimeoutMs * 2, 10_000),
     lock_timeout: Math.min(db.statementTimeoutMs, 5_000),
@@ -47,7 +47,7 @@ export function postgresPoolConfig(config: Config): pg.PoolConfig {
     keepAliveInitialDelayMillis: 10_000,
   };
   if (db.caFile !== undefined) {
-    // sslmode/sslrootcert in the URL override the ssl object in pg (notes §6.2), and so does `ssl`
+    // sslmode/sslrootcert in the URL override the ssl object in pg 8, and so does `ssl`
     // (`ssl=0` turns TLS off, `ssl=no-verify` skips verification): strip them so the verified CA
     // below always applies and nothing in the URL can weaken it.
     for (const key of ['ssl', 'sslmode', 'sslrootcert', 'sslcert', 'sslkey', 'uselibpqcompat'])

@@ -38,10 +38,9 @@ interface Entry {
   movedMs: number;
 }
 
-// Moving a key to the tail (delete + set) reallocates the Map's hash table, and V8 allocates the
-// table of a long-lived Map straight in old space: moving on every request made ~30 MB/s of
-// old-space garbage at 50k requests/s, and a mark-compact every second or two. Eviction only
-// needs the head to be roughly the stalest, so a key moves at most once per interval.
+// Moving a key to the tail (delete + set) reallocates the long-lived Map's table in old space, so
+// doing it per request makes old-space garbage; eviction only needs the head to be roughly the
+// stalest, so a key moves at most once per interval.
 const TOUCH_INTERVAL_MS = 1000;
 
 /** Creates a bounded in-memory bucket store; see the file comment for what happens when it is full. */

@@ -1,4 +1,5 @@
-// The API security header profile of DESIGN.md, precomputed once and sent on every response.
+// The API security header profile (OWASP's REST headers, helmet's set tightened for an API that
+// serves no HTML), precomputed once and sent on every response.
 import type { Context, Middleware, Next } from '../types.ts';
 
 export interface SecurityHeaderOptions {
