@@ -71,6 +71,7 @@ export const ENV_SCHEMA = {
   UPSTREAM_MAX_RETRIES: withDefault(int(0, 5), '2'),
   UPSTREAM_MAX_DURATION_MS: withDefault(int(1000, 3_600_000), '300000'),
   UPSTREAM_MAX_RESPONSE_BYTES: withDefault(int(65_536, 1_073_741_824), '16777216'),
+  TOKEN_BUDGET_PER_DAY: optional(int(1, 1_000_000_000_000)),
   ANSWER_ON_DISCONNECT: withDefault(z.enum(['finish', 'abort']), 'finish'),
   MAX_ANSWER_CHARS: withDefault(int(1, 100_000_000), '100000'),
   DEFAULT_MAX_OUTPUT_TOKENS: withDefault(int(1, 1_000_000), '4096'),
@@ -155,6 +156,8 @@ export interface Config {
   maxAnswerChars: number;
   /** What a stored answer does when its client leaves: run to its end (resumable), or stop. */
   answerOnDisconnect: 'finish' | 'abort';
+  /** Tokens per identity per UTC day unless its key sets its own; undefined = unlimited. */
+  tokenBudgetPerDay: number | undefined;
   maxMessageChars: number;
   historyMaxChars: number;
   corsOrigins: readonly string[];
@@ -289,6 +292,7 @@ function buildConfig(e: Env): Config {
     }),
     maxAnswerChars: e.MAX_ANSWER_CHARS,
     answerOnDisconnect: e.ANSWER_ON_DISCONNECT,
+    tokenBudgetPerDay: e.TOKEN_BUDGET_PER_DAY,
     maxMessageChars: e.MAX_MESSAGE_CHARS,
     historyMaxChars: e.HISTORY_MAX_CHARS,
     corsOrigins: Object.freeze([...e.CORS_ORIGINS]),

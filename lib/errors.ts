@@ -21,6 +21,7 @@ export const ERROR_CODES = {
   RATE_LIMITED: { status: 429, title: 'Too many requests' },
   AUTH_THROTTLED: { status: 429, title: 'Too many failed authentication attempts' },
   TOO_MANY_STREAMS: { status: 429, title: 'Too many concurrent streams' },
+  BUDGET_EXCEEDED: { status: 429, title: 'Daily token budget exceeded' },
   CANCELLED: { status: 409, title: 'The answer was cancelled' },
   HEADERS_TOO_LARGE: { status: 431, title: 'Request header fields too large' },
   INTERNAL: { status: 500, title: 'Internal server error' },

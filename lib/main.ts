@@ -18,6 +18,7 @@ import { createResumer } from './chat/resume.ts';
 import { chatRoutes } from './chat/routes.ts';
 import { type ChatObserver, createTurnEngine, type TurnEngine } from './chat/turn.ts';
 import { createUpstream, type Upstream } from './chat/upstream.ts';
+import { usageRoutes } from './chat/usage-routes.ts';
 import type { Config } from './config.ts';
 import { createDatabase, createSessionClient, type Database } from './db/database.ts';
 import { isDatabaseUnavailable } from './db/errors.ts';
@@ -39,6 +40,7 @@ import { securityHeaderList, securityHeaders } from './http/middleware/security-
 import type { Route } from './http/router.ts';
 import { createHttpServer } from './http/server.ts';
 import type { Context, Middleware } from './http/types.ts';
+import { createBudgets } from './limits/budget.ts';
 import { type ConcurrencyLimiter, createConcurrencyLimiter } from './limits/concurrency.ts';
 import { createFailureThrottle } from './limits/failure-throttle.ts';
 import { createMemoryStore } from './limits/memory-store.ts';
@@ -160,11 +162,21 @@ async function buildServices(config: Config, db: Database, log: Logger, cleanups
       'no model configured: the chat routes answer 503 MODEL_NOT_CONFIGURED; set OPENAI_API_KEY or OPENAI_BASE_URL',
     );
   }
+  const budgets = createBudgets({
+    pool,
+    log,
+    defaultTokensPerDay: config.tokenBudgetPerDay,
+    // Past every deadline a turn can have (and the drain): an unsettled reservation then counts for nothing.
+    reservationTtlMs: config.upstream.timeoutMs + config.upstream.maxDurationMs + config.shutdownGraceMs + 60_000,
+    onRejected: () => metrics.budgetRejected(),
+  });
   const chat = createTurnEngine({
     pool,
     upstream,
     agents,
     slots,
+    budgets,
+    maxMessageChars: config.maxMessageChars,
     log,
     historyMaxChars: config.historyMaxChars,
     maxAnswerChars: config.maxAnswerChars,
@@ -212,6 +224,7 @@ function buildRoutes(config: Config, db: Database, services: Services, drain: Dr
       maxBodyBytes: config.maxBodyBytes,
     }),
     ...liveRoutes({ pool: db.pool, turns: chat, fanout: services.fanout, resume }),
+    ...usageRoutes({ pool: db.pool, defaultTokensPerDay: config.tokenBudgetPerDay }),
     ...aiSdkRoutes({
       pool: db.pool,
       turns: chat,

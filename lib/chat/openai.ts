@@ -149,6 +149,7 @@ const OPENAI_CODES: Partial<Record<AppError['code'], { type: string; code: strin
   RATE_LIMITED: { type: 'requests', code: 'rate_limit_exceeded' },
   AUTH_THROTTLED: { type: 'requests', code: 'rate_limit_exceeded' },
   TOO_MANY_STREAMS: { type: 'requests', code: 'rate_limit_exceeded' },
+  BUDGET_EXCEEDED: { type: 'insufficient_quota', code: 'insufficient_quota' },
   BODY_TOO_LARGE: { type: 'invalid_request_error', code: 'request_too_large' },
   UNSUPPORTED_MEDIA_TYPE: { type: 'invalid_request_error', code: 'invalid_content_type' },
   INVALID_JSON: { type: 'invalid_request_error', code: 'invalid_json' },

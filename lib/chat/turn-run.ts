@@ -4,6 +4,7 @@ import { performance } from 'node:perf_hooks';
 import { checkpointAnswer } from '../db/answers.ts';
 import { type AssistantMessage, type RegeneratedTurn, regenerateTurn, startTurn } from '../db/conversations.ts';
 import { AppError } from '../errors.ts';
+import { estimateTokens, type Hold, type Spent } from '../limits/budget.ts';
 import type { Agent } from './agents.ts';
 import { storeAnswer } from './answers.ts';
 import { cutAt, LiveAnswer } from './live-answer.ts';
@@ -46,6 +47,10 @@ export class TurnRun {
   #checkpointed = 0;
   #checkpointedAtMs = 0;
   #checkpointing: Promise<void> | undefined;
+  #hold: Hold | undefined;
+  #reached = false;
+  #promptChars = 0;
+  #usage: UpstreamUsage | undefined;
   readonly #stored = Promise.withResolvers<void>();
 
   readonly #checkpoints: CheckpointBudget;
@@ -81,8 +86,11 @@ export class TurnRun {
 
   /** Stores the question (stored turns) and asks the upstream; the turn then belongs to its events. */
   async begin(): Promise<Turn> {
+    // The worst case is held against the budget before anything is stored or sent.
+    this.#hold = await this.#reserve();
     const { agent, head, messages } = await this.#prepare();
     this.#agentId = agent.id;
+    this.#promptChars = messages.reduce((sum, m) => sum + m.content.length, 0);
     const request = upstreamRequest(agent, messages, this.#request);
     const startedMs = performance.now();
     let stream: UpstreamStream;
@@ -91,6 +99,7 @@ export class TurnRun {
     } catch (err) {
       throw this.#failed(err);
     }
+    this.#reached = true;
     const events = this.#relay(stream, head, startedMs);
     if (head.conversationId === undefined) {
       const onUnstarted = (): Promise<void> => {
@@ -223,7 +232,36 @@ export class TurnRun {
     );
   }
 
+  /** Reserves the turn's worst case: its prompt's estimate (a stored turn's history at its cap) and its output cap. */
+  async #reserve(): Promise<Hold | undefined> {
+    const { budgets, historyMaxChars, maxMessageChars = historyMaxChars } = this.#options;
+    if (budgets === undefined) return undefined;
+    const { agent, input, sampling, identity } = this.#request;
+    const output = Math.min(sampling?.maxOutputTokens ?? agent.maxOutputTokens, agent.maxOutputTokens);
+    const asked =
+      input.kind === 'stateless'
+        ? input.messages.reduce((sum, m) => sum + m.content.length, 0)
+        : historyMaxChars + (input.kind === 'stored' ? input.message.length : maxMessageChars);
+    return budgets.reserve(identity, estimateTokens(agent.systemPrompt.length + asked) + output);
+  }
+
+  /** What the turn used: the upstream's own count, or an estimate from the text when it reported none. */
+  #spent(): Spent {
+    const usage = this.#usage;
+    if (usage !== undefined) {
+      return {
+        agent: this.#agentId,
+        tokensIn: usage.promptTokens,
+        tokensOut: usage.completionTokens,
+        estimated: false,
+      };
+    }
+    const tokensIn = estimateTokens(this.#promptChars);
+    return { agent: this.#agentId, tokensIn, tokensOut: estimateTokens(this.#length), estimated: true };
+  }
+
   #completed(finishReason: string | null, usage: UpstreamUsage | undefined): TurnEvent {
+    this.#usage = usage;
     const observer = this.#options.observer;
     observer?.upstreamOutcome('ok');
     if (usage !== undefined) observer?.tokensUsed?.(this.#agentId, usage.promptTokens, usage.completionTokens);
@@ -249,6 +287,15 @@ export class TurnRun {
     return error;
   }
 
+  /** Counts what a turn that reached the model used; frees the reservation of one that did not. */
+  async #settle(): Promise<void> {
+    const { budgets } = this.#options;
+    const hold = this.#hold;
+    if (budgets === undefined || hold === undefined) return;
+    if (this.#reached) await budgets.settle(hold, this.#spent());
+    else await budgets.release(hold);
+  }
+
   /** Stores the answer, releases the slot and the signal, ends the turn: once, whoever calls first. */
   finish(): Promise<void> {
     this.#finished ??= this.#release();
@@ -264,6 +311,7 @@ export class TurnRun {
         // A checkpoint still in flight is harmless: it only appends to a row whose end is not stored.
         await storeAnswer(this.#options.pool, this.#options.log, answer, this.#request.requestId);
       }
+      await this.#settle();
     } finally {
       // Unregistered only once stored: a resume that misses the live answer finds its end in the row.
       this.#unregister?.();

@@ -9,6 +9,7 @@
 import type pg from 'pg';
 import { AppError } from '../errors.ts';
 import type { Identity } from '../http/types.ts';
+import type { Budgets } from '../limits/budget.ts';
 import type { Logger } from '../log.ts';
 import type { Agent, AgentRegistry } from './agents.ts';
 import type { LiveAnswer } from './live-answer.ts';
@@ -116,6 +117,10 @@ export interface TurnEngineOptions {
   observer?: ChatObserver;
   /** How often a streaming answer's text is written to its row: whichever comes first. */
   checkpoint?: { intervalMs: number; chars: number };
+  /** Token accounting and daily budgets; without it turns are neither counted nor limited. */
+  budgets?: Budgets;
+  /** Longest user message, for a stored turn's worst case before its history is read. */
+  maxMessageChars?: number;
 }
 
 // Checkpoints share the pool with everything else: a few at a time, so a slow database is not made slower.

@@ -3,10 +3,21 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from '../log.ts';
 import type { Match } from './router.ts';
 
+/** Limits an API key (or a trusted JWT's claims) sets for itself; an absent field takes the server's default. */
+export interface IdentityPolicy {
+  readonly rateLimitPerMinute?: number;
+  readonly rateLimitBurst?: number;
+  readonly maxStreams?: number;
+  readonly tokensPerDay?: number;
+  /** The agents this identity may use; absent: every agent. */
+  readonly agents?: readonly string[];
+}
+
 /** Who made the request, once authentication has run: `key:<id>` or `jwt:<sub>`. */
 export interface Identity {
   id: string;
   kind: 'key' | 'jwt';
+  policy?: IdentityPolicy;
 }
 
 /** One server-sent event; `data` is serialised as JSON unless it is a string. */

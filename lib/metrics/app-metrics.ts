@@ -39,6 +39,7 @@ export const METRIC_NAMES = [
   'process_resident_memory_bytes',
   'security_events_total',
   'tokens_total',
+  'budget_rejections_total',
 ] as const;
 
 /** Connection counts of the database pool (pg.Pool's totalCount, idleCount, waitingCount). */
@@ -62,6 +63,7 @@ export interface AppMetrics {
   readonly dbPoolConnections: Gauge;
   readonly securityEvents: Counter;
   readonly tokens: Counter;
+  readonly budgetRejections: Counter;
   /** Once per request; `route` is the matched pattern (or UNMATCHED_ROUTE), never the raw path. */
   observeRequest(method: string, route: string, status: number, seconds: number): void;
   rateLimitRejected(reason: RateLimitReason): void;
@@ -75,6 +77,8 @@ export interface AppMetrics {
   securityEvent(kind: string): void;
   /** Tokens a turn used, by agent: `in` for the prompt, `out` for the completion. */
   tokensUsed(agent: string, promptTokens: number, completionTokens: number): void;
+  /** A turn refused because its identity's daily token budget would be exceeded. */
+  budgetRejected(): void;
   /** Read at each scrape; pass `() => ({ total: pool.totalCount, idle: pool.idleCount, waiting: pool.waitingCount })`. */
   setPoolSource(source: () => PoolStats): void;
   /** Read at each scrape; pass `() => limiter.inUse()`. */
@@ -187,8 +191,13 @@ function registerAll(registry: Registry, sources: Sources, loop: ELDHistogram) {
     'agent',
     'direction',
   ]);
+  const budgetRejections = registry.counter(
+    'budget_rejections_total',
+    'Turns refused with 429 BUDGET_EXCEEDED before the model was called.',
+  );
   return {
     tokens,
+    budgetRejections,
     httpRequests,
     httpRequestDuration,
     rateLimitRejections,
@@ -242,6 +251,7 @@ export function createAppMetrics(registry: Registry = createRegistry()): AppMetr
     streamOpened: () => handles.activeStreams.inc(),
     streamClosed: () => handles.activeStreams.dec(),
     securityEvent: (kind) => handles.securityEvents.inc({ kind }),
+    budgetRejected: () => handles.budgetRejections.inc(),
     tokensUsed(agent, promptTokens, completionTokens) {
       handles.tokens.inc({ agent, direction: 'in' }, promptTokens);
       handles.tokens.inc({ agent, direction: 'out' }, completionTokens);

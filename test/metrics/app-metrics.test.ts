@@ -34,6 +34,7 @@ function observeEverything(m: AppMetrics): void {
   m.setPoolSource(() => ({ total: 4, idle: 3, waiting: 0 }));
   m.securityEvent('auth_failure');
   m.tokensUsed('default', 12, 3);
+  m.budgetRejected();
 }
 
 describe('createAppMetrics()', () => {
