@@ -71,6 +71,12 @@ export const ENV_SCHEMA = {
   UPSTREAM_MAX_RETRIES: withDefault(int(0, 5), '2'),
   UPSTREAM_MAX_DURATION_MS: withDefault(int(1000, 3_600_000), '300000'),
   UPSTREAM_MAX_RESPONSE_BYTES: withDefault(int(65_536, 1_073_741_824), '16777216'),
+  UPSTREAM_BREAKER_FAILURES: withDefault(int(1, 1000), '5'),
+  UPSTREAM_BREAKER_COOLDOWN_MS: withDefault(int(100, 3_600_000), '30000'),
+  // 0 turns the ratio rule off; consecutive failures still open the breaker.
+  UPSTREAM_BREAKER_FAILURE_PERCENT: withDefault(int(0, 100), '50'),
+  UPSTREAM_BREAKER_WINDOW_MS: withDefault(int(1000, 3_600_000), '60000'),
+  UPSTREAM_BREAKER_MIN_CALLS: withDefault(int(1, 1_000_000), '20'),
   MAX_ANSWER_CHARS: withDefault(int(1, 100_000_000), '100000'),
   DEFAULT_MAX_OUTPUT_TOKENS: withDefault(int(1, 1_000_000), '4096'),
   CORS_ORIGINS: withDefault(corsOrigins, ''),
@@ -103,6 +109,8 @@ export const ENV_SCHEMA = {
 } as const;
 
 const DEFAULT_DRAIN_READINESS_MS = 5000;
+/** What an environment variable's name may be: upper case, digits and underscores. */
+export const VARIABLE_NAME = /^[A-Z_][A-Z0-9_]{0,127}$/;
 
 /** Variable names whose values are secrets; they are never printed. */
 export const SECRET_VARIABLES = ['OPENAI_API_KEY', 'JWT_SECRET', 'METRICS_TOKEN', 'DATABASE_URL'] as const;
@@ -118,6 +126,8 @@ export interface Secrets {
   databaseUrl: string | undefined;
   /** Every secret value, for the logger's redaction list. */
   values: readonly string[];
+  /** A provider key from a variable the agents file names (`apiKeyEnv`); undefined when unset or empty. */
+  variable(name: string): string | undefined;
 }
 
 export interface Config {
@@ -149,6 +159,7 @@ export interface Config {
     maxResponseBytes: number;
     /** Output cap of every agent that does not set its own. */
     defaultMaxOutputTokens: number;
+    breaker: BreakerConfig;
   };
   /** Longest answer stored or relayed; longer ones end with finish reason `length`. */
   maxAnswerChars: number;
@@ -187,6 +198,18 @@ export interface Config {
   readonly secrets: Secrets;
 }
 
+/** When an upstream's circuit breaker opens, and how long it stays open before one trial request. */
+export interface BreakerConfig {
+  /** Consecutive failures that open it. */
+  failures: number;
+  cooldownMs: number;
+  /** Failed share of the calls in the window, in percent, that opens it; 0 = off. */
+  failurePercent: number;
+  windowMs: number;
+  /** Calls the window must hold before the ratio counts. */
+  minCalls: number;
+}
+
 export type ConfigResult = { ok: true; config: Config } | { ok: false; problems: string[] };
 
 /** Validates an environment record; pure, so tests pass their own. */
@@ -198,7 +221,7 @@ export function parseConfig(env: Record<string, string | undefined>): ConfigResu
     : parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`);
   problems.push(...crossFieldProblems(env));
   if (!parsed.success || problems.length > 0) return { ok: false, problems };
-  return { ok: true, config: buildConfig(parsed.data) };
+  return { ok: true, config: buildConfig(parsed.data, env) };
 }
 
 /** Rules between variables; each runs when the variables it compares are valid on their own, so every problem is listed at once. */
@@ -242,7 +265,7 @@ function isAddressOrCidr(entry: string): boolean {
   return Number(bits) <= (family === 4 ? 32 : 128);
 }
 
-function buildConfig(e: Env): Config {
+function buildConfig(e: Env, env: Record<string, string | undefined>): Config {
   const trustOff = e.TRUST_PROXY.length === 1 && e.TRUST_PROXY[0] === 'off';
   const secretValues = [
     e.OPENAI_API_KEY,
@@ -257,6 +280,8 @@ function buildConfig(e: Env): Config {
     metricsToken: e.METRICS_TOKEN,
     databaseUrl: e.DATABASE_URL,
     values: Object.freeze(secretValues),
+    // Read on demand: which variables hold keys is known only once the agents file is loaded.
+    variable: (name: string) => (VARIABLE_NAME.test(name) && env[name] !== '' ? env[name] : undefined),
   });
   const config = {
     host: e.HOST,
@@ -283,6 +308,13 @@ function buildConfig(e: Env): Config {
       maxDurationMs: e.UPSTREAM_MAX_DURATION_MS,
       maxResponseBytes: e.UPSTREAM_MAX_RESPONSE_BYTES,
       defaultMaxOutputTokens: e.DEFAULT_MAX_OUTPUT_TOKENS,
+      breaker: Object.freeze({
+        failures: e.UPSTREAM_BREAKER_FAILURES,
+        cooldownMs: e.UPSTREAM_BREAKER_COOLDOWN_MS,
+        failurePercent: e.UPSTREAM_BREAKER_FAILURE_PERCENT,
+        windowMs: e.UPSTREAM_BREAKER_WINDOW_MS,
+        minCalls: e.UPSTREAM_BREAKER_MIN_CALLS,
+      }),
     }),
     maxAnswerChars: e.MAX_ANSWER_CHARS,
     maxMessageChars: e.MAX_MESSAGE_CHARS,
