@@ -172,6 +172,7 @@ class TurnRun {
     } catch (err) {
       throw this.#failed(err);
     }
+    if (this.#answer !== undefined) this.#answer.model = stream.model;
     const events = startedOnce(this.#relay(stream, head, startedMs), () => {
       stream.close();
       return this.finish();
@@ -294,6 +295,7 @@ class TurnRun {
 function upstreamRequest(agent: Agent, messages: UpstreamMessage[], request: TurnRequest): UpstreamRequest {
   const asked = request.sampling ?? {};
   const out: UpstreamRequest = { model: agent.model, messages, requestId: request.requestId };
+  if (agent.fallbacks.length > 0) out.fallbacks = agent.fallbacks;
   out.maxOutputTokens = Math.min(asked.maxOutputTokens ?? agent.maxOutputTokens, agent.maxOutputTokens);
   const temperature = agent.temperature ?? clamp(asked.temperature, agent.temperatureRange);
   if (temperature !== undefined) out.temperature = temperature;
