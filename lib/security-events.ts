@@ -7,7 +7,8 @@ export type SecurityEventKind =
   | 'rate_limited'
   | 'cors_rejected'
   | 'stream_cap'
-  | 'metrics_denied';
+  | 'metrics_denied'
+  | 'upstream_breaker';
 
 export interface SecurityEvents {
   emit(kind: SecurityEventKind, fields: Record<string, unknown>): void;
