@@ -11,12 +11,13 @@ import type { Config } from '../config.ts';
 import type { Logger } from '../log.ts';
 import type { Agent, AgentFallback } from './agents.ts';
 import { type Breaker, type BreakerState, createBreaker, type Permit } from './breaker.ts';
+import { awaitFirstEvent, watchFirstEvent } from './first-event.ts';
 import {
   classifyUpstreamError,
   createUpstream,
+  type StreamOptions,
   type Upstream,
   UpstreamError,
-  type UpstreamEvent,
   type UpstreamRequest,
   type UpstreamStream,
 } from './upstream.ts';
@@ -138,16 +139,10 @@ export function createUpstreamRouter(options: RouterOptions): UpstreamRouter {
       const callOptions =
         order.length === 1 ? undefined : { totalMs, ...(next === undefined ? {} : { maxRetries: 0 }) };
       try {
-        const call = target.model === req.model ? req : { ...req, model: target.model };
-        const started = await target.client.stream(call, signal, callOptions);
-        if (next === undefined) return judgedAtFirstEvent(started, permit);
-        const replayed = await firstEvent(started);
-        permit.success();
-        return replayed;
+        return await attempt(target, req, signal, callOptions, permit, next !== undefined);
       } catch (err) {
-        const failure = judge(err, permit);
-        if (!failsOver(failure)) throw failure;
-        lastError = failure;
+        if (!(err instanceof UpstreamError) || !failsOver(err)) throw err;
+        lastError = err;
       }
       if (next !== undefined) {
         hooks?.fallback?.(target.label, lastError.kind);
@@ -202,71 +197,35 @@ function judge(err: unknown, permit: Permit): UpstreamError {
   return failure;
 }
 
-/** Waits for a started stream's first event, so that an upstream silent after its headers can still be left. */
-async function firstEvent(stream: UpstreamStream): Promise<UpstreamStream> {
-  const it = stream[Symbol.asyncIterator]();
-  const first = await it.next(); // a throw here has already closed the call (the generator's finally ran)
-  if (first.done === true) throw new UpstreamError('broken', 'Upstream stream ended before its first event');
-  return replay(stream, it, first.value);
-}
-
-/** The stream as it is, telling the breaker how its first event went (or that nobody waited for it). */
-function judgedAtFirstEvent(source: UpstreamStream, permit: Permit): UpstreamStream {
-  const it = source[Symbol.asyncIterator]();
-  let judged = false;
-  const started = (step: IteratorResult<UpstreamEvent>): IteratorResult<UpstreamEvent> => {
-    judged = true;
+/**
+ * Calls one target. With a fallback next in line it resolves only after the first event; the last
+ * target resolves at its headers and tells its breaker later. Rejects with the classified failure.
+ */
+async function attempt(
+  target: Target,
+  req: UpstreamRequest,
+  signal: AbortSignal,
+  options: StreamOptions | undefined,
+  permit: Permit,
+  fallbackNext: boolean,
+): Promise<UpstreamStream> {
+  try {
+    const call = target.model === req.model ? req : { ...req, model: target.model };
+    const started = await target.client.stream(call, signal, options);
+    if (!fallbackNext) {
+      const watch = {
+        started: permit.success,
+        failed: (err: unknown) => judge(err, permit),
+        abandoned: permit.release,
+      };
+      return watchFirstEvent(started, watch);
+    }
+    const replayed = await awaitFirstEvent(started);
     permit.success();
-    return step;
-  };
-  const failed = (err: unknown): never => {
-    judged = true;
+    return replayed;
+  } catch (err) {
     throw judge(err, permit);
-  };
-  const iterator: AsyncIterator<UpstreamEvent> = {
-    // Only the first step gets the extra callbacks; later ones come straight from the source.
-    next: () => (judged ? it.next() : it.next().then(started, failed)),
-    return() {
-      permit.release();
-      return it.return?.() ?? Promise.resolve({ done: true, value: undefined });
-    },
-  };
-  return {
-    upstreamRequestId: source.upstreamRequestId,
-    model: source.model,
-    [Symbol.asyncIterator]: () => iterator,
-    close() {
-      permit.release();
-      source.close();
-    },
-  };
-}
-
-/** The started stream again, its first event handed out first; later events come straight from the source. */
-function replay(source: UpstreamStream, it: AsyncIterator<UpstreamEvent>, first: UpstreamEvent): UpstreamStream {
-  let pending: UpstreamEvent | undefined = first;
-  const iterator: AsyncIterator<UpstreamEvent> = {
-    next() {
-      if (pending === undefined) return it.next();
-      const value = pending;
-      pending = undefined;
-      return Promise.resolve({ done: false, value });
-    },
-    return() {
-      pending = undefined;
-      return it.return?.() ?? Promise.resolve({ done: true, value: undefined });
-    },
-  };
-  return {
-    upstreamRequestId: source.upstreamRequestId,
-    model: source.model,
-    [Symbol.asyncIterator]: () => iterator,
-    close() {
-      source.close();
-      // The source already started (its first event came): return() runs its cleanup.
-      it.return?.().catch(() => {});
-    },
-  };
+  }
 }
 
 /** Where a fallback's calls go and with which key; another server never gets OPENAI_API_KEY. */

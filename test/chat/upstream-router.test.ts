@@ -37,6 +37,8 @@ interface Harness {
   changes: Array<[string, BreakerState, BreakerState]>;
   fallbacks: Array<[string, string]>;
   advance(ms: number): void;
+  /** Runs when a turn leaves an upstream, before the next is called. */
+  onFallback: () => void;
 }
 
 interface HarnessOptions {
@@ -67,6 +69,7 @@ function harness(t: TestContext, options: HarnessOptions = {}): Harness {
   let nowMs = 0;
   const changes: Harness['changes'] = [];
   const moved: Harness['fallbacks'] = [];
+  let h: Harness | undefined;
   const router = createUpstreamRouter({
     config: parsed.config,
     log,
@@ -74,7 +77,10 @@ function harness(t: TestContext, options: HarnessOptions = {}): Harness {
     now: () => nowMs,
     hooks: {
       breakerChanged: (upstream, from, to) => changes.push([upstream, from, to]),
-      fallback: (upstream, reason) => moved.push([upstream, reason]),
+      fallback: (upstream, reason) => {
+        moved.push([upstream, reason]);
+        h?.onFallback();
+      },
     },
   });
   t.after(() => router.close());
@@ -84,9 +90,10 @@ function harness(t: TestContext, options: HarnessOptions = {}): Harness {
     fallbacks: agent.fallbacks,
     requestId: 'req-router-test',
   };
-  return {
+  h = {
     router,
     request,
+    onFallback: () => {},
     logs: () => {
       log.flush();
       return lines.join('');
@@ -97,6 +104,7 @@ function harness(t: TestContext, options: HarnessOptions = {}): Harness {
       nowMs += ms;
     },
   };
+  return h;
 }
 
 async function collect(stream: UpstreamStream): Promise<UpstreamEvent[]> {
@@ -174,6 +182,20 @@ describe('createUpstreamRouter() failover', () => {
     await collect(stream);
     assert.equal(a.requests.length - sent, 1);
     assert.equal(stream.model, 'model-b');
+  });
+
+  it('stream() gives the fallback only what is left of UPSTREAM_MAX_DURATION_MS, one deadline for the whole answer', async (t) => {
+    const h = harness(t, { env: { UPSTREAM_MAX_DURATION_MS: '5000' } });
+    h.onFallback = () => h.advance(4800); // the agent's model took 4.8 s of the 5 s to fail
+    a.queue({ kind: 'status', status: 500 });
+    b.queue({ kind: 'endless', text: 'more ', intervalMs: 20 });
+    const started = performance.now();
+    const stream = await h.router.stream(h.request, signal());
+    const err = await failure(collect(stream));
+    const ms = performance.now() - started;
+    assert.equal(err.kind, 'timeout');
+    assert.match(err.message, /total deadline/);
+    assert.ok(ms < 2000, `the fallback ran ${ms} ms, not the 200 ms left`);
   });
 
   it('stream() does not fall back on a 400: the request itself is at fault', async (t) => {
@@ -316,6 +338,20 @@ describe('createUpstreamRouter() circuit breaker', () => {
       h.changes.map(([, , to]) => to),
       ['open', 'half_open', 'closed'],
     );
+  });
+
+  it('a trial whose consumer leaves before the first token goes to the next caller', async (t) => {
+    const h = harness(t, { fallbacks: [] });
+    await open(h);
+    h.advance(30_000);
+    a.queue({ kind: 'slow', chunks: ['x'], chunkDelayMs: 200 });
+    const trial = await h.router.stream(h.request, signal());
+    await trial[Symbol.asyncIterator]().return?.();
+    assert.equal(h.router.breakers()[0]?.state, 'half_open');
+    const sent = a.requests.length;
+    await collect(await h.router.stream(h.request, signal()));
+    assert.equal(a.requests.length - sent, 1, 'the next caller was the trial');
+    assert.equal(h.router.breakers()[0]?.state, 'closed');
   });
 
   it('a failed trial opens the breaker for another cool-down', async (t) => {
