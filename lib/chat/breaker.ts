@@ -25,6 +25,8 @@ export interface Breaker {
   admit(): Permit | undefined;
   /** Milliseconds until a trial call may pass; 0 when one may now. */
   retryAfterMs(): number;
+  /** Whether admit() would give a permit now; changes nothing. */
+  admits(): boolean;
 }
 
 export interface BreakerOptions extends BreakerConfig {
@@ -106,6 +108,12 @@ export function createBreaker(options: BreakerOptions): Breaker {
       trialOut = true;
       trialAt = at;
       return permit(trial);
+    },
+    admits() {
+      if (state === 'closed') return true;
+      const at = now();
+      if (state === 'open') return at - openedAt >= options.cooldownMs;
+      return !trialOut || at - trialAt >= options.trialTimeoutMs;
     },
     retryAfterMs() {
       if (state !== 'open') return 0;

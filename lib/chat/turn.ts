@@ -12,6 +12,7 @@ import { storeAnswer } from './answers.ts';
 import {
   clientError,
   type Upstream,
+  type UpstreamError,
   type UpstreamMessage,
   type UpstreamRequest,
   type UpstreamStream,
@@ -120,6 +121,12 @@ export function createTurnEngine(options: TurnEngineOptions): TurnEngine {
 
   async function start(request: TurnRequest): Promise<Turn> {
     if (!upstream.configured) throw new AppError('MODEL_NOT_CONFIGURED', { detail: NOT_CONFIGURED_DETAIL });
+    // Every upstream of the agent is known to be down: refused before anything is stored or held.
+    const refused = refusalOf(upstream, request);
+    if (refused !== undefined) {
+      observer?.upstreamOutcome(refused.kind);
+      throw clientError(refused);
+    }
     const slot = await slots.acquire(request.identity.id);
     if (slot === undefined) {
       observer?.streamRejected?.();
@@ -289,6 +296,14 @@ class TurnRun {
       this.#link.dispose();
     }
   }
+}
+
+/** The error of a turn whose agent has every circuit breaker open; undefined when it may call. */
+function refusalOf(upstream: Upstream, request: TurnRequest): UpstreamError | undefined {
+  const { input } = request;
+  // A follow-up naming no agent continues with its conversation's own, known only once the database is asked.
+  if (input.kind === 'stored' && !input.agentNamed && input.conversationId !== undefined) return undefined;
+  return upstream.refusal?.(request.agent);
 }
 
 /** The upstream call for a turn: the agent's prompt first, its model, and sampling within its bounds. */

@@ -156,6 +156,11 @@ export function createUpstreamRouter(options: RouterOptions): UpstreamRouter {
   return {
     configured: primaryClient.configured,
     stream,
+    refusal(req) {
+      const order = route({ ...req, messages: [] });
+      if (order.some((t) => t.breaker.admits())) return undefined;
+      return breakerOpen(Math.min(...order.map((t) => t.breaker.retryAfterMs())));
+    },
     breakers: () => [...breakers].map(([upstream, b]) => ({ upstream, state: b.state() })),
     stats() {
       const total = { connected: 0, pending: 0, running: 0 };

@@ -80,6 +80,8 @@ export interface Upstream {
   readonly configured: boolean;
   /** Starts a stream; rejects with an UpstreamError before the first byte reaches anyone. */
   stream(req: UpstreamRequest, signal: AbortSignal, options?: StreamOptions): Promise<UpstreamStream>;
+  /** The error stream() would fail with at once, without a call (every circuit breaker open); else undefined. */
+  refusal?(route: { model: string; fallbacks?: readonly AgentFallback[] }): UpstreamError | undefined;
   stats(): { connected: number; pending: number; running: number };
   close(): Promise<void>;
 }

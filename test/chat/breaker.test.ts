@@ -144,6 +144,18 @@ describe('createBreaker()', () => {
     assert.ok(breaker.admit(), 'the cool-down was not extended either');
   });
 
+  it('createBreaker() admits() answers what admit() would, without taking the trial', () => {
+    const { breaker, advance } = harness();
+    assert.equal(breaker.admits(), true);
+    fail(breaker, 3);
+    assert.equal(breaker.admits(), false);
+    advance(1000);
+    assert.equal(breaker.admits(), true);
+    assert.equal(breaker.state(), 'open', 'asking changes nothing');
+    assert.ok(breaker.admit());
+    assert.equal(breaker.admits(), false, 'the trial is out');
+  });
+
   it('createBreaker() takes only the first verdict of a permit', () => {
     const { breaker } = harness();
     const permit = breaker.admit();

@@ -145,7 +145,7 @@ describe('POST /v1/chat when the upstream circuit breaker opens', () => {
   });
   after(() => h?.close());
 
-  it('POST /v1/chat answers 503 UPSTREAM_UNAVAILABLE with Retry-After without calling the provider once the breaker is open', async () => {
+  it('POST /v1/chat answers 503 UPSTREAM_UNAVAILABLE with Retry-After, calling and storing nothing, once the breaker is open', async () => {
     h.fake.queue({ kind: 'status', status: 500 }, { kind: 'status', status: 500 });
     for (let i = 0; i < 2; i++) {
       const res = await h.chat({ message: 'Hello' });
@@ -153,8 +153,12 @@ describe('POST /v1/chat when the upstream circuit breaker opens', () => {
       await res.arrayBuffer();
     }
     const sent = h.fake.requests.length;
+    const conversations = async () =>
+      Number((await h.server.db.pool.query<{ n: string }>('SELECT count(*) AS n FROM conversations')).rows[0]?.n);
+    const stored = await conversations();
     const res = await h.chat({ message: 'Hello' });
     assert.equal(res.status, 503);
+    assert.equal(await conversations(), stored, 'nothing was stored for a refused turn');
     const retryAfter = Number(res.headers.get('retry-after'));
     assert.ok(retryAfter >= 29 && retryAfter <= 30, `Retry-After ${retryAfter}`);
     const body = (await res.json()) as { code: string };

@@ -367,6 +367,18 @@ describe('createUpstreamRouter() circuit breaker', () => {
     assert.equal(a.requests.length, sent);
   });
 
+  it('refusal() gives the fast failure only when every breaker of the agent is open', async (t) => {
+    const h = harness(t);
+    a.queue(...Array.from({ length: 3 }, () => ({ kind: 'status', status: 500 }) as const));
+    for (let i = 0; i < 3; i++) await collect(await h.router.stream(h.request, signal()));
+    assert.equal(h.router.refusal?.(h.request), undefined, 'the fallback is still closed');
+    b.queue(...Array.from({ length: 3 }, () => ({ kind: 'status', status: 500 }) as const));
+    for (let i = 0; i < 3; i++) await failure(h.router.stream(h.request, signal()));
+    const refused = h.router.refusal?.(h.request);
+    assert.equal(refused?.toAppError().code, 'UPSTREAM_UNAVAILABLE');
+    assert.deepEqual(refused?.toAppError().headers, { 'Retry-After': '30' });
+  });
+
   it('a first-token timeout on a lone target counts as a failure of its breaker', async (t) => {
     const h = harness(t, { fallbacks: [], env: { UPSTREAM_TIMEOUT_MS: '200', UPSTREAM_BREAKER_FAILURES: '1' } });
     a.queue({ kind: 'stall', afterChunks: 0 });
