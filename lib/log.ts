@@ -205,7 +205,7 @@ export class Logger {
     this.#out.flush();
   }
 
-  /** Adds secret values learnt after start (provider keys the agents file names); this logger's parent and children share them. */
+  /** Adds secrets learnt after start (keys the agents file names); shared with parent and children. */
   addSecrets(values: readonly string[]): void {
     this.#out.addSecrets(values);
   }

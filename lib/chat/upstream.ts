@@ -323,7 +323,9 @@ function configurationHints(names: UpstreamEndpoint): Record<number, string> {
   return {
     401: `the provider refused the key: check ${names.keySetting}`,
     403: `the provider refused the key for this model: check ${names.keySetting} and the agent model`,
-    404: `the provider has no such route or model: check ${names.baseUrlSetting} (it usually ends in /v1) and the agent model`,
+    404:
+      `the provider has no such route or model: check ${names.baseUrlSetting} ` +
+      '(it usually ends in /v1) and the agent model',
   };
 }
 

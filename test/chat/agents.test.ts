@@ -179,7 +179,7 @@ describe('loadAgents()', () => {
     assert.match(message, /\[0\]\.fallbacks\[0\]\.apiKeyEnv: MISSING_PROVIDER_KEY is not set/);
   });
 
-  it('refuses a fallback base URL with credentials or a query, and a key variable that is a server setting', async () => {
+  it('refuses a fallback base URL with credentials or a query, and a server setting as key variable', async () => {
     const { message } = await loadError([
       {
         ...coder,

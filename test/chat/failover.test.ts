@@ -69,7 +69,7 @@ describe('POST /v1/chat with an agent that has a fallback', () => {
     ['no first token in time', { kind: 'stall', afterChunks: 0 }],
   ];
   for (const [name, behaviour] of failures) {
-    it(`POST /v1/chat streams the fallback's answer after ${name} from the agent's model, and stores it with model-b`, async () => {
+    it(`POST /v1/chat streams the fallback's answer after ${name} from model-a, stored with model-b`, async () => {
       h.fake.queue(behaviour);
       backup.queue({ kind: 'normal', chunks: ['Saved', ' by b'] });
       const res = await h.chat({ message: 'Hello', agent: 'resilient' });
@@ -145,7 +145,7 @@ describe('POST /v1/chat when the upstream circuit breaker opens', () => {
   });
   after(() => h?.close());
 
-  it('POST /v1/chat answers 503 UPSTREAM_UNAVAILABLE with Retry-After, calling and storing nothing, once the breaker is open', async () => {
+  it('POST /v1/chat answers an open breaker 503 with Retry-After, calling and storing nothing', async () => {
     h.fake.queue({ kind: 'status', status: 500 }, { kind: 'status', status: 500 });
     for (let i = 0; i < 2; i++) {
       const res = await h.chat({ message: 'Hello' });

@@ -104,7 +104,7 @@ describe('deploy/alerts.yml', () => {
     }
   });
 
-  it('the rules cover auth, rate limits, upstream errors, latency and breakers, pool, event loop, instance down and memory', () => {
+  it('the rules cover auth, rate limits, upstream errors, latency, breakers, pool, event loop, uptime, memory', () => {
     const used = new Set(rules.flatMap((r) => metricNames(r.expr ?? '')));
     for (const name of [
       'auth_failures_total',
