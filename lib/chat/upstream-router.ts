@@ -83,13 +83,13 @@ export function createUpstreamRouter(options: RouterOptions): UpstreamRouter {
     return client;
   }
 
+  // Looked up per request: the label (a URL parse) is built only the first time.
   function targetFor(f: AgentFallback, model: string): Target {
-    const label = labelOf(f.baseURL ?? config.upstream.baseUrl, model);
-    const client = clientFor(f);
-    const key = `${label}\u0001${f.baseURL ?? ''}\u0001${f.apiKeyEnv ?? ''}`;
+    const key = `${f.baseURL ?? ''}\u0001${f.apiKeyEnv ?? ''}\u0001${model}`;
     let target = targets.get(key);
     if (target === undefined) {
-      target = { label, model, client, breaker: breakerFor(label) };
+      const label = labelOf(f.baseURL ?? config.upstream.baseUrl, model);
+      target = { label, model, client: clientFor(f), breaker: breakerFor(label) };
       targets.set(key, target);
     }
     return target;
