@@ -73,6 +73,12 @@ export const ENV_SCHEMA = {
   UPSTREAM_MAX_RESPONSE_BYTES: withDefault(int(65_536, 1_073_741_824), '16777216'),
   TOKEN_BUDGET_PER_DAY: optional(int(1, 1_000_000_000_000)),
   ANSWER_ON_DISCONNECT: withDefault(z.enum(['finish', 'abort']), 'finish'),
+  UPSTREAM_BREAKER_FAILURES: withDefault(int(1, 1000), '5'),
+  UPSTREAM_BREAKER_COOLDOWN_MS: withDefault(int(100, 3_600_000), '30000'),
+  // 0 turns the ratio rule off; consecutive failures still open the breaker.
+  UPSTREAM_BREAKER_FAILURE_PERCENT: withDefault(int(0, 100), '50'),
+  UPSTREAM_BREAKER_WINDOW_MS: withDefault(int(1000, 3_600_000), '60000'),
+  UPSTREAM_BREAKER_MIN_CALLS: withDefault(int(1, 1_000_000), '20'),
   MAX_ANSWER_CHARS: withDefault(int(1, 100_000_000), '100000'),
   DEFAULT_MAX_OUTPUT_TOKENS: withDefault(int(1, 1_000_000), '4096'),
   CORS_ORIGINS: withDefault(corsOrigins, ''),
@@ -105,6 +111,8 @@ export const ENV_SCHEMA = {
 } as const;
 
 const DEFAULT_DRAIN_READINESS_MS = 5000;
+/** What an environment variable's name may be: upper case, digits and underscores. */
+export const VARIABLE_NAME = /^[A-Z_][A-Z0-9_]{0,127}$/;
 
 /** Variable names whose values are secrets; they are never printed. */
 export const SECRET_VARIABLES = ['OPENAI_API_KEY', 'JWT_SECRET', 'METRICS_TOKEN', 'DATABASE_URL'] as const;
@@ -120,6 +128,8 @@ export interface Secrets {
   databaseUrl: string | undefined;
   /** Every secret value, for the logger's redaction list. */
   values: readonly string[];
+  /** A provider key from a variable the agents file names (`apiKeyEnv`); undefined when unset or empty. */
+  variable(name: string): string | undefined;
 }
 
 export interface Config {
@@ -151,6 +161,7 @@ export interface Config {
     maxResponseBytes: number;
     /** Output cap of every agent that does not set its own. */
     defaultMaxOutputTokens: number;
+    breaker: BreakerConfig;
   };
   /** Longest answer stored or relayed; longer ones end with finish reason `length`. */
   maxAnswerChars: number;
@@ -193,6 +204,18 @@ export interface Config {
   readonly secrets: Secrets;
 }
 
+/** When an upstream's circuit breaker opens, and how long it stays open before one trial request. */
+export interface BreakerConfig {
+  /** Consecutive failures that open it. */
+  failures: number;
+  cooldownMs: number;
+  /** Failed share of the calls in the window, in percent, that opens it; 0 = off. */
+  failurePercent: number;
+  windowMs: number;
+  /** Calls the window must hold before the ratio counts. */
+  minCalls: number;
+}
+
 export type ConfigResult = { ok: true; config: Config } | { ok: false; problems: string[] };
 
 /** Validates an environment record; pure, so tests pass their own. */
@@ -204,7 +227,7 @@ export function parseConfig(env: Record<string, string | undefined>): ConfigResu
     : parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`);
   problems.push(...crossFieldProblems(env));
   if (!parsed.success || problems.length > 0) return { ok: false, problems };
-  return { ok: true, config: buildConfig(parsed.data) };
+  return { ok: true, config: buildConfig(parsed.data, env) };
 }
 
 /** Rules between variables; each runs when the variables it compares are valid on their own, so every problem is listed at once. */
@@ -248,7 +271,7 @@ function isAddressOrCidr(entry: string): boolean {
   return Number(bits) <= (family === 4 ? 32 : 128);
 }
 
-function buildConfig(e: Env): Config {
+function buildConfig(e: Env, env: Record<string, string | undefined>): Config {
   const trustOff = e.TRUST_PROXY.length === 1 && e.TRUST_PROXY[0] === 'off';
   const secretValues = [
     e.OPENAI_API_KEY,
@@ -263,6 +286,8 @@ function buildConfig(e: Env): Config {
     metricsToken: e.METRICS_TOKEN,
     databaseUrl: e.DATABASE_URL,
     values: Object.freeze(secretValues),
+    // Read on demand: which variables hold keys is known only once the agents file is loaded.
+    variable: (name: string) => (VARIABLE_NAME.test(name) && env[name] !== '' ? env[name] : undefined),
   });
   const config = {
     host: e.HOST,
@@ -289,6 +314,13 @@ function buildConfig(e: Env): Config {
       maxDurationMs: e.UPSTREAM_MAX_DURATION_MS,
       maxResponseBytes: e.UPSTREAM_MAX_RESPONSE_BYTES,
       defaultMaxOutputTokens: e.DEFAULT_MAX_OUTPUT_TOKENS,
+      breaker: Object.freeze({
+        failures: e.UPSTREAM_BREAKER_FAILURES,
+        cooldownMs: e.UPSTREAM_BREAKER_COOLDOWN_MS,
+        failurePercent: e.UPSTREAM_BREAKER_FAILURE_PERCENT,
+        windowMs: e.UPSTREAM_BREAKER_WINDOW_MS,
+        minCalls: e.UPSTREAM_BREAKER_MIN_CALLS,
+      }),
     }),
     maxAnswerChars: e.MAX_ANSWER_CHARS,
     answerOnDisconnect: e.ANSWER_ON_DISCONNECT,

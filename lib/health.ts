@@ -1,8 +1,10 @@
-// Health routes: /health checks the database with a deadline; /health/live touches nothing.
+// Health routes: /health checks the database with a deadline; /health/live touches nothing;
+// /health/upstream reports the upstream circuit breakers to operators.
 import type pg from 'pg';
 import { waitAtMost } from './deadline.ts';
 import { constantJson } from './http/respond.ts';
 import type { Route } from './http/router.ts';
+import type { Context } from './http/types.ts';
 
 export interface HealthOptions {
   pool: pg.Pool;
@@ -29,6 +31,27 @@ export function healthRoutes(options: HealthOptions): Route[] {
     },
     { method: 'GET', pattern: '/health/live', public: true, handler: () => OK },
   ];
+}
+
+export interface UpstreamHealthOptions {
+  /** Each breaker's label (origin and model) and state. */
+  breakers: () => ReadonlyArray<{ readonly upstream: string; readonly state: string }>;
+  /** The metrics gate: throws 401 unless the caller may read operational state. */
+  guard: (ctx: Context) => void;
+}
+
+/** GET /health/upstream: each breaker's upstream and state, nothing else (no URL path, key or error text). */
+export function upstreamHealthRoute(options: UpstreamHealthOptions): Route {
+  return {
+    method: 'GET',
+    pattern: '/health/upstream',
+    public: true, // no API identity: the metrics token or a loopback peer, checked by the guard
+    async handler(ctx) {
+      options.guard(ctx);
+      const upstreams = options.breakers().map(({ upstream, state }) => ({ upstream, state }));
+      return { kind: 'json', status: 200, body: { upstreams } };
+    },
+  };
 }
 
 /**

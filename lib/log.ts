@@ -44,7 +44,7 @@ const CREDENTIAL_PATTERN = /csk_[A-Za-z0-9_-]{16,}|eyJ[A-Za-z0-9_-]{6,}\.[A-Za-z
 
 class Output {
   readonly level: number;
-  readonly #secrets: string[];
+  #secrets: string[];
   readonly #sink: LogSink;
   readonly #maxBufferBytes: number;
   #buffer: string[] = [];
@@ -53,15 +53,13 @@ class Output {
 
   constructor(options: LoggerOptions) {
     this.level = LEVEL_VALUE[options.level ?? 'info'];
-    // Lines are scrubbed after serialisation, so a secret with a quote, backslash or control
-    // character is searched for as JSON spells it too (once and twice escaped: JSON inside a string).
-    const forms = (options.secrets ?? [])
-      .filter((s) => s.length >= 4)
-      .flatMap((s) => [s, jsonEscaped(s), jsonEscaped(jsonEscaped(s))]);
-    // Longest first so a secret that contains another is redacted whole.
-    this.#secrets = [...new Set(forms)].sort((a, b) => b.length - a.length);
+    this.#secrets = secretForms([], options.secrets ?? []);
     this.#sink = options.sink ?? 1;
     this.#maxBufferBytes = options.maxBufferBytes ?? 64 * 1024;
+  }
+
+  addSecrets(values: readonly string[]): void {
+    this.#secrets = secretForms(this.#secrets, values);
   }
 
   push(line: string): void {
@@ -101,6 +99,15 @@ class Output {
     }
     return text;
   }
+}
+
+/** The redaction list: `known` plus every form of `values`, longest first. */
+function secretForms(known: readonly string[], values: readonly string[]): string[] {
+  // Lines are scrubbed after serialisation, so a secret with a quote, backslash or control
+  // character is searched for as JSON spells it too (once and twice escaped: JSON inside a string).
+  const forms = values.filter((s) => s.length >= 4).flatMap((s) => [s, jsonEscaped(s), jsonEscaped(jsonEscaped(s))]);
+  // Longest first so a secret that contains another is redacted whole.
+  return [...new Set([...known, ...forms])].sort((a, b) => b.length - a.length);
 }
 
 function jsonEscaped(text: string): string {
@@ -196,6 +203,11 @@ export class Logger {
   /** Writes everything buffered now, synchronously (on exit, before a crash). */
   flush(): void {
     this.#out.flush();
+  }
+
+  /** Adds secrets learnt after start (keys the agents file names); shared with parent and children. */
+  addSecrets(values: readonly string[]): void {
+    this.#out.addSecrets(values);
   }
 
   /** Redacts known secrets from a string (for text that must leave by another path). */

@@ -17,7 +17,7 @@ import { COMPLETIONS_ROUTE, OPENAI_ROUTES, openAiRoutes, sendOpenAiError } from 
 import { createResumer } from './chat/resume.ts';
 import { chatRoutes } from './chat/routes.ts';
 import { type ChatObserver, createTurnEngine, type TurnEngine } from './chat/turn.ts';
-import { createUpstream, type Upstream } from './chat/upstream.ts';
+import { createUpstreamRouter, type UpstreamRouter } from './chat/upstream-router.ts';
 import { usageRoutes } from './chat/usage-routes.ts';
 import type { Config } from './config.ts';
 import { createDatabase, createSessionClient, type Database } from './db/database.ts';
@@ -25,7 +25,7 @@ import { isDatabaseUnavailable } from './db/errors.ts';
 import { migrate } from './db/migrate.ts';
 import { waitAtMost } from './deadline.ts';
 import { AppError } from './errors.ts';
-import { healthRoutes } from './health.ts';
+import { healthRoutes, upstreamHealthRoute } from './health.ts';
 import { createApp } from './http/app.ts';
 import { addressGroup, createClientIp } from './http/client-ip.ts';
 import { accessLog } from './http/middleware/access-log.ts';
@@ -49,7 +49,7 @@ import { rateLimitFormatter } from './limits/ratelimit-headers.ts';
 import { bucketPolicy, type Decision } from './limits/token-bucket.ts';
 import type { Logger } from './log.ts';
 import { type AppMetrics, createAppMetrics } from './metrics/app-metrics.ts';
-import { metricsRoutes } from './metrics/routes.ts';
+import { metricsGuard, metricsRoutes } from './metrics/routes.ts';
 import { createSecurityEvents, type SecurityEventKind, type SecurityEvents } from './security-events.ts';
 
 export interface RunningServer {
@@ -58,7 +58,7 @@ export interface RunningServer {
   url: string;
   db: Database;
   slots: ConcurrencyLimiter;
-  upstream: Upstream;
+  upstream: UpstreamRouter;
   /** The turn engine: turns in progress, and a promise for when none is. */
   chat: TurnEngine;
   /** Refuses new work, lets requests finish within the grace period, then closes everything. */
@@ -68,7 +68,7 @@ export interface RunningServer {
 /** The long-lived parts the routes and middleware are built from. */
 interface Services {
   agents: AgentRegistry;
-  upstream: Upstream;
+  upstream: UpstreamRouter;
   authenticate: Authenticate;
   limits: RateLimiter;
   slots: ConcurrencyLimiter;
@@ -90,7 +90,7 @@ interface DrainState {
 type Cleanup = () => Promise<void> | void;
 
 // Answer for themselves while draining: readiness says 503, liveness and metrics keep working.
-const DRAIN_EXEMPT = new Set(['/health', '/health/live', '/metrics']);
+const DRAIN_EXEMPT = new Set(['/health', '/health/live', '/health/upstream', '/metrics']);
 // How long the drain waits for aborted streams to store their answers before closing the pool.
 const STREAM_STORE_WAIT_MS = 2_000;
 // How long ended streams get to flush their final frame before every connection is cut.
@@ -144,8 +144,8 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
 
 async function buildServices(config: Config, db: Database, log: Logger, cleanups: Cleanup[]): Promise<Services> {
   const agents = await loadAgents(config);
-  const upstream = createUpstream(config, log);
-  cleanups.push(() => upstream.close());
+  // Known only now that the agents file named them; redacted before any client holds them.
+  log.addSecrets(fallbackKeys(agents, config));
   const jwt = config.jwt.enabled ? await createJwtVerifier(jwtOptions(config)) : undefined;
   const limits = createRateLimiter(config, db, log);
   cleanups.push(() => limits.close());
@@ -156,6 +156,17 @@ async function buildServices(config: Config, db: Database, log: Logger, cleanups
   metrics.setPoolSource(() => ({ total: pool.totalCount, idle: pool.idleCount, waiting: pool.waitingCount }));
   metrics.setStreamSlotsSource(() => slots.inUse());
   const security = createSecurityEvents(log, { onEvent: (kind) => metrics.securityEvent(kind) });
+  const upstream = createUpstreamRouter({
+    config,
+    log,
+    agents: agents.all(),
+    hooks: {
+      fallback: (label) => metrics.upstreamFallback(label),
+      breakerChanged: (label, from, to) => security.emit('upstream_breaker', { upstream: label, state: to, from }),
+    },
+  });
+  cleanups.push(() => upstream.close());
+  metrics.setBreakerSource(() => upstream.breakers());
   const shutdown = new AbortController();
   if (!upstream.configured) {
     log.warn(
@@ -247,7 +258,20 @@ function buildRoutes(config: Config, db: Database, services: Services, drain: Dr
       token: config.secrets.metricsToken,
       onDenied: securityEvent(services.security, 'metrics_denied'),
     }),
+    upstreamHealthRoute({
+      breakers: () => services.upstream.breakers(),
+      guard: metricsGuard({
+        token: config.secrets.metricsToken,
+        onDenied: securityEvent(services.security, 'metrics_denied'),
+      }),
+    }),
   ];
+}
+
+/** The values of the key variables the agents' fallbacks name (loadAgents has checked that each is set). */
+function fallbackKeys(agents: AgentRegistry, config: Config): string[] {
+  const names = new Set(agents.all().flatMap((a) => a.fallbacks.flatMap((f) => f.apiKeyEnv ?? [])));
+  return [...names].flatMap((name) => config.secrets.variable(name) ?? []);
 }
 
 /** The chain in order: identify and log every request, refuse early, authenticate, then limit. */

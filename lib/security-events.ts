@@ -2,7 +2,13 @@
 import type { Logger } from './log.ts';
 
 /** What a security event reports; each kind is emitted where that refusal happens. */
-export type SecurityEventKind = 'auth_failure' | 'auth_throttled' | 'rate_limited' | 'cors_rejected' | 'metrics_denied';
+export type SecurityEventKind =
+  | 'auth_failure'
+  | 'auth_throttled'
+  | 'rate_limited'
+  | 'cors_rejected'
+  | 'metrics_denied'
+  | 'upstream_breaker';
 
 export interface SecurityEvents {
   emit(kind: SecurityEventKind, fields: Record<string, unknown>): void;

@@ -39,6 +39,13 @@ describe('parseConfig() defaults', () => {
     assert.equal(config.database.external, false);
     assert.equal(config.healthDbTimeoutMs, 5000);
     assert.equal(config.upstream.timeoutMs, 30_000);
+    assert.deepEqual(config.upstream.breaker, {
+      failures: 5,
+      cooldownMs: 30_000,
+      failurePercent: 50,
+      windowMs: 60_000,
+      minCalls: 20,
+    });
     assert.equal(config.maxBodyBytes, 10_240);
     assert.equal(config.rateLimit.store, 'memory');
     assert.equal(config.authFailuresPerMinute, 10);
@@ -137,6 +144,18 @@ describe('parseConfig() timeouts', () => {
 
   it('parseConfig() refuses a HEADERS_TIMEOUT_MS above 15 s', () => {
     refused({ HEADERS_TIMEOUT_MS: '15001' }, 'HEADERS_TIMEOUT_MS');
+  });
+});
+
+describe('parseConfig() upstream breaker', () => {
+  it('parseConfig() refuses a breaker that could never open or a percentage over 100', () => {
+    refused({ UPSTREAM_BREAKER_FAILURES: '0' }, 'UPSTREAM_BREAKER_FAILURES');
+    refused({ UPSTREAM_BREAKER_FAILURE_PERCENT: '101' }, 'UPSTREAM_BREAKER_FAILURE_PERCENT');
+    refused({ UPSTREAM_BREAKER_COOLDOWN_MS: '10' }, 'UPSTREAM_BREAKER_COOLDOWN_MS');
+  });
+
+  it('parseConfig() reads UPSTREAM_BREAKER_FAILURE_PERCENT=0 as the ratio rule turned off', () => {
+    assert.equal(valid({ UPSTREAM_BREAKER_FAILURE_PERCENT: '0' }).upstream.breaker.failurePercent, 0);
   });
 });
 
@@ -263,6 +282,15 @@ describe('parseConfig() secrets', () => {
     const { secrets } = valid(env);
     assert.ok(secrets.values.includes(`${CANARY}/db`));
     assert.ok(secrets.values.includes(`${CANARY}-openai`));
+  });
+
+  it('config.secrets.variable() reads a variable the agents file names, never an empty or malformed name', () => {
+    const { secrets } = valid({ ...env, BACKUP_PROVIDER_KEY: `${CANARY}-backup`, EMPTY_KEY: '' });
+    assert.equal(secrets.variable('BACKUP_PROVIDER_KEY'), `${CANARY}-backup`);
+    assert.equal(secrets.variable('EMPTY_KEY'), undefined);
+    assert.equal(secrets.variable('UNSET_KEY'), undefined);
+    assert.equal(secrets.variable('__proto__'), undefined);
+    assert.ok(!inspect(valid({ BACKUP_PROVIDER_KEY: CANARY }), { depth: null }).includes(CANARY));
   });
 
   it('SECRET_VARIABLES names the variables whose values are secrets', () => {

@@ -237,6 +237,18 @@ describe('createLogger() redaction', () => {
     assert.equal(log.scrub(`a ${CANARY} b ${API_KEY}`), 'a [REDACTED] b [REDACTED]');
   });
 
+  it('logger.addSecrets() redacts a secret learnt after start, in its parent and its children alike', () => {
+    const out = capture({ secrets: [] });
+    const child = out.log.child({ component: 'x' });
+    const later = 'later-secret-0b7d2e9f41c6';
+    child.addSecrets([later]);
+    out.log.info(`parent ${later}`);
+    child.info('child', { key: `"${later}"` });
+    const text = out.text();
+    assert.ok(!text.includes(later), text);
+    assert.equal(text.match(/\[REDACTED\]/g)?.length, 2);
+  });
+
   it('logger redacts a secret that contains another secret as a whole', () => {
     const out = capture({ secrets: ['short-secret', `short-secret-${CANARY}`] });
     out.log.info(`x short-secret-${CANARY} y`);

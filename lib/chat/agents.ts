@@ -6,7 +6,16 @@
 // error messages name the file and the problems but never echo a prompt.
 import { readFile } from 'node:fs/promises';
 import * as z from 'zod';
-import type { Config } from '../config.ts';
+import { type Config, ENV_SCHEMA, VARIABLE_NAME } from '../config.ts';
+
+/** Another model to try when the agent's own fails before its first token; optionally on another server. */
+export interface AgentFallback {
+  readonly model: string;
+  /** Another OpenAI-compatible server; unset = OPENAI_BASE_URL (and its key). */
+  readonly baseURL?: string;
+  /** The environment variable holding this server's key: its name, never the key. */
+  readonly apiKeyEnv?: string;
+}
 
 /** One agent as the chat service uses it. */
 export interface Agent {
@@ -25,6 +34,8 @@ export interface Agent {
   readonly maxOutputTokens: number;
   /** What happens to a client's own system/developer messages: kept after the agent's prompt, or refused. */
   readonly clientSystemMessages: 'append' | 'refuse';
+  /** Tried in order when the model fails before its first token (connection, 5xx, 429, first-token timeout). */
+  readonly fallbacks: readonly AgentFallback[];
 }
 
 /** The public view of an agent: never its prompt. */
@@ -38,6 +49,8 @@ export interface AgentRegistry {
   get(id: string): Agent | undefined;
   /** Ids and descriptions, computed once. */
   list(): readonly AgentSummary[];
+  /** Every agent, for building the upstream clients and breakers of their models at start. */
+  all(): readonly Agent[];
   readonly defaultId: string;
 }
 
@@ -45,6 +58,7 @@ const DEFAULT_ID = 'default';
 const DEFAULT_PROMPT =
   'You are a helpful assistant. Answer clearly and concisely. If you do not know something, say so.';
 const MAX_AGENTS = 1000;
+const MAX_FALLBACKS = 4;
 
 /** A [min, max] pair within [lo, hi]. */
 function range(lo: number, hi: number) {
@@ -52,6 +66,27 @@ function range(lo: number, hi: number) {
     .tuple([z.number().min(lo).max(hi), z.number().min(lo).max(hi)])
     .refine(([min, max]) => min <= max, 'must be [min, max] with min <= max');
 }
+
+// A key in the URL would be a secret in the agents file and in every log line naming the endpoint.
+function plainBaseUrl(text: string): boolean {
+  const url = new URL(text);
+  return url.username === '' && url.password === '' && url.search === '' && url.hash === '';
+}
+// The server's own secrets (JWT_SECRET, DATABASE_URL, …) must never be sent to a provider as its key.
+const SERVER_VARIABLES = new Set<string>(Object.keys(ENV_SCHEMA).filter((name) => name !== 'OPENAI_API_KEY'));
+
+const FallbackSchema = z.strictObject({
+  model: z.string().min(1).max(200),
+  baseURL: z
+    .url({ protocol: /^https?$/ })
+    .refine(plainBaseUrl, 'must have no user, password, query or fragment (name the key in apiKeyEnv)')
+    .optional(),
+  apiKeyEnv: z
+    .string()
+    .regex(VARIABLE_NAME, 'must be an environment variable name (A-Z, 0-9, _)')
+    .refine((name) => !SERVER_VARIABLES.has(name), 'must not name one of the server configuration variables')
+    .optional(),
+});
 
 const ID_PATTERN = /^[a-z0-9][a-z0-9._-]{0,63}$/;
 const AgentSchema = z.strictObject({
@@ -68,6 +103,7 @@ const AgentSchema = z.strictObject({
   topPRange: range(0, 1).optional(),
   maxOutputTokens: z.number().int().min(1).max(200_000).optional(),
   clientSystemMessages: z.enum(['append', 'refuse']).optional(),
+  fallbacks: z.array(FallbackSchema).max(MAX_FALLBACKS).optional(),
 });
 const AgentsFileSchema = z.array(AgentSchema).max(MAX_AGENTS);
 
@@ -75,6 +111,8 @@ const AgentsFileSchema = z.array(AgentSchema).max(MAX_AGENTS);
 export async function loadAgents(config: Config): Promise<AgentRegistry> {
   const file = config.upstream.agentsFile;
   const fromFile = file === undefined ? [] : parseAgentsFile(file, await readAgentsFile(file));
+  const unset = unsetKeyVariables(fromFile, config);
+  if (unset.length > 0) throw new Error(`Invalid agents file ${file}:\n${unset.map((p) => `  - ${p}`).join('\n')}`);
   const agents = fromFile.map((a) => withDefaults(a, config));
   if (!agents.some((a) => a.id === DEFAULT_ID)) {
     const builtIn = { id: DEFAULT_ID, description: 'A general helpful assistant', systemPrompt: DEFAULT_PROMPT };
@@ -96,16 +134,31 @@ export function withDefaults(a: FileAgent, config: Config): Agent {
     temperatureRange: a.temperatureRange ?? open.temperature,
     topPRange: a.topPRange ?? open.topP,
     clientSystemMessages: a.clientSystemMessages ?? 'append',
+    fallbacks: Object.freeze((a.fallbacks ?? []).map((f) => Object.freeze({ ...f }))),
   });
+}
+
+/** Every fallback key variable the file names that the environment does not set. */
+function unsetKeyVariables(agents: readonly FileAgent[], config: Config): string[] {
+  const problems: string[] = [];
+  agents.forEach((agent, i) => {
+    agent.fallbacks?.forEach((f, j) => {
+      if (f.apiKeyEnv !== undefined && config.secrets.variable(f.apiKeyEnv) === undefined)
+        problems.push(`[${i}].fallbacks[${j}].apiKeyEnv: ${f.apiKeyEnv} is not set`);
+    });
+  });
+  return problems;
 }
 
 /** Builds a registry from already-validated agents (tests and alternative sources). */
 export function createRegistry(agents: readonly Agent[]): AgentRegistry {
   const byId = new Map(agents.map((a) => [a.id, a] as const));
   const summaries = Object.freeze(agents.map((a) => Object.freeze({ id: a.id, description: a.description })));
+  const all = Object.freeze([...agents]);
   return Object.freeze({
     get: (id: string) => byId.get(id),
     list: () => summaries,
+    all: () => all,
     defaultId: DEFAULT_ID,
   });
 }

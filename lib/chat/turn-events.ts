@@ -1,6 +1,6 @@
 // Helpers adapters use to read a turn: map its events to their wire frames, or collect a whole answer.
 import { AppError } from '../errors.ts';
-import type { Turn, TurnHead } from './turn.ts';
+import type { Turn, TurnEvent, TurnHead } from './turn.ts';
 import type { UpstreamUsage } from './upstream.ts';
 
 /**
@@ -43,15 +43,18 @@ export interface CollectedAnswer {
   usage: UpstreamUsage | undefined;
 }
 
-/** Reads a turn to its end; a failed turn rejects with its AppError. */
+/**
+ * Reads a turn to its end; a failed turn rejects with its AppError. The events run out only once
+ * a stored answer is saved, so whoever gets the JSON reads the same answer from the database.
+ */
 export async function collect(turn: Turn): Promise<CollectedAnswer> {
   const parts: string[] = [];
+  let finished: Extract<TurnEvent, { type: 'finished' }> | undefined;
   for await (const event of turn.events) {
     if (event.type === 'delta') parts.push(event.text);
     else if (event.type === 'failed') throw event.error;
-    else if (event.type === 'finished') {
-      return { head: turn.head, text: parts.join(''), finishReason: event.finishReason, usage: event.usage };
-    }
+    else if (event.type === 'finished') finished = event;
   }
-  throw new AppError('UPSTREAM_ERROR', { detail: 'The answer ended without a finish' });
+  if (finished === undefined) throw new AppError('UPSTREAM_ERROR', { detail: 'The answer ended without a finish' });
+  return { head: turn.head, text: parts.join(''), finishReason: finished.finishReason, usage: finished.usage };
 }

@@ -100,6 +100,7 @@ export class TurnRun {
       throw this.#failed(err);
     }
     this.#reached = true;
+    if (this.#answer !== undefined) this.#answer.model = stream.model;
     const events = this.#relay(stream, head, startedMs);
     if (head.conversationId === undefined) {
       const onUnstarted = (): Promise<void> => {
@@ -327,6 +328,7 @@ export class TurnRun {
 function upstreamRequest(agent: Agent, messages: UpstreamMessage[], request: TurnRequest): UpstreamRequest {
   const asked = request.sampling ?? {};
   const out: UpstreamRequest = { model: agent.model, messages, requestId: request.requestId };
+  if (agent.fallbacks.length > 0) out.fallbacks = agent.fallbacks;
   out.maxOutputTokens = Math.min(asked.maxOutputTokens ?? agent.maxOutputTokens, agent.maxOutputTokens);
   const temperature = agent.temperature ?? clamp(asked.temperature, agent.temperatureRange);
   if (temperature !== undefined) out.temperature = temperature;

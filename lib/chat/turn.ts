@@ -14,7 +14,13 @@ import type { Logger } from '../log.ts';
 import type { Agent, AgentRegistry } from './agents.ts';
 import type { LiveAnswer } from './live-answer.ts';
 import { type CheckpointBudget, TurnRun } from './turn-run.ts';
-import type { Upstream, UpstreamMessage, UpstreamUsage } from './upstream.ts';
+import {
+  clientError,
+  type Upstream,
+  type UpstreamError,
+  type UpstreamMessage,
+  type UpstreamUsage,
+} from './upstream.ts';
 
 export { type CollectedAnswer, collect, mapEvents } from './turn-events.ts';
 
@@ -152,6 +158,12 @@ export function createTurnEngine(options: TurnEngineOptions): TurnEngine {
 
   async function start(request: TurnRequest): Promise<Turn> {
     if (!upstream.configured) throw new AppError('MODEL_NOT_CONFIGURED', { detail: NOT_CONFIGURED_DETAIL });
+    // Every upstream of the agent is known to be down: refused before anything is stored or held.
+    const refused = refusalOf(upstream, request);
+    if (refused !== undefined) {
+      observer?.upstreamOutcome(refused.kind);
+      throw clientError(refused);
+    }
     const slot = await slots.acquire(request.identity.id);
     if (slot === undefined) {
       observer?.streamRejected?.();
@@ -188,6 +200,14 @@ export function createTurnEngine(options: TurnEngineOptions): TurnEngine {
     active: tracker.active,
     idle: tracker.idle,
   };
+}
+
+/** The error of a turn whose agent has every circuit breaker open; undefined when it may call. */
+function refusalOf(upstream: Upstream, request: TurnRequest): UpstreamError | undefined {
+  const { input } = request;
+  // A follow-up naming no agent continues with its conversation's own, known only once the database is asked.
+  if (input.kind === 'stored' && !input.agentNamed && input.conversationId !== undefined) return undefined;
+  return upstream.refusal?.(request.agent);
 }
 
 /** A turn's abort signal, fed by its caller, the drain and an explicit cancel. */

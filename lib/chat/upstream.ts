@@ -12,6 +12,7 @@ import { Agent as UndiciAgent } from 'undici';
 import type { Config } from '../config.ts';
 import type { AppError } from '../errors.ts';
 import type { Logger } from '../log.ts';
+import type { AgentFallback } from './agents.ts';
 import { type AbortReason, classifyUpstreamError, UpstreamError } from './upstream-errors.ts';
 import { createUpstreamFetch } from './upstream-fetch.ts';
 
@@ -42,6 +43,16 @@ export interface UpstreamRequest {
   frequencyPenalty?: number;
   /** Our request id, so upstream failures in the log can be matched to the client's request. */
   requestId?: string;
+  /** The agent's fallbacks, tried in order when `model` fails before its first token. */
+  fallbacks?: readonly AgentFallback[];
+}
+
+/** How one call may differ from the client's defaults: a failover router shortens both. */
+export interface StreamOptions {
+  /** What is left of the whole answer's deadline (UPSTREAM_MAX_DURATION_MS), when less than all of it. */
+  totalMs?: number;
+  /** SDK retries for this call; 0 when another upstream is next in line. */
+  maxRetries?: number;
 }
 
 export interface UpstreamUsage {
@@ -57,6 +68,8 @@ export type UpstreamEvent =
 /** A started stream: the upstream has answered with a 2xx status and headers. Iterate once. */
 export interface UpstreamStream extends AsyncIterable<UpstreamEvent> {
   readonly upstreamRequestId: string | undefined;
+  /** The model that answers: the agent's own, or the fallback that took over. */
+  readonly model: string;
   /** Closes the upstream request of a stream nobody will iterate (a generator never started runs no finally). */
   close(): void;
 }
@@ -66,7 +79,9 @@ export interface Upstream {
   /** False when neither a provider key nor a base URL is configured: there is no model to call. */
   readonly configured: boolean;
   /** Starts a stream; rejects with an UpstreamError before the first byte reaches anyone. */
-  stream(req: UpstreamRequest, signal: AbortSignal): Promise<UpstreamStream>;
+  stream(req: UpstreamRequest, signal: AbortSignal, options?: StreamOptions): Promise<UpstreamStream>;
+  /** The error stream() would fail with at once, without a call (every circuit breaker open); else undefined. */
+  refusal?(route: { model: string; fallbacks?: readonly AgentFallback[] }): UpstreamError | undefined;
   stats(): { connected: number; pending: number; running: number };
   close(): Promise<void>;
 }
@@ -151,8 +166,23 @@ function startCall(callerSignal: AbortSignal, limits: CallLimits): Call {
   return call;
 }
 
-/** Builds the upstream client from configuration; `close()` it on shutdown. */
-export function createUpstream(config: Config, log: Logger): Upstream {
+/** Where a client sends its calls, and with which key; by default OPENAI_BASE_URL and OPENAI_API_KEY. */
+export interface UpstreamEndpoint {
+  baseURL: string | undefined;
+  apiKey: string | undefined;
+  /** Where the key and the base URL were set, named in configuration hints (never their values). */
+  keySetting: string;
+  baseUrlSetting: string;
+}
+
+/** Builds an upstream client for one endpoint (the configured one by default); `close()` it on shutdown. */
+export function createUpstream(config: Config, log: Logger, endpoint?: UpstreamEndpoint): Upstream {
+  const target = endpoint ?? {
+    baseURL: config.upstream.baseUrl,
+    apiKey: config.secrets.openaiApiKey,
+    keySetting: 'OPENAI_API_KEY',
+    baseUrlSetting: 'OPENAI_BASE_URL',
+  };
   const { timeoutMs, idleTimeoutMs, maxDurationMs, maxResponseBytes } = config.upstream;
   const agent = new UndiciAgent({
     connect: { timeout: Math.min(10_000, timeoutMs) },
@@ -164,10 +194,10 @@ export function createUpstream(config: Config, log: Logger): Upstream {
     maxResponseSize: maxResponseBytes, // a body past this fails with UND_ERR_RES_EXCEEDED_MAX_SIZE
     allowH2: false, // undici 8 defaults to h2 via ALPN; pin HTTP/1.1 so pool stats mean sockets
   });
-  const baseURL = config.upstream.baseUrl ?? 'https://api.openai.com/v1';
+  const baseURL = target.baseURL ?? 'https://api.openai.com/v1';
   const client = new OpenAI({
     // Local servers (Ollama, vLLM) need no key, but the SDK refuses to start without one.
-    apiKey: config.secrets.openaiApiKey ?? 'unset',
+    apiKey: target.apiKey ?? 'unset',
     // Explicit values, so the SDK reads nothing from the environment behind the config's back.
     baseURL,
     organization: null,
@@ -178,18 +208,25 @@ export function createUpstream(config: Config, log: Logger): Upstream {
     // undici.request on our Agent instead of undici's fetch: far less memory per open stream (upstream-fetch.ts).
     fetch: createUpstreamFetch(agent, { maxLineBytes: MAX_LINE_BYTES, maxErrorBodyBytes: MAX_ERROR_BODY_BYTES }),
   });
-  const reporter = createReporter(log.child({ component: 'upstream' }), endpointOf(baseURL));
+  const reporter = createReporter(log.child({ component: 'upstream' }), endpointOf(baseURL), target);
   const limits: CallLimits = { firstTokenMs: timeoutMs, idleMs: idleTimeoutMs, totalMs: maxDurationMs };
 
-  async function stream(req: UpstreamRequest, signal: AbortSignal): Promise<UpstreamStream> {
-    const call = startCall(signal, limits);
+  async function stream(req: UpstreamRequest, signal: AbortSignal, options?: StreamOptions): Promise<UpstreamStream> {
+    const totalMs = options?.totalMs;
+    const call = startCall(
+      signal,
+      totalMs === undefined ? limits : { ...limits, totalMs: Math.min(totalMs, limits.totalMs) },
+    );
+    const maxRetries = options?.maxRetries;
     try {
       const body = { ...requestBody(req), stream: true as const, stream_options: { include_usage: true } };
-      const { data, request_id } = await client.chat.completions.create(body, { signal: call.signal }).withResponse();
+      const requestOptions = maxRetries === undefined ? { signal: call.signal } : { signal: call.signal, maxRetries };
+      const { data, request_id } = await client.chat.completions.create(body, requestOptions).withResponse();
       // Only the request id travels with the stream: the messages (the whole history) can go.
       const events = iterate(data, call, req.requestId, reporter);
       return {
         upstreamRequestId: request_id ?? undefined,
+        model: req.model,
         [Symbol.asyncIterator]: () => events,
         close: () => call.abort(call.reason() ?? 'client'),
       };
@@ -208,7 +245,7 @@ export function createUpstream(config: Config, log: Logger): Upstream {
     }
   }
 
-  const configured = config.secrets.openaiApiKey !== undefined || config.upstream.baseUrl !== undefined;
+  const configured = target.apiKey !== undefined || target.baseURL !== undefined;
   return { configured, stream, stats: () => poolStats(agent), close };
 }
 
@@ -282,15 +319,20 @@ async function* iterate(
 type Reporter = (err: UpstreamError, requestId: string | undefined) => UpstreamError;
 
 // Statuses whose usual cause is our own configuration, with the variable to check.
-const CONFIGURATION_HINTS: Record<number, string> = {
-  401: 'the provider refused the key: check OPENAI_API_KEY',
-  403: 'the provider refused the key for this model: check OPENAI_API_KEY and the agent model',
-  404: 'the provider has no such route or model: check OPENAI_BASE_URL (it usually ends in /v1) and the agent model',
-};
+function configurationHints(names: UpstreamEndpoint): Record<number, string> {
+  return {
+    401: `the provider refused the key: check ${names.keySetting}`,
+    403: `the provider refused the key for this model: check ${names.keySetting} and the agent model`,
+    404:
+      `the provider has no such route or model: check ${names.baseUrlSetting} ` +
+      '(it usually ends in /v1) and the agent model',
+  };
+}
 
 /** Logs each failure once: kind, status, the provider's error code and request id, never its text. */
-function createReporter(log: Logger, endpoint: string): Reporter {
+function createReporter(log: Logger, endpoint: string, names: UpstreamEndpoint): Reporter {
   const reported = new WeakSet<UpstreamError>();
+  const hints = configurationHints(names);
   return function report(err, requestId) {
     if (reported.has(err)) return err;
     reported.add(err);
@@ -307,7 +349,7 @@ function createReporter(log: Logger, endpoint: string): Reporter {
       log.debug('upstream call aborted', fields);
       return err;
     }
-    const hint = err.upstreamStatus === undefined ? undefined : CONFIGURATION_HINTS[err.upstreamStatus];
+    const hint = err.upstreamStatus === undefined ? undefined : hints[err.upstreamStatus];
     if (hint !== undefined) log.warn(`upstream error: ${hint}`, { ...fields, url: endpoint });
     else log.warn('upstream error', fields);
     return err;

@@ -177,6 +177,8 @@ export interface AssistantMessage {
   promptTokens?: number | undefined;
   completionTokens?: number | undefined;
   errorCode?: string | undefined;
+  /** The model that answered (unset when no upstream answered). */
+  model?: string | undefined;
 }
 
 /** Stores the assistant's answer (whatever state it reached) into the row startTurn made; safe to repeat. */
@@ -185,7 +187,7 @@ export async function saveAssistantMessage(pool: pg.Pool, m: AssistantMessage): 
   const content = m.content.includes('\u0000') ? m.content.replaceAll('\u0000', '\uFFFD') : m.content;
   await pool.query(
     `UPDATE messages SET content = $3, status = $4, finish_reason = $5, prompt_tokens = $6, completion_tokens = $7,
-       error_code = $8, completed_at = now()
+       error_code = $8, model = $9, completed_at = now()
      WHERE id = $1 AND conversation_id = $2 AND role = 'assistant'`,
     [
       m.id,
@@ -196,6 +198,7 @@ export async function saveAssistantMessage(pool: pg.Pool, m: AssistantMessage): 
       m.promptTokens ?? null,
       m.completionTokens ?? null,
       m.errorCode ?? null,
+      m.model ?? null,
     ],
   );
 }

@@ -40,7 +40,18 @@ export const METRIC_NAMES = [
   'security_events_total',
   'tokens_total',
   'budget_rejections_total',
+  'upstream_breaker_state',
+  'upstream_fallbacks_total',
 ] as const;
+
+/** A circuit breaker's state as the gauge exports it: 0 closed, 1 half-open, 2 open. */
+export const BREAKER_STATE_VALUES = { closed: 0, half_open: 1, open: 2 } as const;
+
+/** One upstream's breaker, as the gauge reads it at each scrape. */
+export interface BreakerSample {
+  upstream: string;
+  state: keyof typeof BREAKER_STATE_VALUES;
+}
 
 /** Connection counts of the database pool (pg.Pool's totalCount, idleCount, waitingCount). */
 export interface PoolStats {
@@ -64,6 +75,8 @@ export interface AppMetrics {
   readonly securityEvents: Counter;
   readonly tokens: Counter;
   readonly budgetRejections: Counter;
+  readonly upstreamBreakerState: Gauge;
+  readonly upstreamFallbacks: Counter;
   /** Once per request; `route` is the matched pattern (or UNMATCHED_ROUTE), never the raw path. */
   observeRequest(method: string, route: string, status: number, seconds: number): void;
   rateLimitRejected(reason: RateLimitReason): void;
@@ -83,6 +96,10 @@ export interface AppMetrics {
   setPoolSource(source: () => PoolStats): void;
   /** Read at each scrape; pass `() => limiter.inUse()`. */
   setStreamSlotsSource(source: () => number): void;
+  /** Read at each scrape; pass `() => router.breakers()`. Its upstreams' fallback counters start at 0. */
+  setBreakerSource(source: () => readonly BreakerSample[]): void;
+  /** A turn left `upstream` for its next fallback. */
+  upstreamFallback(upstream: string): void;
   render(): string;
   /** Stops the event-loop monitor. */
   close(): void;
@@ -104,6 +121,7 @@ interface RequestChildren {
 interface Sources {
   pool: (() => PoolStats) | undefined;
   slots: (() => number) | undefined;
+  breakers: (() => readonly BreakerSample[]) | undefined;
 }
 
 // Every metric with its HELP text; sampled gauges get collect hooks that read `sources` and `loop`.
@@ -195,9 +213,26 @@ function registerAll(registry: Registry, sources: Sources, loop: ELDHistogram) {
     'budget_rejections_total',
     'Turns refused with 429 BUDGET_EXCEEDED before the model was called.',
   );
+  const upstreamBreakerState = registry.gauge(
+    'upstream_breaker_state',
+    'Circuit breaker of each upstream (base URL origin and model): 0 closed, 1 half-open, 2 open.',
+    ['upstream'],
+    () => {
+      for (const b of sources.breakers?.() ?? [])
+        upstreamBreakerState.set(BREAKER_STATE_VALUES[b.state], { upstream: b.upstream });
+    },
+  );
+  // Labels come from the agents file, not from requests: bounded by its size.
+  const upstreamFallbacks = registry.counter(
+    'upstream_fallbacks_total',
+    'Turns that left an upstream for the next fallback before the first token, by the upstream left.',
+    ['upstream'],
+  );
   return {
     tokens,
     budgetRejections,
+    upstreamBreakerState,
+    upstreamFallbacks,
     httpRequests,
     httpRequestDuration,
     rateLimitRejections,
@@ -213,7 +248,7 @@ function registerAll(registry: Registry, sources: Sources, loop: ELDHistogram) {
 
 /** Registers the app's metrics on `registry` and returns cheap, typed ways to update them. */
 export function createAppMetrics(registry: Registry = createRegistry()): AppMetrics {
-  const sources: Sources = { pool: undefined, slots: undefined };
+  const sources: Sources = { pool: undefined, slots: undefined, breakers: undefined };
   const loop = monitorEventLoopDelay({ resolution: LOOP_RESOLUTION_MS });
   loop.enable();
   const handles = registerAll(registry, sources, loop);
@@ -262,6 +297,11 @@ export function createAppMetrics(registry: Registry = createRegistry()): AppMetr
     setStreamSlotsSource(source) {
       sources.slots = source;
     },
+    setBreakerSource(source) {
+      sources.breakers = source;
+      for (const b of source()) handles.upstreamFallbacks.labels(b.upstream);
+    },
+    upstreamFallback: (upstream) => handles.upstreamFallbacks.inc({ upstream }),
     render: () => registry.render(),
     close: () => loop.disable(),
   };

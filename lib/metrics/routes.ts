@@ -20,8 +20,8 @@ function digest(value: string): Buffer {
   return createHash('sha256').update(value).digest();
 }
 
-/** The /metrics route. */
-export function metricsRoutes(options: MetricsRouteOptions): Route[] {
+/** The operators' gate of /metrics and /health/upstream: throws 401 unless the request may read them. */
+export function metricsGuard(options: Omit<MetricsRouteOptions, 'render'>): (ctx: Context) => void {
   // Compare digests: equal length always, so timingSafeEqual reveals nothing about the token's length either.
   const expected = options.token === undefined ? undefined : digest(`Bearer ${options.token}`);
   function allowed(ctx: Context): boolean {
@@ -34,19 +34,26 @@ export function metricsRoutes(options: MetricsRouteOptions): Route[] {
     const forwarded = RELAY_HEADERS.some((name) => ctx.req.headers[name] !== undefined);
     return !forwarded && LOOPBACK.test(ctx.req.socket.remoteAddress ?? '');
   }
+  return function guard(ctx) {
+    if (allowed(ctx)) return;
+    options.onDenied?.(ctx);
+    throw new AppError('UNAUTHORIZED', {
+      detail: 'Metrics need the metrics token',
+      headers: { 'WWW-Authenticate': 'Bearer' },
+    });
+  };
+}
+
+/** The /metrics route. */
+export function metricsRoutes(options: MetricsRouteOptions): Route[] {
+  const guard = metricsGuard(options);
   return [
     {
       method: 'GET',
       pattern: '/metrics',
       public: true, // no API identity: the metrics token or a loopback peer, checked below
       async handler(ctx) {
-        if (!allowed(ctx)) {
-          options.onDenied?.(ctx);
-          throw new AppError('UNAUTHORIZED', {
-            detail: 'Metrics need the metrics token',
-            headers: { 'WWW-Authenticate': 'Bearer' },
-          });
-        }
+        guard(ctx);
         return { kind: 'text', status: 200, body: options.render(), contentType: CONTENT_TYPE };
       },
     },

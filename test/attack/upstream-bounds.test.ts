@@ -59,6 +59,9 @@ describe('a hostile upstream against the production process', () => {
       OPENAI_BASE_URL: fake.match[1],
       OPENAI_API_KEY: CANARY,
       UPSTREAM_MAX_RETRIES: '0',
+      // Every answer breaks: the breaker would fail the sixth fast, and this measures a whole answer each time.
+      UPSTREAM_BREAKER_FAILURES: '1000',
+      UPSTREAM_BREAKER_FAILURE_PERCENT: '0',
       RATE_LIMIT_BURST: '1000',
     };
     const server = await startChild(['--max-semi-space-size=4', 'server.ts'], env, /"msg":"listening","url":"([^"]+)"/);

@@ -18,24 +18,31 @@ after(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-function config(agentsFile?: string): Config {
+const BACKUP_KEY = 'backup-key-canary-5e1f0a9b7c3d';
+
+function config(agentsFile?: string, env: Record<string, string> = {}): Config {
   const parsed = parseConfig({
     OPENAI_MODEL: 'model-from-env',
+    BACKUP_PROVIDER_KEY: BACKUP_KEY,
     ...(agentsFile === undefined ? {} : { AGENTS_FILE: agentsFile }),
+    ...env,
   });
   if (!parsed.ok) throw new Error(parsed.problems.join('; '));
   return parsed.config;
 }
 
 /** Writes `content` (JSON-encoded unless a string) to a fresh file and returns its config. */
-async function withFile(content: unknown): Promise<{ file: string; config: Config }> {
+async function withFile(content: unknown, env: Record<string, string> = {}): Promise<{ file: string; config: Config }> {
   const file = join(dir, `agents-${++counter}.json`);
   await writeFile(file, typeof content === 'string' ? content : JSON.stringify(content));
-  return { file, config: config(file) };
+  return { file, config: config(file, env) };
 }
 
-async function loadError(content: unknown): Promise<{ file: string; message: string }> {
-  const { file, config: c } = await withFile(content);
+async function loadError(
+  content: unknown,
+  env: Record<string, string> = {},
+): Promise<{ file: string; message: string }> {
+  const { file, config: c } = await withFile(content, env);
   const err = await loadAgents(c).then(
     () => assert.fail('expected loadAgents() to reject'),
     (e: unknown) => e,
@@ -69,7 +76,7 @@ describe('loadAgents()', () => {
   it('loads the agents of the file next to the built-in default', async () => {
     const { config: c } = await withFile([coder, { id: 'plain', description: 'No model', systemPrompt: 'Be plain.' }]);
     const agents = await loadAgents(c);
-    const open = { temperatureRange: [0, 2], topPRange: [0, 1], clientSystemMessages: 'append' };
+    const open = { temperatureRange: [0, 2], topPRange: [0, 1], clientSystemMessages: 'append', fallbacks: [] };
     assert.deepEqual(agents.get('coder'), { ...coder, ...open });
     assert.equal(agents.get('plain')?.model, 'model-from-env');
     assert.deepEqual(
@@ -148,5 +155,56 @@ describe('loadAgents()', () => {
   it('fails clearly when the file cannot be read', async () => {
     const missing = join(dir, 'missing.json');
     await assert.rejects(loadAgents(config(missing)), { message: `Cannot read agents file ${missing}: ENOENT` });
+  });
+
+  it('loads fallbacks in order, each with its model and optionally a base URL and a key variable', async () => {
+    const fallbacks = [
+      { model: 'backup-model', baseURL: 'https://backup.example.com/v1', apiKeyEnv: 'BACKUP_PROVIDER_KEY' },
+      { model: 'cheaper-model' },
+    ];
+    const { config: c } = await withFile([{ ...coder, fallbacks }]);
+    const agents = await loadAgents(c);
+    assert.deepEqual(agents.get('coder')?.fallbacks, fallbacks);
+    assert.deepEqual(agents.get('default')?.fallbacks, []);
+    assert.deepEqual(
+      agents.all().map((a) => a.id),
+      ['default', 'coder'],
+    );
+  });
+
+  it('refuses a fallback whose key variable is unset, naming the variable and never a key', async () => {
+    const fallbacks = [{ model: 'm', baseURL: 'https://backup.example.com/v1', apiKeyEnv: 'MISSING_PROVIDER_KEY' }];
+    const { file, message } = await loadError([{ ...coder, fallbacks }], { MISSING_PROVIDER_KEY: '' });
+    assert.ok(message.startsWith(`Invalid agents file ${file}:`));
+    assert.match(message, /\[0\]\.fallbacks\[0\]\.apiKeyEnv: MISSING_PROVIDER_KEY is not set/);
+  });
+
+  it('refuses a fallback base URL with credentials or a query, and a server setting as key variable', async () => {
+    const { message } = await loadError([
+      {
+        ...coder,
+        fallbacks: [
+          { model: 'a', baseURL: `https://user:${BACKUP_KEY}@backup.example.com/v1` },
+          { model: 'b', baseURL: `https://backup.example.com/v1?key=${BACKUP_KEY}` },
+          { model: 'c', apiKeyEnv: 'JWT_SECRET' },
+          { model: 'd', apiKeyEnv: 'lower-case' },
+        ],
+      },
+    ]);
+    for (const path of ['[0].fallbacks[0].baseURL', '[0].fallbacks[1].baseURL', '[0].fallbacks[2].apiKeyEnv']) {
+      assert.ok(message.includes(`${path}:`), `missing ${path} in ${message}`);
+    }
+    assert.ok(message.includes('[0].fallbacks[3].apiKeyEnv:'));
+    assert.ok(!message.includes(BACKUP_KEY), 'the key in the URL is never echoed');
+  });
+
+  it('refuses more than four fallbacks and unknown fallback fields', async () => {
+    const { message } = await loadError([
+      { ...coder, fallbacks: Array.from({ length: 5 }, (_, i) => ({ model: `m${i}` })) },
+      { ...coder, id: 'other', fallbacks: [{ model: 'm', apiKey: BACKUP_KEY }] },
+    ]);
+    assert.match(message, /\[0\]\.fallbacks:/);
+    assert.match(message, /\[1\]\.fallbacks\[0\]/);
+    assert.ok(!message.includes(BACKUP_KEY));
   });
 });

@@ -70,12 +70,12 @@ function exportedSeriesNames(): Set<string> {
 const rules = parseRules(text);
 
 describe('deploy/alerts.yml', () => {
-  it('alerts.yml has the groups/rules layout, space indentation and eight rules', () => {
+  it('alerts.yml has the groups/rules layout, space indentation and nine rules', () => {
     assert.match(text, /^groups:\n {2}- name: chat-server\n {4}rules:\n/m);
     assert.ok(!text.includes('\t'), 'no tabs in YAML');
     for (const line of text.split('\n'))
       assert.equal((/^ */.exec(line)?.[0].length ?? 0) % 2, 0, `odd indentation: ${line}`);
-    assert.equal(rules.length, 8);
+    assert.equal(rules.length, 9);
     assert.equal(text.match(/^ {6}- alert: /gm)?.length, rules.length);
   });
 
@@ -104,13 +104,14 @@ describe('deploy/alerts.yml', () => {
     }
   });
 
-  it('the rules cover auth, rate limits, upstream errors and latency, pool, event loop, instance down and memory', () => {
+  it('the rules cover auth, rate limits, upstream errors, latency, breakers, pool, event loop, uptime, memory', () => {
     const used = new Set(rules.flatMap((r) => metricNames(r.expr ?? '')));
     for (const name of [
       'auth_failures_total',
       'rate_limit_rejections_total',
       'upstream_requests_total',
       'upstream_time_to_first_token_seconds_bucket',
+      'upstream_breaker_state',
       'db_pool_connections',
       'nodejs_eventloop_delay_p99_seconds',
       'up',

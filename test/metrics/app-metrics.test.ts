@@ -35,6 +35,7 @@ function observeEverything(m: AppMetrics): void {
   m.securityEvent('auth_failure');
   m.tokensUsed('default', 12, 3);
   m.budgetRejected();
+  m.setBreakerSource(() => [{ upstream: 'https://api.example.com gpt-x', state: 'closed' }]);
 }
 
 describe('createAppMetrics()', () => {
@@ -131,6 +132,35 @@ describe('createAppMetrics()', () => {
     const second = m.render();
     assert.equal(value(second, 'db_pool_connections{state="waiting"}'), 7);
     assert.equal(value(second, 'stream_slots_in_use'), 5);
+  });
+
+  it('setBreakerSource() exports each breaker state as 0, 1 or 2 at every scrape', (t) => {
+    const m = metrics(t);
+    let state: 'closed' | 'half_open' | 'open' = 'closed';
+    m.setBreakerSource(() => [
+      { upstream: 'https://a.example gpt-x', state },
+      { upstream: 'http://127.0.0.1:8001 llama', state: 'open' },
+    ]);
+    const series = 'upstream_breaker_state{upstream="https://a.example gpt-x"}';
+    assert.equal(value(m.render(), series), 0);
+    assert.equal(value(m.render(), 'upstream_breaker_state{upstream="http://127.0.0.1:8001 llama"}'), 2);
+    state = 'half_open';
+    assert.equal(value(m.render(), series), 1);
+    state = 'open';
+    assert.equal(value(m.render(), series), 2);
+  });
+
+  it('upstreamFallback() counts by the upstream left, each known upstream exported as 0 from the start', (t) => {
+    const m = metrics(t);
+    m.setBreakerSource(() => [
+      { upstream: 'https://a.example gpt-x', state: 'closed' },
+      { upstream: 'https://b.example gpt-y', state: 'closed' },
+    ]);
+    m.upstreamFallback('https://a.example gpt-x');
+    m.upstreamFallback('https://a.example gpt-x');
+    const text = m.render();
+    assert.equal(value(text, 'upstream_fallbacks_total{upstream="https://a.example gpt-x"}'), 2);
+    assert.equal(value(text, 'upstream_fallbacks_total{upstream="https://b.example gpt-y"}'), 0);
   });
 
   it('process_resident_memory_bytes reports the resident set size', (t) => {

@@ -128,6 +128,15 @@ describe('GET /metrics without METRICS_TOKEN', () => {
     });
   }
 
+  it('GET /health/upstream follows the same rule: a loopback peer reads it, a relayed request gets 401', async () => {
+    const direct = await fetch(`${server.url}/health/upstream`);
+    assert.equal(direct.status, 200);
+    assert.deepEqual(Object.keys((await direct.json()) as object), ['upstreams']);
+    const relayed = await fetch(`${server.url}/health/upstream`, { headers: { 'X-Forwarded-For': '203.0.113.7' } });
+    assert.equal(relayed.status, 401);
+    assert.ok(!(await relayed.text()).includes('upstreams'));
+  });
+
   it('GET /metrics does not let a bearer token open it to a relayed request when no token is configured', async () => {
     const { status } = await scrape(server.url, { authorization: `Bearer ${CANARY}`, 'x-forwarded-for': '127.0.0.1' });
     assert.equal(status, 401);
