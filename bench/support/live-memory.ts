@@ -23,7 +23,7 @@ import {
   table,
   waitForLine,
 } from './harness.ts';
-import { type HeapPoint, heapTable, readHeap } from './heap-report.ts';
+import { type HeapPoint, heapTable, maybeSnapshot, readHeap } from './heap-report.ts';
 import { inspectorUrl } from './inspector.ts';
 import { type OursPrep, type OursPrepared, PRODUCTION_ENV, PRODUCTION_NODE_FLAGS, startOurs } from './ours.ts';
 import { endUpstream, oursChatTarget, startUpstream } from './relays.ts';
@@ -53,6 +53,8 @@ export interface DetachedOptions {
 /** A process under test and how to open N streams in it. */
 interface Driver {
   name: string;
+  /** File name stem of its heap snapshots (BENCH_HEAP_SNAPSHOT_DIR). */
+  id: string;
   proc: Proc;
   open(n: number): Promise<OpenLine>;
   /** How many answers the server itself counts as streaming (ours only). */
@@ -125,6 +127,7 @@ async function startHolder(base: string): Promise<Driver> {
   await waitForLine(proc, 'ready', 30_000);
   return {
     name: HOLDER,
+    id: 'detached-upstream-alone',
     proc,
     open(n) {
       const line = openLine(proc);
@@ -140,6 +143,7 @@ async function startOursDriver(prep: OursPrepared, base: string, procs: Proc[]):
   const targets = prep.keys.map((k) => oursChatTarget(port, k));
   return {
     name: OURS,
+    id: 'detached-ours',
     proc,
     async open(n) {
       const client = holdClient(targets, n, procs, true);
@@ -165,6 +169,8 @@ async function measureDriver(d: Driver, upstream: Proc, o: DetachedOptions): Pro
   await sleep(2000);
   const idleHeap: HeapPoint = { afterGc: await readHeap(inspector, o.log, 'afterGc') };
   const idle = median(await rssSamples(d.proc.pid, 1000));
+  // After the RSS samples: writing a snapshot grows the process's native memory for a while.
+  await maybeSnapshot(inspector, `${d.id}-idle`, o.log);
   o.log(`SSE detached-memory: ${d.name}: idle ${fmt(idle / 1024, 1)} MiB; opening ${o.streams}`);
   const opened = await d.open(o.streams);
   await sleep(1000);
@@ -178,6 +184,7 @@ async function measureDriver(d: Driver, upstream: Proc, o: DetachedOptions): Pro
     heap.settled = await readHeap(inspector, o.log, 'now');
   }
   heap.afterGc = await readHeap(inspector, o.log, 'afterGc');
+  await maybeSnapshot(inspector, `${d.id}-open`, o.log);
   const live = await d.live?.();
   const r: Readings = { name: d.name, opened, idle, withOpen, settled, idleHeap, heap, live };
   o.log(
@@ -203,8 +210,12 @@ function columns(r: Readings): Array<number | undefined> {
   return [perStream(r.withOpen, r), perStream(r.settled, r), perStream(r.heap.afterGc?.rss, r), heapUsedPerStream(r)];
 }
 
-function detachedMarkdown(results: Readings[], o: DetachedOptions, why?: string): string {
-  const n1 = (x: number | undefined) => fmt(x ?? Number.NaN, 1);
+function n1(x: number | undefined): string {
+  return fmt(x ?? Number.NaN, 1);
+}
+
+/** One row per process measured (or why it was not), then ours minus the upstream client alone. */
+function detachedRows(results: Readings[], why: string | undefined): string[][] {
   const rows = results.map((r) => {
     const [kib, settled, gc, heapUsed] = columns(r);
     const failed = r.opened.failed > 0 ? ` (${r.opened.failed} failed: ${JSON.stringify(r.opened.failures)})` : '';
@@ -223,17 +234,27 @@ function detachedMarkdown(results: Readings[], o: DetachedOptions, why?: string)
   for (const name of [HOLDER, OURS].slice(results.length))
     rows.push([name, '0', why ?? '–', ...Array<string>(6).fill('–')]);
   const [holder, ours] = results.map(columns);
-  if (holder && ours)
-    rows.push([
-      '**ours beyond its upstream stream** (ours − upstream client alone)',
-      '',
-      '',
-      '',
-      `**${n1(diff(ours[0], holder[0]))}**`,
-      ...[1, 2, 3].map((i) => n1(diff(ours[i], holder[i]))),
-      '',
-    ]);
-  const settleS = settleSeconds();
+  if (holder && ours) {
+    const beyond = [0, 1, 2, 3].map((i) => n1(diff(ours[i], holder[i])));
+    const label = '**ours beyond its upstream stream** (ours − upstream client alone)';
+    rows.push([label, '', '', '', `**${beyond[0]}**`, ...beyond.slice(1), '']);
+  }
+  return rows;
+}
+
+const DETACHED_METHOD =
+  'Method: VmRSS from /proc/<pid>/status; per stream = (RSS with the streams open − idle RSS) ÷ streams ' +
+  'open, sampled 1–3 s after the last one opened (headline), then again later and after a forced GC. ' +
+  'The upstream sends a chunk a second to every stream. Warm-up in each process: 100 streams opened and ' +
+  'ended by the upstream, whose idle keep-alive connections it then closes, so the idle reading holds no ' +
+  'upstream socket. The upstream client alone reads each stream through lib/chat/upstream.ts exactly ' +
+  'as a turn does (socket, HTTP parser, SDK stream, deadlines) and keeps nothing: its figure is the ' +
+  "answer's upstream stream. Ours' answers had a client until their first token, which then left; the " +
+  'last column is the server’s own count, read after the readings. "Beyond its upstream stream" = ours ' +
+  '− the upstream client alone, column by column. With the embedded database, ours also includes ' +
+  'PGlite’s growth from storing the conversations and their checkpoints.';
+
+function detachedMarkdown(results: Readings[], o: DetachedOptions, why?: string): string {
   return [
     `### Memory of an answer with no client attached (${o.streams} live answers, upstream 1 chunk/s each)`,
     '',
@@ -244,24 +265,15 @@ function detachedMarkdown(results: Readings[], o: DetachedOptions, why?: string)
         'idle RSS MiB (after warm-up, forced GC)',
         'RSS MiB with the streams (median)',
         '**KiB per stream**',
-        `KiB per stream ${settleS} s later (no forced GC)`,
+        `KiB per stream ${settleSeconds()} s later (no forced GC)`,
         'KiB per stream after forced GC',
         'heapUsed KiB per stream after forced GC',
         'answers streaming (chat_active_streams)',
       ],
-      rows,
+      detachedRows(results, why),
     ),
     '',
-    'Method: VmRSS from /proc/<pid>/status; per stream = (RSS with the streams open − idle RSS) ÷ streams ' +
-      'open, sampled 1–3 s after the last one opened (headline), then again later and after a forced GC. ' +
-      'The upstream sends a chunk a second to every stream. Warm-up in each process: 100 streams opened and ' +
-      'ended by the upstream, whose idle keep-alive connections it then closes, so the idle reading holds no ' +
-      'upstream socket. The upstream client alone reads each stream through lib/chat/upstream.ts exactly ' +
-      'as a turn does (socket, HTTP parser, SDK stream, deadlines) and keeps nothing: its figure is the ' +
-      "answer's upstream stream. Ours' answers had a client until their first token, which then left; the " +
-      'last column is the server’s own count, read after the readings. "Beyond its upstream stream" = ours ' +
-      '− the upstream client alone, column by column. With the embedded database, ours also includes ' +
-      'PGlite’s growth from storing the conversations and their checkpoints.',
+    DETACHED_METHOD,
     ...results.map((r) => heapTable(r.name, r.idleHeap, r.heap, r.opened.open)),
   ].join('\n');
 }

@@ -255,14 +255,21 @@ function notifyMarkdown(samples: Sample[][], relayUs: number | undefined, o: Not
       'before its first checkpoint is due (250 ms or 4 KiB) and many chunks share one socket read and write; ' +
       'here every chunk is its own read, frame and write, so (b) ÷ (a) is the like-for-like cost of NOTIFY.',
     '',
-    `CPU per relayed chunk = A's CPU time (utime + stime from /proc/<pid>/stat) over the run ÷ the deltas A's ` +
-      `clients received. Each run starts answers for ${o.durationS} s and reads every one to its end, so the ` +
-      `CPU and the chunks cover the same answers. The upstream sends the role chunk, waits ${LEAD_MS} ms, then ` +
-      `a chunk every ${CHUNK_INTERVAL_MS} ms; in (b) the client opens a resume on B (no Last-Event-ID) as soon ` +
-      "as the answer's `event: start` arrives, and reads it to its end; a follow whose start frame came after " +
-      "the answer's first delta is counted as late, with the chunks sent before it (A publishes those in one " +
-      'batch, the rest one notification each). A checkpoints each answer every 250 ms (at most 2 in ' +
-      'flight); in (b) it also publishes every part with pg_notify. B runs on CPU 1 and the database backends ' +
-      'unpinned: their CPU per chunk is shown apart, not in A’s.',
+    notifyMethod(o),
   ].join('\n');
+}
+
+/** How the part measures, for its section of the report. */
+function notifyMethod(o: NotifyOptions): string {
+  return (
+    `CPU per relayed chunk = A's CPU time (utime + stime from /proc/<pid>/stat) over the run ÷ the deltas A's ` +
+    `clients received. Each run starts answers for ${o.durationS} s and reads every one to its end, so the ` +
+    `CPU and the chunks cover the same answers. The upstream sends the role chunk, waits ${LEAD_MS} ms, then ` +
+    `a chunk every ${CHUNK_INTERVAL_MS} ms; in (b) the client opens a resume on B (no Last-Event-ID) as soon ` +
+    "as the answer's `event: start` arrives, and reads it to its end; a follow whose start frame came after " +
+    "the answer's first delta is counted as late, with the chunks sent before it (A publishes those in one " +
+    'batch, the rest one notification each). A checkpoints each answer every 250 ms (at most 2 in ' +
+    'flight); in (b) it also publishes every part with pg_notify. B runs on CPU 1 and the database backends ' +
+    'unpinned: their CPU per chunk is shown apart, not in A’s.'
+  );
 }

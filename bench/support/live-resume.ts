@@ -7,7 +7,7 @@
 // the next parts are already there, so the first delta measures the resume, not the model.
 import type { ResumeTarget } from '../live-client.ts';
 import { CLIENT_CPU, fmt, freePort, median, type Proc, quantile, runWorker, table } from './harness.ts';
-import { ORIGIN, type OursPrep, startOurs } from './ours.ts';
+import { ORIGIN, type OursPrep, type OursPrepared, startOurs } from './ours.ts';
 import { endUpstream, oursChatTarget, startUpstream } from './relays.ts';
 
 /** Medians in ms; `reason` (or `acrossReason` for B alone) says why a figure is missing. */
@@ -57,25 +57,12 @@ export async function runResume(
   commands.push(`resume: upstream ${up.cmd}; A${acrossReason ? '' : ' and B'} as ours above, on CPU 0`);
   const servers: Proc[] = [];
   try {
-    const base = `http://127.0.0.1:${up.port}/v1`;
-    const portA = await freePort();
-    servers.push(await startOurs(prep, portA, base));
-    const targets = [resumeTarget(SAME, portA, prep.keys[0] ?? '')];
-    if (acrossReason === undefined) {
-      const portB = await freePort();
-      servers.push(await startOurs(prep, portB, base));
-      targets.push(resumeTarget(ACROSS, portB, prep.keys[0] ?? ''));
-    }
+    const key = prep.keys[0] ?? '';
+    const { portA, targets } = await startInstances(prep, `http://127.0.0.1:${up.port}/v1`, !acrossReason, servers);
     procs.push(...servers);
     o.log(`SSE resume: ${o.requests} sequential resumes per instance, interleaved`);
-    const job = {
-      mode: 'resume',
-      start: oursChatTarget(portA, prep.keys[0] ?? ''),
-      startDeltas: STARTED_CHUNKS,
-      targets,
-      n: o.requests,
-      warmup: WARMUP,
-    };
+    const start = oursChatTarget(portA, key);
+    const job = { mode: 'resume', start, startDeltas: STARTED_CHUNKS, targets, n: o.requests, warmup: WARMUP };
     const r = await runWorker<{ targets: Samples[] }>('live-client.ts', job, 600_000);
     const [same, across] = r.targets;
     const figures: ResumeFigures = {
@@ -94,6 +81,25 @@ export async function runResume(
     for (const s of servers) await s.stop(5000);
     await up.proc.stop(2000);
   }
+}
+
+/** Starts A and, `across`, B (both on CPU 0) into `servers`; the resume targets in report order. */
+async function startInstances(
+  prep: OursPrepared,
+  base: string,
+  across: boolean,
+  servers: Proc[],
+): Promise<{ portA: number; targets: ResumeTarget[] }> {
+  const key = prep.keys[0] ?? '';
+  const portA = await freePort();
+  servers.push(await startOurs(prep, portA, base));
+  const targets = [resumeTarget(SAME, portA, key)];
+  if (across) {
+    const portB = await freePort();
+    servers.push(await startOurs(prep, portB, base));
+    targets.push(resumeTarget(ACROSS, portB, key));
+  }
+  return { portA, targets };
 }
 
 function resumeTarget(name: string, port: number, key: string): ResumeTarget {
