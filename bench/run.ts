@@ -14,7 +14,8 @@
 //          --gen wrk|autocannon --install-wrk --skip-http --skip-sse --ttfb-requests N --streams N --out FILE
 //          --upstream bench|test (the burst upstream: bench/support/upstream.ts, or test/support/fake-upstream-main.ts)
 //   env:   BENCH_DATABASE_URL (run ours on PostgreSQL instead of a temp embedded database; the PostgreSQL
-//          rate-limit stores need it), BENCH_SSE_PARTS=throughput,ttfb,memory,
+//          rate-limit stores need it; the cross-instance live-answer figures too),
+//          BENCH_SSE_PARTS=throughput,ttfb,memory,notify-cpu,resume,detached-memory,
 //          BENCH_SSE_TARGETS=portkey,ours-chat,ours-completions
 import { execFileSync } from 'node:child_process';
 import { existsSync, rmSync, writeFileSync } from 'node:fs';
@@ -526,6 +527,12 @@ function report(args: {
       `to first token: ${opts.ttfbRequests} sequential requests per target, interleaved. Memory: per relay ` +
       `a fresh process, ${opts.streams} streams held open against bench/support/upstream.ts 'hold' (one ` +
       `chunk, then open); VmRSS before (idle, after a warm-up) and with all open.`,
+    '',
+    'Answers that outlive the connection (ours only; each part starts fresh server processes; the ' +
+      'cross-instance figures need BENCH_DATABASE_URL): CPU per relayed chunk with and without a follower on ' +
+      'another instance (notify-cpu), time for a resume to deliver its first byte on the same and on another ' +
+      'instance (resume), and the memory of an answer whose client left, beyond its upstream stream ' +
+      '(detached-memory). Each section below states its method.',
     '',
     '### Commands',
     '',

@@ -5,7 +5,8 @@
 //   ttfb        sequential requests, alternating the targets one request at a time (drift cancels):
 //               time to headers, to the first body byte and to the first match of `tokenPattern`.
 //   hold        opens `n` streams (at most `openConcurrency` connecting at once), reports when each
-//               has shown `tokenPattern`, then keeps them open until a 'close' line on stdin.
+//               has shown `tokenPattern`, then keeps them open until a 'close' line on stdin; with
+//               `detach`, closes each one as soon as it has shown the token (the answer stays on the server).
 // Only loopback URLs are accepted; every mode is bounded in count and time.
 import { Agent, type IncomingMessage, request } from 'node:http';
 import { createInterface } from 'node:readline';
@@ -22,7 +23,15 @@ export interface Target {
 type Job =
   | { mode: 'throughput'; target: Target; concurrency: number; durationMs: number }
   | { mode: 'ttfb'; targets: Target[]; n: number; warmup: number }
-  | { mode: 'hold'; targets: Target[]; n: number; openConcurrency: number; openTimeoutMs: number; holdMaxMs: number };
+  | {
+      mode: 'hold';
+      targets: Target[];
+      n: number;
+      openConcurrency: number;
+      openTimeoutMs: number;
+      holdMaxMs: number;
+      detach?: boolean;
+    };
 
 const job = JSON.parse(process.argv[2] ?? '{}') as Job;
 const targetsOf = (j: Job) => (j.mode === 'throughput' ? [j.target] : j.targets);
@@ -162,6 +171,7 @@ async function hold(
   openConcurrency: number,
   openTimeoutMs: number,
   holdMaxMs: number,
+  detach: boolean,
 ): Promise<void> {
   const agent = new Agent({ keepAlive: false, maxSockets: Infinity });
   const reqs: Array<ReturnType<typeof request>> = [];
@@ -207,9 +217,11 @@ async function hold(
           if (!done && token.test(tail)) {
             clearTimeout(timer);
             settle(true, '');
+            if (detach) req.destroy();
           }
         });
         res.on('error', () => settle(false, 'reset'));
+        res.on('close', () => settle(false, 'closed before the token'));
       });
       req.end(t.body);
     });
@@ -240,6 +252,7 @@ async function hold(
 
 if (job.mode === 'throughput') await throughput(job.target, job.concurrency, job.durationMs);
 else if (job.mode === 'ttfb') await ttfb(job.targets, job.n, job.warmup);
-else if (job.mode === 'hold') await hold(job.targets, job.n, job.openConcurrency, job.openTimeoutMs, job.holdMaxMs);
+else if (job.mode === 'hold')
+  await hold(job.targets, job.n, job.openConcurrency, job.openTimeoutMs, job.holdMaxMs, job.detach === true);
 else throw new Error('unknown mode');
 process.exit(0);

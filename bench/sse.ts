@@ -8,22 +8,20 @@
 // the relay's cost per stream compares with the upstream's cost of producing it: it is not an
 // overhead figure; CPU per relayed chunk and memory per stream size the relay.
 // A relay whose route answers 404 is reported as "n/a (route missing)" and the run goes on.
-import { join } from 'node:path';
 import type { Target } from './sse-client.ts';
 import {
-  BENCH_DIR,
   CLIENT_CPU,
   fmt,
   fmtInt,
   freePort,
   median,
-  NODE,
   type Proc,
   processCpuSeconds,
+  runWorker,
   SERVER_CPU,
-  startPinned,
   table,
 } from './support/harness.ts';
+import { LIVE_PARTS, type LiveFigures, type LivePart, runLiveParts } from './support/live.ts';
 import type { OursPrep } from './support/ours.ts';
 import {
   directTarget,
@@ -67,6 +65,8 @@ export interface SseReport {
   ratios: Record<string, number>;
   /** Why the figures of a part are missing when the part was not run. */
   notRun: Partial<Record<'throughput' | 'ttfb' | 'memory', string>>;
+  /** The live-answer parts' figures (resume, detached-memory, notify-cpu). */
+  live?: LiveFigures;
 }
 
 type TargetId = 'direct' | RelayId;
@@ -78,18 +78,9 @@ interface Measured {
   upstream: Proc;
 }
 
-/** Runs one client job on CPU 1 and returns its last JSON line. */
-async function client<T>(job: object, timeoutMs: number): Promise<T> {
-  const p = startPinned('sse-client', CLIENT_CPU, NODE, [join(BENCH_DIR, 'sse-client.ts'), JSON.stringify(job)]);
-  // The whole stdout (the TTFB result carries every sample; Proc.output() keeps only a tail).
-  let stdout = '';
-  p.child.stdout?.on('data', (c: Buffer) => (stdout += c.toString('utf8')));
-  const timer = setTimeout(() => void p.stop(1000), timeoutMs);
-  const code = await p.exited;
-  clearTimeout(timer);
-  if (code !== 0) throw new Error(`sse-client exited with ${code}: ${p.output().slice(-800)}`);
-  const lines = stdout.trim().split('\n');
-  return JSON.parse(lines[lines.length - 1] ?? '{}') as T;
+/** Runs one sse-client.ts job on CPU 1 and returns its last JSON line. */
+function client<T>(job: object, timeoutMs: number): Promise<T> {
+  return runWorker<T>('sse-client.ts', job, timeoutMs);
 }
 
 interface TputResult {
@@ -128,9 +119,9 @@ async function measureThroughput(m: Measured, o: SseOptions, durationS: number, 
   };
 }
 
-/** The parts of the SSE benchmark to run: BENCH_SSE_PARTS=throughput,ttfb,memory (default: all). */
-export type SsePart = 'throughput' | 'ttfb' | 'memory';
-const ALL_PARTS: readonly SsePart[] = ['throughput', 'ttfb', 'memory'];
+/** The parts of the SSE benchmark to run: BENCH_SSE_PARTS=throughput,ttfb,memory,notify-cpu,… (default: all). */
+export type SsePart = 'throughput' | 'ttfb' | 'memory' | LivePart;
+const ALL_PARTS: readonly SsePart[] = ['throughput', 'ttfb', 'memory', ...LIVE_PARTS];
 
 export function ssePartsFromEnv(raw = process.env.BENCH_SSE_PARTS): Set<SsePart> {
   if (raw === undefined || raw.trim() === '') return new Set(ALL_PARTS);
@@ -147,7 +138,8 @@ export async function runSse(o: SseOptions, prep: OursPrep): Promise<SseReport> 
   const relays = relaysFor(prep);
   const report: SseReport = { markdown: '', commands: [], figures: {}, ratios: {}, notRun: {} };
   for (const r of relays) report.figures[r.id] = {};
-  for (const p of ALL_PARTS) if (!parts.has(p)) report.notRun[p] = `${p} not run (BENCH_SSE_PARTS)`;
+  for (const p of ['throughput', 'ttfb', 'memory'] as const)
+    if (!parts.has(p)) report.notRun[p] = `${p} not run (BENCH_SSE_PARTS)`;
   if (parts.size < ALL_PARTS.length) report.commands.push(`BENCH_SSE_PARTS=${[...parts].join(',')}`);
   if (process.env.BENCH_SSE_TARGETS) report.commands.push(`BENCH_SSE_TARGETS=${process.env.BENCH_SSE_TARGETS}`);
   const sections: string[] = [];
@@ -164,6 +156,10 @@ export async function runSse(o: SseOptions, prep: OursPrep): Promise<SseReport> 
       sections.push(mem.markdown);
       for (const m of mem.results) Object.assign(report.figures[m.id] ?? {}, figuresOf(m));
     }
+    const relayUs = report.figures['ours-chat']?.cpuUsPerChunk;
+    const live = await runLiveParts(parts, o, prep, relayUs, procs, report.commands);
+    sections.push(...live.sections);
+    report.live = live.figures;
   } finally {
     for (const p of procs.reverse()) await p.stop(5000);
   }

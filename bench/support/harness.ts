@@ -93,6 +93,20 @@ export function startPinned(
   return proc;
 }
 
+/** Runs a client worker (`script` in bench/, a JSON job as its argument) on CPU 1; returns its last JSON line. */
+export async function runWorker<T>(script: string, job: object, timeoutMs: number): Promise<T> {
+  const p = startPinned(script, CLIENT_CPU, NODE, [join(BENCH_DIR, script), JSON.stringify(job)]);
+  // The whole stdout (a result may carry every sample; Proc.output() keeps only a tail).
+  let stdout = '';
+  p.child.stdout?.on('data', (c: Buffer) => (stdout += c.toString('utf8')));
+  const timer = setTimeout(() => void p.stop(1000), timeoutMs);
+  const code = await p.exited;
+  clearTimeout(timer);
+  if (code !== 0) throw new Error(`${script} exited with ${code}: ${p.output().slice(-800)}`);
+  const lines = stdout.trim().split('\n');
+  return JSON.parse(lines[lines.length - 1] ?? '{}') as T;
+}
+
 /** Waits until the process prints `line` on stdout, exits, or `timeoutMs` passes. */
 export function waitForLine(p: Proc, line: string, timeoutMs: number): Promise<void> {
   return new Promise((resolve, reject) => {

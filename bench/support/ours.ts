@@ -122,9 +122,10 @@ export const PRODUCTION_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=
 export const PRODUCTION_ENV: Readonly<Record<string, string>> = { MALLOC_ARENA_MAX: '2' };
 
 /**
- * Starts the server on CPU 0 and checks that GET /v1/agents answers 200 with the first key.
- * `nodeArgs` go before the entry point (the memory test adds `--inspect=127.0.0.1:0`); `extraEnv`
- * sets variables per config (RATE_LIMIT_STORE). A server that refuses its configuration exits 1 at once.
+ * Starts the server on `cpu` (CPU 0 unless a second instance goes elsewhere) and checks that GET
+ * /v1/agents answers 200 with the first key. `nodeArgs` go before the entry point (the memory test adds
+ * `--inspect=127.0.0.1:0`); `extraEnv` sets variables per config (RATE_LIMIT_STORE). A server that
+ * refuses its configuration exits 1 at once.
  */
 export async function startOurs(
   prep: OursPrepared,
@@ -132,9 +133,10 @@ export async function startOurs(
   upstreamBaseUrl: string,
   nodeArgs: readonly string[] = [],
   extraEnv: Readonly<Record<string, string>> = {},
+  cpu = SERVER_CPU,
 ): Promise<Proc> {
   const env = { ...prep.env, ...PRODUCTION_ENV, ...extraEnv, PORT: String(port), OPENAI_BASE_URL: upstreamBaseUrl };
-  const proc = startPinned('ours', SERVER_CPU, NODE, [...PRODUCTION_NODE_FLAGS, ...nodeArgs, ENTRY], {
+  const proc = startPinned('ours', cpu, NODE, [...PRODUCTION_NODE_FLAGS, ...nodeArgs, ENTRY], {
     cwd: REPO_ROOT,
     env,
     stdout: 'null',

@@ -10,6 +10,7 @@ import {
   type Proc,
   REPO_ROOT,
   SERVER_CPU,
+  sleep,
   startPinned,
   waitForHttp,
   waitForLine,
@@ -64,7 +65,7 @@ function portkeyTarget(port: number, upstreamBase: string): Target {
 }
 
 /** Ours on its native route (SSE `event:` frames). */
-function oursChatTarget(port: number, key: string): Target {
+export function oursChatTarget(port: number, key: string): Target {
   return {
     name: RELAY_NAMES['ours-chat'],
     url: `http://127.0.0.1:${port}/v1/chat`,
@@ -196,13 +197,17 @@ function oneLine(text: string): string {
 /** The test suite's fake upstream entry (used for 'burst' with --upstream test). */
 const TEST_FAKE = join(REPO_ROOT, 'test', 'support', 'fake-upstream-main.ts');
 
-/** Starts a fake upstream pinned to `cpu`: 'burst' streams `chunks` chunks at once, 'hold' one and stays open. */
+/**
+ * Starts a fake upstream pinned to `cpu`: 'burst' streams `chunks` chunks at once, 'hold' one (or `extra[0]`)
+ * and stays open, 'paced' one every `extra[0]` ms after a lead of `extra[1]` ms (see upstream.ts).
+ */
 export async function startUpstream(
   name: string,
   cpu: number,
-  mode: 'burst' | 'hold',
+  mode: 'burst' | 'hold' | 'paced',
   chunks: number,
   which: 'bench' | 'test' = 'bench',
+  extra: readonly string[] = [],
 ): Promise<{ proc: Proc; port: number; cmd: string }> {
   const port = await freePort();
   if (which === 'test' && mode === 'burst') {
@@ -214,8 +219,25 @@ export async function startUpstream(
     await waitForLine(proc, `http://127.0.0.1:${port}/v1`, 15_000);
     return { proc, port, cmd: `taskset -c ${cpu} node test/support/fake-upstream-main.ts <port> --burst ${chunks}` };
   }
-  const args = [join(BENCH_DIR, 'support', 'upstream.ts'), String(port), mode, String(chunks)];
+  const args = [join(BENCH_DIR, 'support', 'upstream.ts'), String(port), mode, String(chunks), ...extra];
   const proc = startPinned(name, cpu, NODE, args, { env: { PATH: process.env.PATH ?? '', HOLD_MAX_MS: '180000' } });
   await waitForLine(proc, 'listening', 15_000);
-  return { proc, port, cmd: `taskset -c ${cpu} node support/upstream.ts <port> ${mode} ${chunks}` };
+  return { proc, port, cmd: `taskset -c ${cpu} node support/upstream.ts <port> ${[mode, chunks, ...extra].join(' ')}` };
+}
+
+/** Ends every held or paced stream of an upstream started here (its `end` command) and waits until it has. */
+export async function endUpstream(upstream: Proc): Promise<void> {
+  if (!upstream.isAlive()) return;
+  const ended = new Promise<void>((resolve) => {
+    let seen = '';
+    const onData = (chunk: Buffer) => {
+      seen += chunk.toString('utf8');
+      if (!seen.includes('"event":"ended"')) return;
+      upstream.child.stdout?.off('data', onData);
+      resolve();
+    };
+    upstream.child.stdout?.on('data', onData);
+  });
+  upstream.child.stdin?.write('end\n');
+  await Promise.race([ended, upstream.exited, sleep(10_000)]);
 }

@@ -21,7 +21,7 @@ import {
 } from './harness.ts';
 import { type HeapPoint, heapTable, maybeSnapshot, readHeap } from './heap-report.ts';
 import { inspectorUrl } from './inspector.ts';
-import { type Relay, type RelayId, startUpstream } from './relays.ts';
+import { endUpstream, type Relay, type RelayId, startUpstream } from './relays.ts';
 
 export interface MemoryOptions {
   streams: number;
@@ -39,7 +39,8 @@ export interface MemoryResult {
   heap?: string;
 }
 
-type OpenLine = { open: number; failed: number; failures: Record<string, number>; openMs: number };
+/** What a hold client reports once its streams are open. */
+export type OpenLine = { open: number; failed: number; failures: Record<string, number>; openMs: number };
 
 /**
  * Measures every relay in turn against one 'hold' upstream; a relay with a `known` reason (route
@@ -64,7 +65,9 @@ export async function runMemory(
   for (const relay of relays) {
     const reason = known.get(relay.id);
     const upstreamBase = `http://127.0.0.1:${holdUp.port}/v1`;
-    const r = reason ? { id: relay.id, name: relay.name, reason } : await measureRelay(relay, upstreamBase, o, procs);
+    const r = reason
+      ? { id: relay.id, name: relay.name, reason }
+      : await measureRelay(relay, upstreamBase, holdUp.proc, o, procs);
     if (r.reason) o.log(`SSE memory: ${relay.id}: ${r.reason}`);
     results.push(r);
   }
@@ -74,6 +77,7 @@ export async function runMemory(
 async function measureRelay(
   relay: Relay,
   upstreamBase: string,
+  upstream: Proc,
   o: MemoryOptions,
   procs: Proc[],
 ): Promise<MemoryResult> {
@@ -88,7 +92,7 @@ async function measureRelay(
   procs.push(server);
   try {
     const targets = relay.targets(port, upstreamBase);
-    return await holdAndSample(relay, server, targets, o, procs);
+    return await holdAndSample(relay, server, targets, upstream, o, procs);
   } finally {
     await server.stop(5000);
   }
@@ -98,6 +102,7 @@ async function holdAndSample(
   relay: Relay,
   server: Proc,
   targets: Target[],
+  upstream: Proc,
   o: MemoryOptions,
   procs: Proc[],
 ): Promise<MemoryResult> {
@@ -107,6 +112,8 @@ async function holdAndSample(
   const warm = holdClient(targets, Math.min(100, o.streams), procs);
   const w = await openLine(warm);
   await closeHold(warm);
+  // Answers that outlive their client (ours on /v1/chat) would stay live through the idle reading: end them.
+  await endUpstream(upstream);
   if (w.open === 0) {
     const missing = (w.failures['404'] ?? 0) > 0;
     const reason = missing ? 'n/a (route missing)' : `no stream opened: ${JSON.stringify(w.failures)}`;
@@ -234,14 +241,16 @@ function memoryMarkdown(results: MemoryResult[], o: MemoryOptions): string {
   ].join('\n');
 }
 
-function holdClient(targets: Target[], n: number, procs: Proc[]): Proc {
-  const job = { mode: 'hold', targets, n, openConcurrency: 50, openTimeoutMs: 60_000, holdMaxMs: 120_000 };
+/** Starts a hold client on CPU 1; with `detach` it closes each stream once it has its first token. */
+export function holdClient(targets: Target[], n: number, procs: Proc[], detach = false): Proc {
+  const job = { mode: 'hold', targets, n, openConcurrency: 50, openTimeoutMs: 60_000, holdMaxMs: 120_000, detach };
   const p = startPinned('sse-client-hold', CLIENT_CPU, NODE, [join(BENCH_DIR, 'sse-client.ts'), JSON.stringify(job)]);
   procs.push(p);
   return p;
 }
 
-async function rssSamples(pid: number, ms: number): Promise<number[]> {
+/** VmRSS of `pid` every 250 ms for `ms`. */
+export async function rssSamples(pid: number, ms: number): Promise<number[]> {
   const xs: number[] = [];
   for (let t = 0; t < ms; t += 250) {
     xs.push(rssKiB(pid));
@@ -251,7 +260,7 @@ async function rssSamples(pid: number, ms: number): Promise<number[]> {
 }
 
 /** Resolves with the hold client's `open` report once every stream has shown its first token. */
-function openLine(p: Proc): Promise<OpenLine> {
+export function openLine(p: Proc): Promise<OpenLine> {
   return new Promise((resolve, reject) => {
     let buf = '';
     const timer = setTimeout(() => reject(new Error('hold client: streams did not open within 150 s')), 150_000);
@@ -267,7 +276,8 @@ function openLine(p: Proc): Promise<OpenLine> {
   });
 }
 
-async function closeHold(p: Proc): Promise<void> {
+/** Tells a hold client to close its streams and waits for it to exit. */
+export async function closeHold(p: Proc): Promise<void> {
   p.child.stdin?.end('close\n');
   const timer = setTimeout(() => void p.stop(1000), 30_000);
   await p.exited;
@@ -279,12 +289,12 @@ async function closeHold(p: Proc): Promise<void> {
  * such as --max-semi-space-size. Production starts with none beyond the ones ours.ts sets, so leave it
  * unset for figures that stand for production; the command list in the report records it when set.
  */
-function extraNodeArgs(): string[] {
+export function extraNodeArgs(): string[] {
   return (process.env.BENCH_SERVER_NODE_ARGS ?? '').split(' ').filter((a) => a !== '');
 }
 
 /** Seconds to keep the streams open after the headline samples before the settled reading (0 skips it). */
-function settleSeconds(): number {
+export function settleSeconds(): number {
   const raw = process.env.BENCH_SETTLE_S;
   const v = raw === undefined || raw === '' ? 20 : Number(raw);
   if (!Number.isFinite(v) || v < 0) throw new Error(`invalid BENCH_SETTLE_S: ${raw}`);

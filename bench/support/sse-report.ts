@@ -1,6 +1,7 @@
 // The SSE part's time-to-first-token table and its goals in the report.
 import type { RelayFigures, SseReport } from '../sse.ts';
 import { fmt, goal, median, quantile, table } from './harness.ts';
+import { liveGoals } from './live.ts';
 import type { RelayId } from './relays.ts';
 
 /** What the ttfb client job reports per target (milliseconds from the call, successful requests only). */
@@ -92,7 +93,7 @@ export function sseGoals(r: SseReport | undefined, skipped: string | undefined):
     return reasons.find((x) => x?.startsWith('n/a')) ?? reasons.find((x) => x !== undefined) ?? r?.notRun[part];
   };
   const c: GoalContext = { r, chat: fig('ours-chat'), comp: fig('ours-completions'), pk: fig('portkey'), why };
-  return [...chatGoals(c), ...portkeyGoals(c), ...parityGoals(c)];
+  return [...chatGoals(c), ...portkeyGoals(c), ...parityGoals(c), ...liveGoals(r?.live, skipped)];
 }
 
 function chatGoals({ chat, why }: GoalContext): string[] {
