@@ -229,10 +229,16 @@ describe('the HTTP server', () => {
   });
 
   describe('request id', () => {
-    it('a well-formed incoming x-request-id is echoed in the header and the problem body', async () => {
+    it('a well-formed incoming x-request-id is logged as clientRequestId; the header, body and log carry our own id', async () => {
       const res = await fetch(`${url}/no-such-thing`, { headers: { 'x-request-id': 'client-req.0001_A' } });
-      assert.equal(res.headers.get('x-request-id'), 'client-req.0001_A');
-      assert.equal((await problem(res))['requestId'], 'client-req.0001_A');
+      const ours = res.headers.get('x-request-id') ?? '';
+      assert.match(ours, /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/);
+      assert.equal((await problem(res))['requestId'], ours);
+      const line = h.server
+        .logs()
+        .split('\n')
+        .find((l) => l.includes(`"requestId":"${ours}"`) && l.includes('"msg":"request"'));
+      assert.match(line ?? '', /"clientRequestId":"client-req\.0001_A"/);
     });
 
     it('an ill-formed incoming x-request-id is replaced by a generated one', async () => {
