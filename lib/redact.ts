@@ -9,9 +9,16 @@ export const REDACTED = '[REDACTED]';
 /** The shortest run of a configured secret's characters that is redacted wherever it appears. */
 export const MIN_SECRET_RUN = 12;
 
-// Our API keys, JWTs, provider keys (sk-…, sk-proj-…, sk-ant-…) and the credential after "Bearer ".
-const CREDENTIAL_PATTERN =
-  /csk_[A-Za-z0-9_-]{16,}|eyJ[A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]*|(?<![A-Za-z0-9_-])sk-[A-Za-z0-9_-]{16,}|(?<=[Bb][Ee][Aa][Rr][Ee][Rr] +)[A-Za-z0-9._~+/-]{8,}=*/g;
+// Credentials whose values nobody configured, by their shape.
+const CREDENTIAL_PATTERN = new RegExp(
+  [
+    'csk_[A-Za-z0-9_-]{16,}', // our API keys
+    'eyJ[A-Za-z0-9_-]{6,}\\.[A-Za-z0-9_-]{6,}\\.[A-Za-z0-9_-]*', // JWTs
+    '(?<![A-Za-z0-9_-])sk-[A-Za-z0-9_-]{16,}', // provider keys: sk-…, sk-proj-…, sk-ant-…
+    '(?<=[Bb][Ee][Aa][Rr][Ee][Rr] +)[A-Za-z0-9._~+/-]{8,}=*', // RFC 6750 §2.1 token68 after "Bearer "
+  ].join('|'),
+  'g',
+);
 // A secret shorter than this is not redacted at all: it would turn ordinary words into [REDACTED].
 const MIN_SECRET_CHARS = 4;
 // A URL-valued secret (DATABASE_URL) is redacted whole only: its host, port and database name are

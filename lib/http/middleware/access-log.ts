@@ -37,10 +37,12 @@ export function accessLog(options: AccessLogOptions): Middleware {
       const identity = ctx.identity === undefined ? '' : identityField(ctx.identity);
       const clientId = clientRequestId(ctx.req);
       const client = clientId === undefined ? '' : `,"clientRequestId":"${log.scrub(clientId)}"`;
+      const status = ctx.status || (ctx.res.headersSent ? ctx.res.statusCode : 0);
       log.line(
         'info',
         'request',
-        `,"requestId":"${ctx.requestId}","method":"${ctx.method}","route":"${ctx.route}","status":${ctx.status || (ctx.res.headersSent ? ctx.res.statusCode : 0)},"bytes":${ctx.bytes},"ms":${Math.round(durationMs * 100) / 100},"ip":"${ctx.clientIp}"${identity}${client}`,
+        `,"requestId":"${ctx.requestId}","method":"${ctx.method}","route":"${ctx.route}","status":${status},` +
+          `"bytes":${ctx.bytes},"ms":${Math.round(durationMs * 100) / 100},"ip":"${ctx.clientIp}"${identity}${client}`,
       );
     }
   }

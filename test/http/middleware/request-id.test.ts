@@ -23,7 +23,7 @@ describe('requestId()', () => {
   }
 
   for (const id of ['abcdefgh', 'A1.b2_c3-d4', 'x'.repeat(128), '01J9ZQ3V6X8K2M4N5P7R9T1W3Y']) {
-    it(`requestId() answers a well-formed incoming id ${id.slice(0, 20)} with its own UUID, never the client's`, async () => {
+    it(`requestId() answers the well-formed client id ${id.slice(0, 20)} with its own UUID`, async () => {
       const { header, seen } = await get({ 'x-request-id': id });
       assert.match(header ?? '', UUID);
       assert.equal(seen, header);
