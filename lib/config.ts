@@ -187,7 +187,27 @@ function crossFieldProblems(env: Record<string, string | undefined>): string[] {
   if (jwtSecretSet && publicKeySet) {
     problems.push('JWT_SECRET: set either JWT_SECRET or JWT_PUBLIC_KEY_FILE, not both');
   }
+  problems.push(...jwtScopeProblems(env));
   return problems;
+}
+
+/** RFC 8725 §3.9: a token minted for another service with the same key must not be accepted here. */
+function jwtScopeProblems(env: Record<string, string | undefined>): string[] {
+  const problems: string[] = [];
+  // Set at all, valid or not: an operator who meant to turn JWTs on hears about every missing piece at once.
+  const jwtConfigured = isSet(env['JWT_SECRET']) || isSet(env['JWT_PUBLIC_KEY_FILE']);
+  if (jwtConfigured && !isSet(env['JWT_AUDIENCE'])) {
+    problems.push('JWT_AUDIENCE: required when JWT_SECRET or JWT_PUBLIC_KEY_FILE is set (the aud tokens must carry)');
+  }
+  // A public key usually belongs to an identity provider that signs tokens for many services.
+  if (isSet(env['JWT_PUBLIC_KEY_FILE']) && !isSet(env['JWT_ISSUER'])) {
+    problems.push('JWT_ISSUER: required when JWT_PUBLIC_KEY_FILE is set (the iss tokens must carry)');
+  }
+  return problems;
+}
+
+function isSet(value: string | undefined): boolean {
+  return value !== undefined && value !== '';
 }
 
 function isExactOrigin(origin: string): boolean {

@@ -188,11 +188,11 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
 }
 
 function jwtOptions(config: Config): JwtVerifierOptions {
-  const options: JwtVerifierOptions = {};
+  // The configuration refuses to start without JWT_AUDIENCE when JWTs are on; the verifier refuses '' too.
+  const options: JwtVerifierOptions = { audience: config.jwt.audience ?? '' };
   if (config.secrets.jwtSecret !== undefined) options.secret = config.secrets.jwtSecret;
   if (config.jwt.publicKeyFile !== undefined) options.publicKey = readFileSync(config.jwt.publicKeyFile, 'utf8');
   if (config.jwt.issuer !== undefined) options.issuer = config.jwt.issuer;
-  if (config.jwt.audience !== undefined) options.audience = config.jwt.audience;
   return options;
 }
 

@@ -109,6 +109,7 @@ describe('server.ts', () => {
       OPENAI_API_KEY: CANARY,
       OPENAI_BASE_URL: fake.url,
       JWT_SECRET: `${CANARY}-jwt`,
+      JWT_AUDIENCE: 'chat-server-test',
       UPSTREAM_MAX_RETRIES: '0',
       ...extra,
     };

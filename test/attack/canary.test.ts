@@ -269,7 +269,7 @@ describe('the canary secret', () => {
     database = TEST_DATABASE_URL === undefined ? undefined : await canaryDatabase(TEST_DATABASE_URL);
     dataDir = await mkdtemp(join(tmpdir(), 'canary-'));
     fake = await startFakeUpstream({ apiKey: CANARY });
-    const secretEnv = { OPENAI_API_KEY: CANARY, METRICS_TOKEN: CANARY, JWT_SECRET };
+    const secretEnv = { OPENAI_API_KEY: CANARY, METRICS_TOKEN: CANARY, JWT_SECRET, JWT_AUDIENCE: 'chat-server-test' };
     server = await startTestServer({
       ...CHAT_ENV,
       ...secretEnv,

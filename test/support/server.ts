@@ -31,6 +31,7 @@ export function testConfig(env: Record<string, string | undefined> = {}, dataDir
     OPENAI_API_KEY: CANARY,
     METRICS_TOKEN: CANARY,
     JWT_SECRET: `${CANARY}-jwt`,
+    JWT_AUDIENCE: 'chat-server-test',
     SHUTDOWN_GRACE_MS: '2000',
     ...env,
   });

@@ -150,6 +150,14 @@ describe('auth() in the real app', () => {
     assert.equal(res.status, 401);
   });
 
+  it('refuses a JWT minted for another service with the same secret, or without aud, with 401', async () => {
+    for (const audience of ['billing-service', null]) {
+      const res = await get(agents, fresh(bearer(await mintJwt({ sub: 'user-1' }, { audience }))));
+      assert.equal(res.status, 401, `aud ${String(audience)}`);
+      assert.equal(res.headers['www-authenticate'], 'Bearer error="invalid_token"');
+    }
+  });
+
   it('refuses a JWT signed with another secret with 401', async () => {
     const res = await get(
       agents,
