@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { createAuthenticator } from './auth/authenticator.ts';
-import { createJwtVerifier, type JwtVerifierOptions } from './auth/jwt.ts';
+import { createJwtVerifier, type JwtVerifierOptions, looksLikeJwt } from './auth/jwt.ts';
 import { ensureDevKey } from './auth/keys-command.ts';
 import { loadAgents } from './chat/agents.ts';
 import { chatRoutes } from './chat/routes.ts';
@@ -74,6 +74,8 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     }));
     metrics.setStreamSlotsSource(() => slots.inUse());
     const authenticate = createAuthenticator({ pool: db.pool, jwt });
+    // One throttle for every credential the server checks: API keys, JWTs and the metrics token.
+    const failures = createFailureThrottle(config.authFailuresPerMinute);
     const security = createSecurityEvents(log, { onEvent: (kind) => metrics.securityEvent(kind) });
     const shutdown = new AbortController();
     const chat = createChatService({
@@ -124,7 +126,8 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
           prefix: '/v1/',
           authenticate,
           cached: authenticate.cached,
-          throttle: createFailureThrottle(config.authFailuresPerMinute),
+          throttle: failures,
+          checkedLocally: (token) => jwt !== undefined && looksLikeJwt(token),
           addressKey: addressGroup,
           onFailure: (ctx, reason) => {
             metrics.authFailed('invalid_credentials');
