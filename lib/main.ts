@@ -16,7 +16,7 @@ import { migrate } from './db/migrate.ts';
 import { AppError } from './errors.ts';
 import { healthRoutes } from './health.ts';
 import { createApp } from './http/app.ts';
-import { addressGroup, createClientIp } from './http/client-ip.ts';
+import { addressGroup, createClientIp, createProxyCheck } from './http/client-ip.ts';
 import { accessLog } from './http/middleware/access-log.ts';
 import { auth } from './http/middleware/auth.ts';
 import { bodyLimit } from './http/middleware/body-limit.ts';
@@ -97,6 +97,10 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     });
     const event = (kind: SecurityEventKind) => (ctx: Context, reason?: string) =>
       security.emit(kind, { requestId: ctx.requestId, ip: ctx.clientIp, identity: ctx.identity?.id, reason });
+    const authThrottled = (ctx: Context): void => {
+      metrics.rateLimitRejected('auth_throttle');
+      event('auth_throttled')(ctx);
+    };
     let draining = false;
     let stopping: Promise<void> | undefined;
     const routes: Route[] = [
@@ -105,7 +109,11 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
       ...metricsRoutes({
         render: () => metrics.render(),
         token: config.secrets.metricsToken,
+        throttle: failures,
+        addressKey: addressGroup,
+        isTrustedProxy: createProxyCheck(config.trustProxy),
         onDenied: event('metrics_denied'),
+        onThrottled: authThrottled,
       }),
     ];
     const listener = createApp({
@@ -133,10 +141,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
             metrics.authFailed('invalid_credentials');
             event('auth_failure')(ctx, reason);
           },
-          onThrottled: (ctx) => {
-            metrics.rateLimitRejected('auth_throttle');
-            event('auth_throttled')(ctx);
-          },
+          onThrottled: authThrottled,
         }),
         rateLimit({
           prefix: '/v1/',

@@ -193,7 +193,7 @@ describe('parseConfig() TRUST_PROXY', () => {
   });
 
   it('parseConfig() accepts addresses and CIDRs of both families', () => {
-    const config = valid({ TRUST_PROXY: '10.0.0.1, 10.0.0.0/8,::1,fd00::/8' });
+    const config = valid({ TRUST_PROXY: '10.0.0.1, 10.0.0.0/8,::1,fd00::/8', METRICS_TOKEN: 'm'.repeat(16) });
     assert.deepEqual(config.trustProxy, ['10.0.0.1', '10.0.0.0/8', '::1', 'fd00::/8']);
   });
 
@@ -202,6 +202,31 @@ describe('parseConfig() TRUST_PROXY', () => {
       refused({ TRUST_PROXY: entry }, 'TRUST_PROXY');
     });
   }
+});
+
+describe('parseConfig() METRICS_TOKEN', () => {
+  it('parseConfig() refuses TRUST_PROXY without METRICS_TOKEN: a proxy would make outside requests loopback', () => {
+    refused({ TRUST_PROXY: '127.0.0.1' }, 'METRICS_TOKEN');
+  });
+
+  for (const host of ['0.0.0.0', '::', '192.0.2.10', 'chat.internal']) {
+    it(`parseConfig() refuses HOST=${host} without METRICS_TOKEN`, () => {
+      refused({ HOST: host }, 'METRICS_TOKEN');
+    });
+  }
+
+  for (const host of ['127.0.0.1', '127.0.0.2', '::1', 'localhost']) {
+    it(`parseConfig() accepts the loopback HOST=${host} without METRICS_TOKEN`, () => {
+      assert.equal(valid({ HOST: host }).metricsTokenSet, false);
+    });
+  }
+
+  it('parseConfig() accepts TRUST_PROXY and a public HOST with METRICS_TOKEN', () => {
+    assert.equal(
+      valid({ HOST: '0.0.0.0', TRUST_PROXY: '10.0.0.1', METRICS_TOKEN: 'm'.repeat(16) }).metricsTokenSet,
+      true,
+    );
+  });
 });
 
 describe('parseConfig() problems', () => {
