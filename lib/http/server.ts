@@ -1,7 +1,8 @@
 // node:http hardening in one place: timeouts, header size, connection caps, and answers to broken requests.
 //
-// Node answers some requests itself (no Host: a bare 400; an unknown Expect: a bare 417) without
-// our headers or problem+json; those checks are ours instead, answered by the writer below.
+// Node answers some requests itself (no Host: a bare 400; an unknown Expect: a bare 417; a request
+// pipelined past maxRequestsPerSocket: a bare 503) without our headers or problem+json; those checks
+// are ours instead, answered by the writer below.
 import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
@@ -27,16 +28,27 @@ export const MAX_HEADER_BYTES = 16 * 1024;
 // Node checks headersTimeout and requestTimeout only on this sweep; its 30 s default lets slowloris hold sockets.
 const CONNECTIONS_CHECKING_INTERVAL_MS = 1_000;
 const PROBLEM_TYPE = 'application/problem+json; charset=utf-8';
+const REQUESTS_SERVED = Symbol('requestsServed');
 
 /** Creates the hardened server around a request listener. */
 export function createHttpServer(
   options: HttpServerOptions,
   listener: (req: IncomingMessage, res: ServerResponse) => void,
 ): Server {
+  const { maxRequestsPerSocket } = options;
   function onRequest(req: IncomingMessage, res: ServerResponse): void {
-    const refused = hostProblem(req);
+    const refused = hostProblem(req) ?? (maxRequestsPerSocket > 0 ? overSocketLimit(req, res) : undefined);
     if (refused === undefined) listener(req, res);
     else answerRefused(res, refused, options);
+  }
+  /** Closes the connection after its last allowed request; one pipelined past it gets 503. */
+  function overSocketLimit(req: IncomingMessage, res: ServerResponse): AppError | undefined {
+    const socket = req.socket as Socket & { [REQUESTS_SERVED]?: number };
+    const served = (socket[REQUESTS_SERVED] ?? 0) + 1;
+    socket[REQUESTS_SERVED] = served;
+    if (served === maxRequestsPerSocket) res.shouldKeepAlive = false;
+    if (served <= maxRequestsPerSocket) return undefined;
+    return new AppError('SERVICE_UNAVAILABLE', { detail: 'Too many requests on one connection; open a new one' });
   }
   const server = createServer(
     {
@@ -52,7 +64,8 @@ export function createHttpServer(
     },
     onRequest,
   );
-  server.maxRequestsPerSocket = options.maxRequestsPerSocket;
+  // Counted in onRequest instead: node's own 503 past the limit carries none of our headers.
+  server.maxRequestsPerSocket = 0;
   server.maxConnections = options.maxConnections ?? connectionBudget();
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => answerClientError(err, socket, options));
   // Node would send 100 Continue before any check; the body reader sends it once the body is wanted.

@@ -5,6 +5,7 @@ import { performance } from 'node:perf_hooks';
 import { after, before, describe, it } from 'node:test';
 import { type ChatHarness, startChat } from '../support/chat.ts';
 import { assertSecurityProfile } from '../support/security-profile.ts';
+import { startTestServer, type TestServer } from '../support/server.ts';
 
 const ALLOWED_ORIGIN = 'https://app.example';
 const PROBLEM_TYPE = 'application/problem+json; charset=utf-8';
@@ -469,5 +470,39 @@ describe('the HTTP server', () => {
         [],
       );
     });
+  });
+});
+
+describe('the HTTP server with MAX_REQUESTS_PER_SOCKET=2', () => {
+  let server: TestServer;
+  before(async () => {
+    server = await startTestServer({ MAX_REQUESTS_PER_SOCKET: '2' });
+  });
+  after(() => server?.close());
+
+  it('four pipelined requests get two answers, the second closing, and nothing bare or after the close', async () => {
+    const socket = await openSocket(server.url);
+    const closed = readUntilClose(socket);
+    socket.write('GET /health/live HTTP/1.1\r\nHost: test\r\n\r\n'.repeat(4));
+    const timer = setTimeout(() => socket.destroy(), 5_000);
+    try {
+      const { raw } = await closed;
+      const heads = raw.split(/(?=HTTP\/1\.1 )/);
+      assert.equal(heads.length, 2, raw);
+      for (const head of heads) assertSecurityProfile(parseRaw(head).headers, true /* HSTS is on by default */);
+      assert.deepEqual(
+        heads.map((head) => parseRaw(head).status),
+        [200, 200],
+      );
+      assert.equal(parseRaw(heads[1] as string).headers.get('connection'), 'close');
+      // The two requests past the limit never reached the app (RFC 9112 §9.6).
+      const served = server
+        .logs()
+        .split('\n')
+        .filter((line) => line.includes('"route":"/health/live"'));
+      assert.equal(served.length, 2);
+    } finally {
+      clearTimeout(timer);
+    }
   });
 });
