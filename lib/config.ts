@@ -248,7 +248,47 @@ function crossFieldProblems(env: Record<string, string | undefined>): string[] {
   if (jwtSecretSet && publicKeySet) {
     problems.push('JWT_SECRET: set either JWT_SECRET or JWT_PUBLIC_KEY_FILE, not both');
   }
+  problems.push(...jwtScopeProblems(env), ...metricsTokenProblems(env));
   return problems;
+}
+
+/**
+ * Without a token /metrics answers loopback peers, which means "this host" only while nothing relays
+ * to us: behind a configured proxy, or listening beyond loopback, a token is required.
+ */
+function metricsTokenProblems(env: Record<string, string | undefined>): string[] {
+  if (isSet(env['METRICS_TOKEN'])) return [];
+  const trustProxy = ENV_SCHEMA.TRUST_PROXY.safeParse(env['TRUST_PROXY']);
+  const proxied = trustProxy.success && !(trustProxy.data.length === 1 && trustProxy.data[0] === 'off');
+  const host = ENV_SCHEMA.HOST.safeParse(env['HOST']);
+  const exposed = host.success && !isLoopbackHost(host.data);
+  if (!proxied && !exposed) return [];
+  return ['METRICS_TOKEN: required when TRUST_PROXY is set or HOST is not a loopback address'];
+}
+
+function isLoopbackHost(host: string): boolean {
+  if (host.toLowerCase() === 'localhost' || host === '::1') return true;
+  const v4 = host.startsWith('::ffff:') ? host.slice(7) : host;
+  return isIP(v4) === 4 && v4.startsWith('127.');
+}
+
+/** RFC 8725 §3.9: a token minted for another service with the same key must not be accepted here. */
+function jwtScopeProblems(env: Record<string, string | undefined>): string[] {
+  const problems: string[] = [];
+  // Set at all, valid or not: an operator who meant to turn JWTs on hears about every missing piece at once.
+  const jwtConfigured = isSet(env['JWT_SECRET']) || isSet(env['JWT_PUBLIC_KEY_FILE']);
+  if (jwtConfigured && !isSet(env['JWT_AUDIENCE'])) {
+    problems.push('JWT_AUDIENCE: required when JWT_SECRET or JWT_PUBLIC_KEY_FILE is set (the aud tokens must carry)');
+  }
+  // A public key usually belongs to an identity provider that signs tokens for many services.
+  if (isSet(env['JWT_PUBLIC_KEY_FILE']) && !isSet(env['JWT_ISSUER'])) {
+    problems.push('JWT_ISSUER: required when JWT_PUBLIC_KEY_FILE is set (the iss tokens must carry)');
+  }
+  return problems;
+}
+
+function isSet(value: string | undefined): boolean {
+  return value !== undefined && value !== '';
 }
 
 function isExactOrigin(origin: string): boolean {

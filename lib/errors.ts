@@ -17,6 +17,7 @@ export const ERROR_CODES = {
   METHOD_NOT_ALLOWED: { status: 405, title: 'Method not allowed' },
   REQUEST_TIMEOUT: { status: 408, title: 'Request timeout' },
   BODY_TOO_LARGE: { status: 413, title: 'Request body too large' },
+  EXPECTATION_FAILED: { status: 417, title: 'Expectation failed' },
   UNSUPPORTED_MEDIA_TYPE: { status: 415, title: 'Unsupported media type' },
   RATE_LIMITED: { status: 429, title: 'Too many requests' },
   AUTH_THROTTLED: { status: 429, title: 'Too many failed authentication attempts' },

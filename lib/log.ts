@@ -2,10 +2,11 @@
 //
 // One line per event on stdout, which journald captures. Lines are buffered and written once
 // per event-loop turn (or when the buffer grows large), never synchronously per request, and
-// flushed synchronously when the process exits. Before any byte leaves, the buffer is scrubbed
-// of known secret values and of anything shaped like our API keys or a JWT, whatever the
-// caller passed in.
+// flushed synchronously when the process exits. Every line is scrubbed before it is buffered
+// (lib/redact.ts), whatever the caller passed in; only the access log's fast path, whose fields
+// are known safe, skips that. No string field, message or stack in a line is longer than 2 KB.
 import { writeSync } from 'node:fs';
+import { createRedactor, REDACTED, type Redactor } from './redact.ts';
 
 export const LOG_LEVELS = ['debug', 'info', 'warn', 'error', 'silent'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
@@ -25,7 +26,6 @@ export interface LoggerOptions {
   maxBufferBytes?: number;
 }
 
-const REDACTED = '[REDACTED]';
 // Header and field names whose values are credentials, whatever object they sit in.
 const SECRET_KEYS = new Set([
   'authorization',
@@ -39,12 +39,17 @@ const SECRET_KEYS = new Set([
   'secret',
   'token',
 ]);
-// Credentials whose values the logger cannot know in advance: our API keys and JWT-shaped strings.
-const CREDENTIAL_PATTERN = /csk_[A-Za-z0-9_-]{16,}|eyJ[A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]*/g;
+/** The longest string a line carries in one field (message, stack, any value); the rest is cut and marked. */
+export const MAX_FIELD_CHARS = 2048;
+// A cause chain is bounded in depth and an AggregateError in breadth; this bounds their product.
+const MAX_ERRORS_PER_FIELD = 20;
 
 class Output {
   readonly level: number;
-  #secrets: string[];
+  redactor: Redactor;
+  #secrets: readonly string[];
+  /** The JSON.stringify replacer of every field: credential keys redacted, errors expanded, long strings cut. */
+  readonly replacer: (this: unknown, key: string, value: unknown) => unknown;
   readonly #sink: LogSink;
   readonly #maxBufferBytes: number;
   #buffer: string[] = [];
@@ -53,13 +58,23 @@ class Output {
 
   constructor(options: LoggerOptions) {
     this.level = LEVEL_VALUE[options.level ?? 'info'];
-    this.#secrets = secretForms([], options.secrets ?? []);
+    this.#secrets = options.secrets ?? [];
+    this.redactor = createRedactor(this.#secrets);
+    const out = this;
+    this.replacer = function replacer(key, value) {
+      if (key !== '' && SECRET_KEYS.has(key.toLowerCase())) return REDACTED;
+      if (typeof value === 'string') return cut(value, out.redactor);
+      if (value instanceof Error) return serialiseError(value, 0, { left: MAX_ERRORS_PER_FIELD });
+      if (typeof value === 'bigint') return value.toString();
+      return value;
+    };
     this.#sink = options.sink ?? 1;
     this.#maxBufferBytes = options.maxBufferBytes ?? 64 * 1024;
   }
 
   addSecrets(values: readonly string[]): void {
-    this.#secrets = secretForms(this.#secrets, values);
+    this.#secrets = [...this.#secrets, ...values];
+    this.redactor = createRedactor(this.#secrets);
   }
 
   push(line: string): void {
@@ -76,10 +91,9 @@ class Output {
   flush(): void {
     this.#scheduled = false;
     if (this.#buffer.length === 0) return;
-    let chunk = this.#buffer.join('');
+    const chunk = this.#buffer.join('');
     this.#buffer = [];
     this.#bufferBytes = 0;
-    chunk = this.scrub(chunk);
     const sink = this.#sink;
     if (typeof sink === 'function') {
       sink(chunk);
@@ -87,31 +101,12 @@ class Output {
     }
     writeAll(sink, chunk);
   }
-
-  scrub(text: string): string {
-    for (const secret of this.#secrets) {
-      if (text.includes(secret)) text = text.replaceAll(secret, REDACTED);
-    }
-    CREDENTIAL_PATTERN.lastIndex = 0;
-    if (CREDENTIAL_PATTERN.test(text)) {
-      CREDENTIAL_PATTERN.lastIndex = 0;
-      text = text.replace(CREDENTIAL_PATTERN, REDACTED);
-    }
-    return text;
-  }
 }
 
-/** The redaction list: `known` plus every form of `values`, longest first. */
-function secretForms(known: readonly string[], values: readonly string[]): string[] {
-  // Lines are scrubbed after serialisation, so a secret with a quote, backslash or control
-  // character is searched for as JSON spells it too (once and twice escaped: JSON inside a string).
-  const forms = values.filter((s) => s.length >= 4).flatMap((s) => [s, jsonEscaped(s), jsonEscaped(jsonEscaped(s))]);
-  // Longest first so a secret that contains another is redacted whole.
-  return [...new Set([...known, ...forms])].sort((a, b) => b.length - a.length);
-}
-
-function jsonEscaped(text: string): string {
-  return JSON.stringify(text).slice(1, -1);
+/** At most MAX_FIELD_CHARS of text, marked when cut; the kept part is scrubbed across the cut. */
+function cut(text: string, redactor: Redactor): string {
+  if (text.length <= MAX_FIELD_CHARS) return text;
+  return `${redactor.head(text, MAX_FIELD_CHARS)}…[cut ${text.length - MAX_FIELD_CHARS} characters]`;
 }
 
 function writeAll(fd: number, chunk: string): void {
@@ -167,7 +162,9 @@ export class Logger {
 
   /** A logger whose lines all carry these fields. */
   child(fields: Fields): Logger {
-    return new Logger({}, this.#out, this.#bindings + serialiseFields(fields));
+    // Scrubbed once here: the fast path's lines carry the bindings unscrubbed.
+    const out = this.#out;
+    return new Logger({}, out, this.#bindings + out.redactor.scrub(serialiseFields(fields, out.replacer)));
   }
 
   isEnabled(level: Exclude<LogLevel, 'silent'>): boolean {
@@ -187,12 +184,17 @@ export class Logger {
     if (LEVEL_VALUE.error >= this.#out.level) this.#write('error', msg, fields);
   }
 
-  /** Writes a line whose fields are already known to be flat and safe (the access log's fast path). */
+  /**
+   * Writes a line whose fields are already known to be flat and safe (the access log's fast path).
+   * They are not scrubbed: a value a client chose must go through `scrub()` first.
+   */
   line(level: Exclude<LogLevel, 'silent'>, msg: string, flatFields: string): void {
     if (LEVEL_VALUE[level] < this.#out.level) return;
     const time = isoNow();
     if (time !== this.#headTime || level !== this.#headLevel || msg !== this.#headMsg) {
-      this.#head = `{"time":"${time}","level":"${level}","msg":${JSON.stringify(msg)}${this.#bindings}`;
+      const redactor = this.#out.redactor;
+      const text = redactor.scrub(JSON.stringify(cut(msg, redactor)));
+      this.#head = `{"time":"${time}","level":"${level}","msg":${text}${this.#bindings}`;
       this.#headTime = time;
       this.#headLevel = level;
       this.#headMsg = msg;
@@ -210,29 +212,31 @@ export class Logger {
     this.#out.addSecrets(values);
   }
 
-  /** Redacts known secrets from a string (for text that must leave by another path). */
+  /** Redacts known secrets and credential shapes from a string (for text that must leave by another path). */
   scrub(text: string): string {
-    return this.#out.scrub(text);
+    return this.#out.redactor.scrub(text);
   }
 
   #write(level: LogLevel, msg: string, fields: Fields | undefined): void {
-    const extra = fields === undefined ? '' : serialiseFields(fields);
-    this.#out.push(`{"time":"${isoNow()}","level":"${level}","msg":${JSON.stringify(msg)}${this.#bindings}${extra}}\n`);
+    const out = this.#out;
+    const extra = fields === undefined ? '' : serialiseFields(fields, out.replacer);
+    const text = JSON.stringify(cut(msg, out.redactor));
+    out.push(out.redactor.scrub(`{"time":"${isoNow()}","level":"${level}","msg":${text}${this.#bindings}${extra}}\n`));
   }
 }
 
-/** Serialises fields as `,"k":v` pairs, redacting credential keys and expanding errors. */
-function serialiseFields(fields: Fields): string {
+/** Serialises fields as `,"k":v` pairs through the output's replacer. */
+function serialiseFields(fields: Fields, replacer: Output['replacer']): string {
   let out = '';
   for (const key of Object.keys(fields)) {
     const value = fields[key];
     if (value === undefined) continue;
-    out += `,${JSON.stringify(key)}:${safeStringify(SECRET_KEYS.has(key.toLowerCase()) ? REDACTED : value)}`;
+    out += `,${JSON.stringify(key)}:${safeStringify(SECRET_KEYS.has(key.toLowerCase()) ? REDACTED : value, replacer)}`;
   }
   return out;
 }
 
-function safeStringify(value: unknown): string {
+function safeStringify(value: unknown, replacer: Output['replacer']): string {
   try {
     return JSON.stringify(value, replacer) ?? 'null';
   } catch {
@@ -240,27 +244,17 @@ function safeStringify(value: unknown): string {
   }
 }
 
-function replacer(this: unknown, key: string, value: unknown): unknown {
-  if (key !== '' && SECRET_KEYS.has(key.toLowerCase())) return REDACTED;
-  if (value instanceof Error) return serialiseError(value, 0);
-  if (typeof value === 'bigint') return value.toString();
-  return value;
-}
-
-/** An error with its stack, code and whole cause chain, bounded in depth. */
-export function serialiseError(err: Error, depth: number): Record<string, unknown> {
+/** An error with its stack, code and cause chain, bounded in depth and, through `budget`, in count. */
+function serialiseError(err: Error, depth: number, budget: { left: number }): Record<string, unknown> {
+  budget.left--;
   const out: Record<string, unknown> = { name: err.name, message: err.message };
   const code = (err as { code?: unknown }).code;
   if (code !== undefined) out['code'] = code;
   if (err.stack !== undefined) out['stack'] = err.stack;
-  if (err.cause !== undefined && depth < 8) {
-    out['cause'] = err.cause instanceof Error ? serialiseError(err.cause, depth + 1) : err.cause;
-  }
-  if (err instanceof AggregateError && depth < 8) {
-    out['errors'] = err.errors
-      .slice(0, 10)
-      .map((e: unknown) => (e instanceof Error ? serialiseError(e, depth + 1) : e));
-  }
+  const nested = (e: unknown): unknown =>
+    !(e instanceof Error) ? e : budget.left > 0 ? serialiseError(e, depth + 1, budget) : '[more errors cut]';
+  if (err.cause !== undefined && depth < 8) out['cause'] = nested(err.cause);
+  if (err instanceof AggregateError && depth < 8) out['errors'] = err.errors.slice(0, 10).map(nested);
   return out;
 }
 

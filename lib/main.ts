@@ -6,7 +6,7 @@ import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startAdminSocket } from './admin-socket.ts';
 import { type Authenticate, createAuthenticator } from './auth/authenticator.ts';
-import { createJwtVerifier, type JwtVerifierOptions } from './auth/jwt.ts';
+import { createJwtVerifier, type JwtVerifier, type JwtVerifierOptions, looksLikeJwt } from './auth/jwt.ts';
 import { ensureDevKey, type KeysOutput, parseKeysArgs, runKeys } from './auth/keys-command.ts';
 import { type AgentRegistry, loadAgents } from './chat/agents.ts';
 import { AI_SDK_CHAT_ROUTE, aiSdkRoutes } from './chat/ai-sdk.ts';
@@ -27,7 +27,7 @@ import { waitAtMost } from './deadline.ts';
 import { AppError } from './errors.ts';
 import { healthRoutes, upstreamHealthRoute } from './health.ts';
 import { createApp } from './http/app.ts';
-import { addressGroup, createClientIp } from './http/client-ip.ts';
+import { addressGroup, createClientIp, createProxyCheck } from './http/client-ip.ts';
 import { accessLog } from './http/middleware/access-log.ts';
 import { auth } from './http/middleware/auth.ts';
 import { bodyLimit } from './http/middleware/body-limit.ts';
@@ -42,7 +42,7 @@ import { createHttpServer } from './http/server.ts';
 import type { Context, Middleware } from './http/types.ts';
 import { createBudgets } from './limits/budget.ts';
 import { type ConcurrencyLimiter, createConcurrencyLimiter } from './limits/concurrency.ts';
-import { createFailureThrottle } from './limits/failure-throttle.ts';
+import { createFailureThrottle, type FailureThrottle } from './limits/failure-throttle.ts';
 import { createMemoryStore } from './limits/memory-store.ts';
 import { createPostgresStore } from './limits/postgres-store.ts';
 import { rateLimitFormatter } from './limits/ratelimit-headers.ts';
@@ -70,6 +70,10 @@ interface Services {
   agents: AgentRegistry;
   upstream: UpstreamRouter;
   authenticate: Authenticate;
+  /** The JWT verifier when JWTs are on: a JWT is checked without the database, even from a throttled address. */
+  jwt: JwtVerifier | undefined;
+  /** Failed credentials per address group: API keys, JWTs and the metrics token share it. */
+  failures: FailureThrottle;
   limits: RateLimiter;
   slots: ConcurrencyLimiter;
   metrics: AppMetrics;
@@ -195,12 +199,14 @@ async function buildServices(config: Config, db: Database, log: Logger, cleanups
     observer: chatObserver(metrics),
   });
   const authenticate = createAuthenticator({ pool, jwt });
+  // One throttle for every credential the server checks: API keys, JWTs and the metrics token.
+  const failures = createFailureThrottle(config.authFailuresPerMinute);
   const fanout = db.kind === 'postgres' ? createFanout(config, db, log) : undefined;
   if (fanout !== undefined) {
     fanout.serve(chat);
     cleanups.push(() => fanout.close());
   }
-  return { agents, upstream, authenticate, limits, slots, metrics, security, chat, fanout, shutdown };
+  return { agents, upstream, authenticate, jwt, failures, limits, slots, metrics, security, chat, fanout, shutdown };
 }
 
 function createFanout(config: Config, db: Database, log: Logger): Fanout {
@@ -221,6 +227,14 @@ function buildRoutes(config: Config, db: Database, services: Services, drain: Dr
   });
   const { chat, agents, metrics } = services;
   const isDraining = () => drain.draining;
+  const gate = {
+    token: config.secrets.metricsToken,
+    throttle: services.failures,
+    addressKey: addressGroup,
+    isTrustedProxy: createProxyCheck(config.trustProxy),
+    onDenied: securityEvent(services.security, 'metrics_denied'),
+    onThrottled: authThrottled(services),
+  };
   return [
     ...healthRoutes({ pool: db.pool, timeoutMs: config.healthDbTimeoutMs, isDraining }),
     ...chatRoutes({
@@ -253,18 +267,8 @@ function buildRoutes(config: Config, db: Database, services: Services, drain: Dr
       ownedBy: config.modelsOwnedBy,
       createdSeconds: Math.floor(Date.now() / 1000),
     }),
-    ...metricsRoutes({
-      render: () => metrics.render(),
-      token: config.secrets.metricsToken,
-      onDenied: securityEvent(services.security, 'metrics_denied'),
-    }),
-    upstreamHealthRoute({
-      breakers: () => services.upstream.breakers(),
-      guard: metricsGuard({
-        token: config.secrets.metricsToken,
-        onDenied: securityEvent(services.security, 'metrics_denied'),
-      }),
-    }),
+    ...metricsRoutes({ render: () => metrics.render(), ...gate }),
+    upstreamHealthRoute({ breakers: () => services.upstream.breakers(), guard: metricsGuard(gate) }),
   ];
 }
 
@@ -301,16 +305,14 @@ function buildMiddleware(
     auth({
       authenticate,
       cached: authenticate.cached,
-      throttle: createFailureThrottle(config.authFailuresPerMinute),
+      throttle: services.failures,
+      checkedLocally: (token) => services.jwt !== undefined && looksLikeJwt(token),
       addressKey: addressGroup,
       onFailure: (ctx, reason) => {
         metrics.authFailed('invalid_credentials');
         securityEvent(security, 'auth_failure')(ctx, reason);
       },
-      onThrottled: (ctx) => {
-        metrics.rateLimitRejected('auth_throttle');
-        securityEvent(security, 'auth_throttled')(ctx);
-      },
+      onThrottled: authThrottled(services),
     }),
     rateLimit({
       take: limits.take,
@@ -340,6 +342,13 @@ async function runKeysHere(db: Database, args: readonly string[], io: KeysOutput
 function databaseUnavailable(err: unknown): AppError | undefined {
   if (!isDatabaseUnavailable(err)) return undefined;
   return new AppError('SERVICE_UNAVAILABLE', { cause: err, headers: { 'Retry-After': '5' } });
+}
+
+function authThrottled({ metrics, security }: Services): (ctx: Context) => void {
+  return (ctx) => {
+    metrics.rateLimitRejected('auth_throttle');
+    securityEvent(security, 'auth_throttled')(ctx);
+  };
 }
 
 function securityEvent(security: SecurityEvents, kind: SecurityEventKind) {
@@ -396,11 +405,11 @@ async function runCleanups(cleanups: Cleanup[]): Promise<void> {
 }
 
 function jwtOptions(config: Config): JwtVerifierOptions {
-  const options: JwtVerifierOptions = {};
+  // The configuration refuses to start without JWT_AUDIENCE when JWTs are on; the verifier refuses '' too.
+  const options: JwtVerifierOptions = { audience: config.jwt.audience ?? '' };
   if (config.secrets.jwtSecret !== undefined) options.secret = config.secrets.jwtSecret;
   if (config.jwt.publicKeyFile !== undefined) options.publicKey = readFileSync(config.jwt.publicKeyFile, 'utf8');
   if (config.jwt.issuer !== undefined) options.issuer = config.jwt.issuer;
-  if (config.jwt.audience !== undefined) options.audience = config.jwt.audience;
   return options;
 }
 

@@ -164,14 +164,14 @@ describe('parseConfig() JWT', () => {
     refused({ JWT_SECRET: 'x'.repeat(31) }, 'JWT_SECRET');
   });
 
-  it('parseConfig() accepts a JWT_SECRET of 32 bytes and enables JWT', () => {
-    const config = valid({ JWT_SECRET: 'x'.repeat(32) });
+  it('parseConfig() accepts a JWT_SECRET of 32 bytes with JWT_AUDIENCE and enables JWT', () => {
+    const config = valid({ JWT_SECRET: 'x'.repeat(32), JWT_AUDIENCE: 'chat-api' });
     assert.equal(config.jwt.enabled, true);
     assert.equal(config.secrets.jwtSecret, 'x'.repeat(32));
   });
 
   it('parseConfig() counts JWT_SECRET in bytes, not characters', () => {
-    assert.equal(valid({ JWT_SECRET: 'é'.repeat(16) }).jwt.enabled, true); // 16 characters, 32 bytes
+    assert.equal(valid({ JWT_SECRET: 'é'.repeat(16), JWT_AUDIENCE: 'chat-api' }).jwt.enabled, true); // 32 bytes
     refused({ JWT_SECRET: 'é'.repeat(15) }, 'JWT_SECRET'); // 30 bytes
   });
 
@@ -179,10 +179,30 @@ describe('parseConfig() JWT', () => {
     refused({ JWT_SECRET: 'x'.repeat(40), JWT_PUBLIC_KEY_FILE: '/etc/chat/jwt.pem' }, 'JWT_SECRET');
   });
 
-  it('parseConfig() enables JWT with JWT_PUBLIC_KEY_FILE alone', () => {
-    const config = valid({ JWT_PUBLIC_KEY_FILE: '/etc/chat/jwt.pem' });
+  it('parseConfig() enables JWT with JWT_PUBLIC_KEY_FILE, JWT_ISSUER and JWT_AUDIENCE', () => {
+    const config = valid({ JWT_PUBLIC_KEY_FILE: '/etc/chat/jwt.pem', JWT_ISSUER: 'https://idp', JWT_AUDIENCE: 'chat' });
     assert.equal(config.jwt.enabled, true);
     assert.equal(config.jwt.publicKeyFile, '/etc/chat/jwt.pem');
+    assert.deepEqual([config.jwt.issuer, config.jwt.audience], ['https://idp', 'chat']);
+  });
+
+  it('parseConfig() refuses JWT_SECRET without JWT_AUDIENCE (RFC 8725 §3.9)', () => {
+    refused({ JWT_SECRET: 'x'.repeat(32) }, 'JWT_AUDIENCE');
+    refused({ JWT_SECRET: 'x'.repeat(32), JWT_AUDIENCE: '' }, 'JWT_AUDIENCE');
+  });
+
+  it('parseConfig() refuses JWT_PUBLIC_KEY_FILE without JWT_AUDIENCE or without JWT_ISSUER', () => {
+    refused({ JWT_PUBLIC_KEY_FILE: '/etc/chat/jwt.pem', JWT_ISSUER: 'https://idp' }, 'JWT_AUDIENCE');
+    refused({ JWT_PUBLIC_KEY_FILE: '/etc/chat/jwt.pem', JWT_AUDIENCE: 'chat' }, 'JWT_ISSUER');
+  });
+
+  it('parseConfig() accepts JWT_SECRET without JWT_ISSUER', () => {
+    assert.equal(valid({ JWT_SECRET: 'x'.repeat(32), JWT_AUDIENCE: 'chat' }).jwt.issuer, undefined);
+  });
+
+  it('parseConfig() asks for JWT_AUDIENCE also when JWT_SECRET is set but invalid, listing both problems', () => {
+    const list = problems({ JWT_SECRET: 'x'.repeat(31) });
+    assert.deepEqual(list.map((p) => p.slice(0, p.indexOf(':'))).sort(), ['JWT_AUDIENCE', 'JWT_SECRET']);
   });
 });
 
@@ -192,7 +212,7 @@ describe('parseConfig() TRUST_PROXY', () => {
   });
 
   it('parseConfig() accepts addresses and CIDRs of both families', () => {
-    const config = valid({ TRUST_PROXY: '10.0.0.1, 10.0.0.0/8,::1,fd00::/8' });
+    const config = valid({ TRUST_PROXY: '10.0.0.1, 10.0.0.0/8,::1,fd00::/8', METRICS_TOKEN: 'm'.repeat(16) });
     assert.deepEqual(config.trustProxy, ['10.0.0.1', '10.0.0.0/8', '::1', 'fd00::/8']);
   });
 
@@ -201,6 +221,31 @@ describe('parseConfig() TRUST_PROXY', () => {
       refused({ TRUST_PROXY: entry }, 'TRUST_PROXY');
     });
   }
+});
+
+describe('parseConfig() METRICS_TOKEN', () => {
+  it('parseConfig() refuses TRUST_PROXY without METRICS_TOKEN: a proxy would make outside requests loopback', () => {
+    refused({ TRUST_PROXY: '127.0.0.1' }, 'METRICS_TOKEN');
+  });
+
+  for (const host of ['0.0.0.0', '::', '192.0.2.10', 'chat.internal']) {
+    it(`parseConfig() refuses HOST=${host} without METRICS_TOKEN`, () => {
+      refused({ HOST: host }, 'METRICS_TOKEN');
+    });
+  }
+
+  for (const host of ['127.0.0.1', '127.0.0.2', '::1', 'localhost']) {
+    it(`parseConfig() accepts the loopback HOST=${host} without METRICS_TOKEN`, () => {
+      assert.equal(valid({ HOST: host }).metricsTokenSet, false);
+    });
+  }
+
+  it('parseConfig() accepts TRUST_PROXY and a public HOST with METRICS_TOKEN', () => {
+    assert.equal(
+      valid({ HOST: '0.0.0.0', TRUST_PROXY: '10.0.0.1', METRICS_TOKEN: 'm'.repeat(16) }).metricsTokenSet,
+      true,
+    );
+  });
 });
 
 describe('parseConfig() problems', () => {
@@ -214,7 +259,14 @@ describe('parseConfig() problems', () => {
       JWT_PUBLIC_KEY_FILE: '/k.pem',
     });
     const named = list.map((p) => p.slice(0, p.indexOf(':')));
-    assert.deepEqual([...new Set(named)].sort(), ['CORS_ORIGINS', 'JWT_SECRET', 'PORT', 'REQUEST_TIMEOUT_MS']);
+    assert.deepEqual([...new Set(named)].sort(), [
+      'CORS_ORIGINS',
+      'JWT_AUDIENCE',
+      'JWT_ISSUER',
+      'JWT_SECRET',
+      'PORT',
+      'REQUEST_TIMEOUT_MS',
+    ]);
   });
 
   it('parseConfig() refuses a DATABASE_URL that is not postgres:// or postgresql://', () => {
@@ -245,6 +297,7 @@ describe('parseConfig() problems', () => {
   it('parseConfig() never echoes a short secret in its problems', () => {
     const list = problems({
       JWT_SECRET: CANARY.slice(0, 20),
+      JWT_AUDIENCE: 'chat-api',
       METRICS_TOKEN: CANARY.slice(0, 10),
       DATABASE_URL: `postgres//${CANARY}@db`,
     });
@@ -258,6 +311,7 @@ describe('parseConfig() secrets', () => {
   const env = {
     OPENAI_API_KEY: `${CANARY}-openai`,
     JWT_SECRET: `${CANARY}-jwt`,
+    JWT_AUDIENCE: 'chat-api',
     METRICS_TOKEN: `${CANARY}-metrics`,
     DATABASE_URL: `postgres://chat:${CANARY}%2Fdb@db.example.com:5432/chat`,
   };

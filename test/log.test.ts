@@ -4,7 +4,7 @@ import { closeSync, constants, mkdtempSync, openSync, readFileSync, rmSync } fro
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { createLogger, type LoggerOptions } from '../lib/log.ts';
+import { createLogger, type LoggerOptions, MAX_FIELD_CHARS } from '../lib/log.ts';
 
 /** A value no line may contain. */
 const CANARY = 'canary-5e2f8a1c9d3b7e6f40a2c4e6a8b0d2f4';
@@ -255,6 +255,94 @@ describe('createLogger() redaction', () => {
     const text = out.text();
     assert.match(text, /x \[REDACTED\] y/);
     assert.ok(!text.includes(CANARY));
+  });
+});
+
+describe('createLogger() partial secrets and credential shapes', () => {
+  it('logger redacts a 14-character prefix of a configured secret echoed in an error message', () => {
+    const out = capture();
+    out.log.warn('upstream error', { err: new Error(`Incorrect API key provided: ${CANARY.slice(0, 14)}****`) });
+    const text = out.text();
+    assert.ok(!text.includes(CANARY.slice(0, 12)), text);
+    assert.match(text, /Incorrect API key provided: \[REDACTED\]\*\*\*\*/);
+  });
+
+  it('logger redacts provider keys and bearer credentials it was not told about', () => {
+    const out = capture({ secrets: [] });
+    const providerKey = 'sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z';
+    out.log.error('upstream said', { body: `key ${providerKey}`, header: 'Bearer some-opaque-credential' });
+    const text = out.text();
+    assert.ok(!text.includes('Ab3dEf6hIj9k'), text);
+    assert.ok(!text.includes('some-opaque-credential'), text);
+    assert.equal(out.lines()[0]?.['header'], 'Bearer [REDACTED]');
+  });
+
+  it('logger.line() scrubs its message and the child bindings it carries', () => {
+    const out = capture();
+    out.log.child({ dsn: `postgres://u:${CANARY}@db/chat` }).line('info', `request ${CANARY.slice(3, 17)}`, ',"n":1');
+    const text = out.text();
+    assert.ok(!text.includes(CANARY.slice(3, 15)), text);
+    assert.equal(out.lines()[0]?.['n'], 1);
+  });
+});
+
+describe('createLogger() bounds', () => {
+  const FIVE_MB = 5 * 1024 * 1024;
+
+  it('logger cuts a 5 MB error message, its stack and its cause to about 2 KB each and marks each cut', () => {
+    const out = capture();
+    const body = 'e'.repeat(FIVE_MB);
+    const err = new Error(`upstream answered ${body}`, { cause: new Error(body, { cause: { text: body } }) });
+    out.log.error('upstream error', { err });
+    const text = out.text();
+    assert.ok(text.length < 20_000, `the line is ${text.length} characters`);
+    const logged = out.lines()[0]?.['err'] as Record<string, any>;
+    for (const field of [
+      logged['message'],
+      logged['stack'],
+      logged['cause']['message'],
+      logged['cause']['cause']['text'],
+    ]) {
+      assert.ok(field.length < MAX_FIELD_CHARS + 100, `a field of ${field.length} characters`);
+      assert.match(field, /…\[cut \d+ characters\]$/);
+    }
+  });
+
+  it('logger cuts a long message and a long string field and marks each cut', () => {
+    const out = capture();
+    out.log.info('m'.repeat(FIVE_MB), { field: 'f'.repeat(FIVE_MB), nested: { list: ['n'.repeat(FIVE_MB)] } });
+    const line = out.lines()[0] as Record<string, any>;
+    for (const field of [line['msg'], line['field'], line['nested']['list'][0]]) {
+      assert.equal(field.length, MAX_FIELD_CHARS + `…[cut ${FIVE_MB - MAX_FIELD_CHARS} characters]`.length);
+    }
+  });
+
+  it('logger leaves a field of exactly 2 KB whole', () => {
+    const out = capture();
+    out.log.info('x', { field: 'f'.repeat(MAX_FIELD_CHARS) });
+    assert.equal(out.lines()[0]?.['field'], 'f'.repeat(MAX_FIELD_CHARS));
+  });
+
+  it('logger redacts a configured secret that straddles the cut of a long field', () => {
+    const out = capture();
+    out.log.info('x', { body: `${'a'.repeat(MAX_FIELD_CHARS - 20)}${CANARY}${'b'.repeat(10_000)}` });
+    const text = out.text();
+    assert.ok(!text.includes(CANARY.slice(0, 12)), 'the first 20 characters of the canary are in the line');
+    assert.match(text, /a\[REDACTED\]b*…\[cut \d+ characters\]"/);
+  });
+
+  it('logger bounds a deep tree of AggregateErrors', () => {
+    const out = capture();
+    let err: Error = new Error('leaf');
+    for (let depth = 0; depth < 6; depth++)
+      err = new AggregateError(
+        Array.from({ length: 10 }, () => err),
+        'level',
+      );
+    out.log.error('all failed', { err });
+    const text = out.text();
+    assert.ok(text.length < 200_000, `the line is ${text.length} characters`);
+    assert.match(text, /\[more errors cut\]/);
   });
 });
 

@@ -123,6 +123,7 @@ describe('server.ts', () => {
       OPENAI_API_KEY: CANARY,
       OPENAI_BASE_URL: fake.url,
       JWT_SECRET: `${CANARY}-jwt`,
+      JWT_AUDIENCE: 'chat-server-test',
       UPSTREAM_MAX_RETRIES: '0',
       DRAIN_READINESS_MS: '0',
       ...extra,

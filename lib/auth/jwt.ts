@@ -3,7 +3,9 @@
 // The accepted algorithms are fixed by the configured key (RFC 8725 §3.1), never by the
 // token: a secret allows only HS*, an RSA key only RS256, a P-256 key only ES256, an Ed25519
 // key only EdDSA. So `alg: none` and HS/RS key confusion cannot happen. Keys are imported once.
-// Every rejection is `AppError('INVALID_TOKEN')` with a reason that never quotes the token.
+// An audience is always required, and an issuer with a public key (RFC 8725 §3.9): a token minted
+// for another service with the same key is refused. Every rejection is `AppError('INVALID_TOKEN')`
+// with a reason that never quotes the token.
 
 import type { JsonWebKey, KeyObject, webcrypto } from 'node:crypto';
 import { createPublicKey } from 'node:crypto';
@@ -26,8 +28,10 @@ export interface JwtVerifierOptions {
   secret?: string | Uint8Array;
   /** PEM SPKI ('BEGIN PUBLIC KEY') or JWK JSON text of an RSA, P-256 or Ed25519 public key. */
   publicKey?: string;
+  /** The `iss` every token must carry; required with a public key, which usually signs for many services. */
   issuer?: string;
-  audience?: string;
+  /** The `aud` every token must carry (one of, when it is an array). */
+  audience: string;
   /** Clock skew tolerated on exp, nbf and iat; default and maximum 60. */
   leewaySeconds?: number;
 }
@@ -74,7 +78,15 @@ export async function createJwtVerifier(options: JwtVerifierOptions): Promise<Jw
   if (!Number.isInteger(leewaySeconds) || leewaySeconds < 0 || leewaySeconds > MAX_LEEWAY_SECONDS) {
     throw new Error(`JWT leeway must be an integer from 0 to ${MAX_LEEWAY_SECONDS} seconds`);
   }
+  if (options.secret !== undefined && options.publicKey !== undefined) {
+    throw new Error('Configure either a JWT secret or a JWT public key, not both');
+  }
   if (options.issuer === '' || options.audience === '') throw new Error('JWT issuer and audience must not be empty');
+  // RFC 8725 §3.9: without these, a token minted for another service with the same key is accepted here.
+  if (typeof options.audience !== 'string') throw new Error('A JWT audience is required');
+  if (options.publicKey !== undefined && options.issuer === undefined) {
+    throw new Error('A JWT issuer is required with a JWT public key');
+  }
   const allowed = await importKeys(options);
   const rules = { issuer: options.issuer, audience: options.audience, leewaySeconds };
   return {
@@ -98,9 +110,6 @@ function invalid(detail: string): AppError {
 }
 
 async function importKeys(options: JwtVerifierOptions): Promise<Map<string, Verification>> {
-  if (options.secret !== undefined && options.publicKey !== undefined) {
-    throw new Error('Configure either a JWT secret or a JWT public key, not both');
-  }
   if (options.secret !== undefined) return importSecret(options.secret);
   if (options.publicKey !== undefined) return importPublicKey(options.publicKey);
   throw new Error('A JWT secret or a JWT public key is required');
@@ -226,7 +235,7 @@ function checkHeader(allowed: Map<string, Verification>, header: Record<string, 
 
 function checkClaims(
   payload: Record<string, unknown>,
-  rules: { issuer: string | undefined; audience: string | undefined; leewaySeconds: number },
+  rules: { issuer: string | undefined; audience: string; leewaySeconds: number },
   nowSeconds: number,
 ): void {
   const { exp, nbf, iat, iss, aud, sub } = payload;
@@ -240,9 +249,7 @@ function checkClaims(
   if (iat !== undefined && !isNumericDate(iat)) throw invalid('Token issued-at (iat) is not a number');
   if (iat !== undefined && iat > nowSeconds + leeway) throw invalid('Token is issued in the future (iat)');
   if (rules.issuer !== undefined && iss !== rules.issuer) throw invalid('Token issuer (iss) does not match');
-  if (rules.audience !== undefined && !audienceMatches(aud, rules.audience)) {
-    throw invalid('Token audience (aud) does not match');
-  }
+  if (!audienceMatches(aud, rules.audience)) throw invalid('Token audience (aud) does not match');
   if (typeof sub !== 'string' || sub === '') throw invalid('Token subject (sub) is missing');
   if (sub.length > MAX_SUB_CHARS) throw invalid(`Token subject (sub) is longer than ${MAX_SUB_CHARS} characters`);
 }

@@ -12,6 +12,8 @@ import type { Logger } from '../log.ts';
 import { generateApiKey } from './api-key.ts';
 
 const NAME = /^[A-Za-z0-9._-]{1,100}$/;
+// A PostgreSQL error code (SQLSTATE): five digits or capital letters, at least one a digit (EPERM is no SQLSTATE).
+const SQLSTATE = /^(?=.*[0-9])[0-9A-Z]{5}$/;
 const USAGE = 'Usage: keys create NAME | keys list | keys revoke NAME';
 
 /** Where a keys subcommand writes: stdout for its result alone (a new key, the list), stderr for the rest. */
@@ -65,7 +67,7 @@ export async function runKeysCommand(config: Config, log: Logger, args: readonly
   try {
     db = await createDatabase(config, log);
   } catch (err) {
-    if (!(err instanceof DatabaseLockedError)) throw err;
+    if (!(err instanceof DatabaseLockedError)) return databaseFailed(err, log);
     const answer = await sendAdminCommand(config.dataDir, args);
     if (answer === undefined) {
       process.stderr.write(`${err.message}\n`);
@@ -79,15 +81,36 @@ export async function runKeysCommand(config: Config, log: Logger, args: readonly
     await migrate(db.pool);
     return await runKeys(db.pool, command, PROCESS_OUTPUT);
   } catch (err) {
-    if (!isDatabaseUnavailable(err)) throw err;
-    // An operator at a terminal wants one line, not a stack trace; never the URL (it holds the password).
-    process.stderr.write(
-      `Cannot reach the database (${(err as { code?: string }).code ?? (err as Error).message}); check DATABASE_URL\n`,
-    );
-    return 1;
+    return databaseFailed(err, log);
   } finally {
     await db.close();
   }
+}
+
+/** Prints one line for a database that cannot serve the command and returns exit code 1; rethrows anything else. */
+function databaseFailed(err: unknown, log: Logger): number {
+  const line = databaseProblem(err, log);
+  if (line === undefined) throw err; // a bug: its stack trace is what a report needs
+  process.stderr.write(`${line}\n`);
+  return 1;
+}
+
+// An operator at a terminal wants one line, not a stack trace; never the URL (it holds the password).
+function databaseProblem(err: unknown, log: Logger): string | undefined {
+  if (err instanceof DatabaseLockedError) return err.message;
+  const code = (err as { code?: unknown }).code;
+  if (isDatabaseUnavailable(err)) {
+    const reason = typeof code === 'string' ? code : (err as Error).message;
+    return `Cannot reach the database (${reason}); check DATABASE_URL`;
+  }
+  if (typeof code !== 'string' || !SQLSTATE.test(code)) return undefined;
+  if (code === '3D000') return 'The database named in DATABASE_URL does not exist (3D000); create it or fix the URL';
+  // PostgreSQL's own message names objects, never values; scrubbed anyway, and kept to one line.
+  const message = log
+    .scrub((err as Error).message)
+    .replace(/\s+/g, ' ')
+    .slice(0, 200);
+  return `The database refused the command (${code}: ${message})`;
 }
 
 async function create(pool: pg.Pool, name: string, io: KeysOutput): Promise<number> {

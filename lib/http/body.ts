@@ -1,5 +1,5 @@
 // Reads a JSON request body with a streaming byte cap and structural bounds.
-import type { IncomingMessage } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import { AppError } from '../errors.ts';
 import type { Context } from './types.ts';
 
@@ -9,6 +9,17 @@ export interface BodyLimits {
   maxDepth?: number;
   /** Most object keys accepted across the whole document. */
   maxKeys?: number;
+}
+
+// Responses whose client sent Expect: 100-continue and waits for it before sending the body.
+const awaitingContinue = new WeakSet<ServerResponse>();
+
+/**
+ * Holds back 100 Continue until a handler starts reading the body, so a request refused before
+ * that (413 on its declared length, 401) is answered without ever being asked for its body.
+ */
+export function deferContinue(res: ServerResponse): void {
+  awaitingContinue.add(res);
 }
 
 const DEFAULT_MAX_DEPTH = 32;
@@ -93,6 +104,8 @@ function readText(ctx: Context, maxBytes: number): Promise<string> {
       onAborted();
       return;
     }
+    // RFC 9110 §10.1.1: the client is told to send its body only now that the body is wanted.
+    if (awaitingContinue.delete(ctx.res) && !ctx.res.headersSent) ctx.res.writeContinue();
     req.on('data', onData);
     req.on('end', onEnd);
     req.on('error', onError);

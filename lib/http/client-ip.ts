@@ -16,17 +16,7 @@ export function createClientIp(trustProxy: readonly string[]): (req: IncomingMes
       return normaliseAddress(req.socket.remoteAddress);
     };
   }
-  const trusted = new BlockList();
-  for (const entry of trustProxy) {
-    const [addr, bits] = entry.split('/') as [string, string | undefined];
-    const type = isIP(addr) === 6 ? 'ipv6' : 'ipv4';
-    if (bits === undefined) trusted.addAddress(addr, type);
-    else trusted.addSubnet(addr, Number(bits), type);
-  }
-  const isTrusted = (address: string): boolean => {
-    const family = isIP(address);
-    return family !== 0 && trusted.check(address, family === 6 ? 'ipv6' : 'ipv4');
-  };
+  const isTrusted = createProxyCheck(trustProxy);
   return function forwardedAddress(req) {
     const peer = normaliseAddress(req.socket.remoteAddress);
     // Never trust X-Forwarded-For unless the peer is a configured proxy.
@@ -42,6 +32,21 @@ export function createClientIp(trustProxy: readonly string[]): (req: IncomingMes
       if (!isTrusted(hop)) return hop;
     }
     return normaliseAddress(hops[0]?.trim());
+  };
+}
+
+/** True for a normalised address in the TRUST_PROXY list (addresses or CIDRs; empty = trust nobody). */
+export function createProxyCheck(trustProxy: readonly string[]): (address: string) => boolean {
+  const trusted = new BlockList();
+  for (const entry of trustProxy) {
+    const [addr, bits] = entry.split('/') as [string, string | undefined];
+    const type = isIP(addr) === 6 ? 'ipv6' : 'ipv4';
+    if (bits === undefined) trusted.addAddress(addr, type);
+    else trusted.addSubnet(addr, Number(bits), type);
+  }
+  return function isTrustedProxy(address: string): boolean {
+    const family = isIP(address);
+    return family !== 0 && trusted.check(address, family === 6 ? 'ipv6' : 'ipv4');
   };
 }
 

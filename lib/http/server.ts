@@ -1,9 +1,15 @@
 // node:http hardening in one place: timeouts, header size, connection caps, and answers to broken requests.
+//
+// Node answers some requests itself (no Host: a bare 400; an unknown Expect: a bare 417; a request
+// pipelined past maxRequestsPerSocket: a bare 503) without our headers or problem+json; those checks
+// are ours instead, answered by the writer below.
+import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
-import { ERROR_CODES, type ErrorCode } from '../errors.ts';
+import { AppError, type ErrorCode, problemBody } from '../errors.ts';
 import type { Logger } from '../log.ts';
+import { deferContinue } from './body.ts';
 
 export interface HttpServerOptions {
   headersTimeoutMs: number;
@@ -21,12 +27,29 @@ export interface HttpServerOptions {
 export const MAX_HEADER_BYTES = 16 * 1024;
 // Node checks headersTimeout and requestTimeout only on this sweep; its 30 s default lets slowloris hold sockets.
 const CONNECTIONS_CHECKING_INTERVAL_MS = 1_000;
+const PROBLEM_TYPE = 'application/problem+json; charset=utf-8';
+const REQUESTS_SERVED = Symbol('requestsServed');
 
 /** Creates the hardened server around a request listener. */
 export function createHttpServer(
   options: HttpServerOptions,
   listener: (req: IncomingMessage, res: ServerResponse) => void,
 ): Server {
+  const { maxRequestsPerSocket } = options;
+  function onRequest(req: IncomingMessage, res: ServerResponse): void {
+    const refused = hostProblem(req) ?? (maxRequestsPerSocket > 0 ? overSocketLimit(req, res) : undefined);
+    if (refused === undefined) listener(req, res);
+    else answerRefused(res, refused, options);
+  }
+  /** Closes the connection after its last allowed request; one pipelined past it gets 503. */
+  function overSocketLimit(req: IncomingMessage, res: ServerResponse): AppError | undefined {
+    const socket = req.socket as Socket & { [REQUESTS_SERVED]?: number };
+    const served = (socket[REQUESTS_SERVED] ?? 0) + 1;
+    socket[REQUESTS_SERVED] = served;
+    if (served === maxRequestsPerSocket) res.shouldKeepAlive = false;
+    if (served <= maxRequestsPerSocket) return undefined;
+    return new AppError('SERVICE_UNAVAILABLE', { detail: 'Too many requests on one connection; open a new one' });
+  }
   const server = createServer(
     {
       headersTimeout: options.headersTimeoutMs,
@@ -34,17 +57,47 @@ export function createHttpServer(
       keepAliveTimeout: options.keepAliveTimeoutMs,
       connectionsCheckingInterval: CONNECTIONS_CHECKING_INTERVAL_MS,
       maxHeaderSize: MAX_HEADER_BYTES,
-      // RFC 9112 §3.2: a request without Host is a 400.
-      requireHostHeader: true,
+      // Checked by onRequest instead: node's own 400 carries none of our headers.
+      requireHostHeader: false,
       // Duplicate Content-Length/Transfer-Encoding are still rejected by llhttp (request smuggling).
       insecureHTTPParser: false,
     },
-    listener,
+    onRequest,
   );
-  server.maxRequestsPerSocket = options.maxRequestsPerSocket;
+  // Counted in onRequest instead: node's own 503 past the limit carries none of our headers.
+  server.maxRequestsPerSocket = 0;
   server.maxConnections = options.maxConnections ?? connectionBudget();
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => answerClientError(err, socket, options));
+  // Node would send 100 Continue before any check; the body reader sends it once the body is wanted.
+  server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => {
+    deferContinue(res);
+    onRequest(req, res);
+  });
+  // RFC 9110 §10.1.1: an expectation other than 100-continue cannot be met.
+  server.on('checkExpectation', (_req: IncomingMessage, res: ServerResponse) =>
+    answerRefused(
+      res,
+      new AppError('EXPECTATION_FAILED', { detail: 'Only Expect: 100-continue is supported' }),
+      options,
+    ),
+  );
   return server;
+}
+
+/** RFC 9112 §3.2: an HTTP/1.1 request without Host, or any request with more than one, is a 400. */
+function hostProblem(req: IncomingMessage): AppError | undefined {
+  // Node keeps only the first of duplicate Host fields in req.headers: count them in the raw list.
+  const raw = req.rawHeaders;
+  let hosts = 0;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i] as string;
+    if (name.length === 4 && name.toLowerCase() === 'host') hosts++;
+  }
+  if (hosts > 1) return new AppError('BAD_REQUEST', { detail: 'More than one Host header' });
+  if (hosts === 0 && req.httpVersionMajor === 1 && req.httpVersionMinor === 1) {
+    return new AppError('BAD_REQUEST', { detail: 'A Host header is required' });
+  }
+  return undefined;
 }
 
 /** The open-connection cap from RLIMIT_NOFILE, keeping room for the database, upstream and files. */
@@ -75,6 +128,35 @@ function clientErrorCode(err: NodeJS.ErrnoException): ErrorCode {
   }
 }
 
+/** The fields and body of a problem answered outside the app: its own request id, the security headers, close. */
+function problemAnswer(
+  err: AppError,
+  options: HttpServerOptions,
+): { fields: string[]; body: string; requestId: string } {
+  const requestId = randomUUID();
+  const body = JSON.stringify(problemBody(err, requestId));
+  const fields = [
+    ...options.securityHeaders,
+    'x-request-id',
+    requestId,
+    'content-type',
+    PROBLEM_TYPE,
+    'content-length',
+    String(Buffer.byteLength(body)),
+    'connection',
+    'close',
+  ];
+  return { fields, body, requestId };
+}
+
+/** Answers a parsed request the app never sees (bad Host, unmet Expect) with problem+json, then closes. */
+function answerRefused(res: ServerResponse, err: AppError, options: HttpServerOptions): void {
+  const { fields, body, requestId } = problemAnswer(err, options);
+  options.log.debug('request refused', { code: err.code, status: err.status, requestId });
+  res.writeHead(err.status, fields);
+  res.end(body);
+}
+
 /** Answers a request Node could not parse with problem+json and the security headers, then closes. */
 function answerClientError(err: NodeJS.ErrnoException, socket: Socket, options: HttpServerOptions): void {
   // A response already under way on this socket (a pipelined request went bad mid-stream):
@@ -84,17 +166,10 @@ function answerClientError(err: NodeJS.ErrnoException, socket: Socket, options: 
     socket.destroy();
     return;
   }
-  const code = clientErrorCode(err);
-  const { status, title } = ERROR_CODES[code];
-  const body = JSON.stringify({ type: 'about:blank', title, status, code });
-  const lines = [`HTTP/1.1 ${status} ${title}`];
-  for (let i = 0; i < options.securityHeaders.length; i += 2)
-    lines.push(`${options.securityHeaders[i]}: ${options.securityHeaders[i + 1]}`);
-  lines.push(
-    'content-type: application/problem+json; charset=utf-8',
-    `content-length: ${Buffer.byteLength(body)}`,
-    'connection: close',
-  );
-  options.log.debug('client error', { code: err.code, status });
+  const problem = new AppError(clientErrorCode(err));
+  const { fields, body, requestId } = problemAnswer(problem, options);
+  const lines = [`HTTP/1.1 ${problem.status} ${problem.title}`];
+  for (let i = 0; i < fields.length; i += 2) lines.push(`${fields[i]}: ${fields[i + 1]}`);
+  options.log.debug('client error', { code: err.code, status: problem.status, requestId });
   socket.end(`${lines.join('\r\n')}\r\n\r\n${body}`);
 }

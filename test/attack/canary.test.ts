@@ -109,7 +109,12 @@ describe('the canary secret', () => {
     database = TEST_DATABASE_URL === undefined ? undefined : await secretDatabase(TEST_DATABASE_URL, CANARY, 'canary');
     dataDir = await mkdtemp(join(tmpdir(), 'canary-test-'));
     fake = await startFakeUpstream({ apiKey: CANARY });
-    const secretEnv = { OPENAI_API_KEY: CANARY, METRICS_TOKEN: CANARY, JWT_SECRET: TEST_JWT_SECRET };
+    const secretEnv = {
+      OPENAI_API_KEY: CANARY,
+      METRICS_TOKEN: CANARY,
+      JWT_SECRET: TEST_JWT_SECRET,
+      JWT_AUDIENCE: 'chat-server-test',
+    };
     server = await startTestServer({
       ...CHAT_ENV,
       ...secretEnv,

@@ -219,10 +219,15 @@ describe('raw-socket attacks on the running server', () => {
       result.responses.map((r) => r.status),
       [200, 200, 404],
     );
-    assert.deepEqual(
-      result.responses.map((r) => r.headers.get('x-request-id')),
-      ids,
-    );
+    // Each response carries our own id; the access log pairs it with the id the client sent.
+    const logs = h.server.logs();
+    const clientIds = result.responses.map((r) => {
+      const ours = r.headers.get('x-request-id');
+      return /"clientRequestId":"([^"]+)"/.exec(
+        logs.split('\n').find((l) => l.includes(`"requestId":"${ours}"`)) ?? '',
+      )?.[1];
+    });
+    assert.deepEqual(clientIds, ids);
     assert.ok(Array.isArray((JSON.parse(result.responses[1]!.body) as { agents?: unknown }).agents));
   });
 

@@ -209,7 +209,10 @@ test('authenticate() evicts the oldest cached key when the cache is full', async
 
 test('authenticate() refuses a token shaped like neither a key nor a JWT without asking the database', async () => {
   const table = fakeKeyTable();
-  const authenticate = createAuthenticator({ pool: table.pool, jwt: await createJwtVerifier({ secret: JWT_SECRET }) });
+  const authenticate = createAuthenticator({
+    pool: table.pool,
+    jwt: await createJwtVerifier({ secret: JWT_SECRET, audience: 'chat-api' }),
+  });
   for (const token of ['garbage', 'csk_short', `${generateApiKey().key}x`]) {
     await assert.rejects(authenticate(token), isInvalidToken);
   }
@@ -218,8 +221,11 @@ test('authenticate() refuses a token shaped like neither a key nor a JWT without
 
 test('authenticate() turns a valid JWT into the identity jwt:<sub>', async () => {
   const table = fakeKeyTable();
-  const authenticate = createAuthenticator({ pool: table.pool, jwt: await createJwtVerifier({ secret: JWT_SECRET }) });
-  const token = await new SignJWT({ sub: 'user-42' })
+  const authenticate = createAuthenticator({
+    pool: table.pool,
+    jwt: await createJwtVerifier({ secret: JWT_SECRET, audience: 'chat-api' }),
+  });
+  const token = await new SignJWT({ sub: 'user-42', aud: 'chat-api' })
     .setProtectedHeader({ alg: 'HS256' })
     .setExpirationTime('5m')
     .sign(new TextEncoder().encode(JWT_SECRET));
@@ -229,7 +235,7 @@ test('authenticate() turns a valid JWT into the identity jwt:<sub>', async () =>
 test('authenticate() refuses a JWT when no JWT key is configured', async () => {
   const table = fakeKeyTable();
   const authenticate = createAuthenticator({ pool: table.pool, jwt: undefined });
-  const token = await new SignJWT({ sub: 'user-42' })
+  const token = await new SignJWT({ sub: 'user-42', aud: 'chat-api' })
     .setProtectedHeader({ alg: 'HS256' })
     .setExpirationTime('5m')
     .sign(new TextEncoder().encode(JWT_SECRET));

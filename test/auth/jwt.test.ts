@@ -20,8 +20,10 @@ const pairs = {
 };
 const rsaPem = await exportSPKI(pairs.RS256.publicKey);
 const scoped = (overrides: Record<string, unknown> = {}) => claims({ iss: ISSUER, aud: AUDIENCE, ...overrides });
-const hsVerifier = (options: JwtVerifierOptions = {}) =>
-  createJwtVerifier({ secret: SECRET, issuer: ISSUER, audience: AUDIENCE, ...options });
+/** The issuer and audience every verifier is built with (an audience is required, an issuer with a public key). */
+const SCOPE = { issuer: ISSUER, audience: AUDIENCE };
+const hsVerifier = (options: Partial<JwtVerifierOptions> = {}) =>
+  createJwtVerifier({ secret: SECRET, ...SCOPE, ...options });
 
 async function publicKeyText(alg: (typeof ASYMMETRIC)[number], format: string): Promise<string> {
   const key = pairs[alg].publicKey;
@@ -33,13 +35,24 @@ function mint(alg: string, key: Parameters<SignJWT['sign']>[0], payload = scoped
 }
 
 test('createJwtVerifier() refuses a secret under 32 bytes and accepts one of exactly 32', async () => {
-  await assert.rejects(createJwtVerifier({ secret: 'x'.repeat(31) }), /at least 32 bytes/);
-  await assert.doesNotReject(createJwtVerifier({ secret: 'x'.repeat(32) }));
+  await assert.rejects(createJwtVerifier({ ...SCOPE, secret: 'x'.repeat(31) }), /at least 32 bytes/);
+  await assert.doesNotReject(createJwtVerifier({ ...SCOPE, secret: 'x'.repeat(32) }));
 });
 
 test('createJwtVerifier() refuses both a secret and a public key, or neither', async () => {
-  await assert.rejects(createJwtVerifier({ secret: SECRET, publicKey: rsaPem }), /not both/);
-  await assert.rejects(createJwtVerifier({}), /is required/);
+  await assert.rejects(createJwtVerifier({ ...SCOPE, secret: SECRET, publicKey: rsaPem }), /not both/);
+  await assert.rejects(createJwtVerifier(SCOPE), /is required/);
+});
+
+test('createJwtVerifier() refuses to build without an audience (RFC 8725 §3.9)', async () => {
+  const noAudience = { secret: SECRET, issuer: ISSUER } as JwtVerifierOptions;
+  await assert.rejects(createJwtVerifier(noAudience), /audience is required/);
+  await assert.rejects(createJwtVerifier({ ...noAudience, audience: '' }), /must not be empty/);
+});
+
+test('createJwtVerifier() refuses a public key without an issuer and accepts a secret without one', async () => {
+  await assert.rejects(createJwtVerifier({ publicKey: rsaPem, audience: AUDIENCE }), /issuer is required/);
+  await assert.doesNotReject(createJwtVerifier({ secret: SECRET, audience: AUDIENCE }));
 });
 
 test('createJwtVerifier() refuses a leeway over 60 seconds or below 0', async () => {
@@ -49,26 +62,29 @@ test('createJwtVerifier() refuses a leeway over 60 seconds or below 0', async ()
 
 test('createJwtVerifier() refuses a JWK holding private or symmetric key material', async () => {
   const privateJwk = await exportJWK(pairs.ES256.privateKey);
-  await assert.rejects(createJwtVerifier({ publicKey: JSON.stringify(privateJwk) }), /private or symmetric/);
+  await assert.rejects(createJwtVerifier({ ...SCOPE, publicKey: JSON.stringify(privateJwk) }), /private or symmetric/);
   const octJwk = { kty: 'oct', k: Buffer.from(SECRET).toString('base64url') };
-  await assert.rejects(createJwtVerifier({ publicKey: JSON.stringify(octJwk) }), /private or symmetric/);
+  await assert.rejects(createJwtVerifier({ ...SCOPE, publicKey: JSON.stringify(octJwk) }), /private or symmetric/);
 });
 
 test('createJwtVerifier() refuses unsupported key types, weak RSA keys and PKCS#1 PEM', async () => {
   const p384 = await generateKeyPair('ES384', { extractable: true });
-  await assert.rejects(createJwtVerifier({ publicKey: await exportSPKI(p384.publicKey) }), /not supported: ec/);
+  await assert.rejects(
+    createJwtVerifier({ ...SCOPE, publicKey: await exportSPKI(p384.publicKey) }),
+    /not supported: ec/,
+  );
   const rsa1024 = generateKeyPairSync('rsa', { modulusLength: 1024 }).publicKey;
   await assert.rejects(
-    createJwtVerifier({ publicKey: rsa1024.export({ type: 'spki', format: 'pem' }).toString() }),
+    createJwtVerifier({ ...SCOPE, publicKey: rsa1024.export({ type: 'spki', format: 'pem' }).toString() }),
     /2048/,
   );
   const pkcs1 = rsa1024.export({ type: 'pkcs1', format: 'pem' }).toString();
-  await assert.rejects(createJwtVerifier({ publicKey: pkcs1 }), /BEGIN PUBLIC KEY/);
+  await assert.rejects(createJwtVerifier({ ...SCOPE, publicKey: pkcs1 }), /BEGIN PUBLIC KEY/);
 });
 
 test('createJwtVerifier() refuses a JWK whose alg does not match its key type', async () => {
   const jwk = { ...(await exportJWK(pairs.RS256.publicKey)), alg: 'PS256' };
-  await assert.rejects(createJwtVerifier({ publicKey: JSON.stringify(jwk) }), /alg must be RS256/);
+  await assert.rejects(createJwtVerifier({ ...SCOPE, publicKey: JSON.stringify(jwk) }), /alg must be RS256/);
 });
 
 for (const alg of ['HS256', 'HS384', 'HS512']) {
@@ -82,16 +98,16 @@ for (const alg of ['HS256', 'HS384', 'HS512']) {
 for (const alg of ASYMMETRIC) {
   for (const format of ['PEM', 'JWK']) {
     test(`verify() accepts a jose-signed ${alg} token with a ${format} public key`, async () => {
-      const verifier = await createJwtVerifier({ publicKey: await publicKeyText(alg, format), issuer: ISSUER });
+      const verifier = await createJwtVerifier({ ...SCOPE, publicKey: await publicKeyText(alg, format) });
       const verified = await verifier.verify(await mint(alg, pairs[alg].privateKey), NOW);
       assert.equal(verified.sub, 'user-1');
     });
   }
 
   test(`verify() and jose jwtVerify agree on a valid and a tampered ${alg} token`, async () => {
-    const verifier = await createJwtVerifier({ publicKey: await publicKeyText(alg, 'JWK'), audience: AUDIENCE });
+    const verifier = await createJwtVerifier({ ...SCOPE, publicKey: await publicKeyText(alg, 'JWK') });
     const token = await mint(alg, pairs[alg].privateKey);
-    const joseOptions = { audience: AUDIENCE, currentDate: new Date(NOW * 1000), algorithms: [alg] };
+    const joseOptions = { issuer: ISSUER, audience: AUDIENCE, currentDate: new Date(NOW * 1000), algorithms: [alg] };
     const ours = await verifier.verify(token, NOW);
     assert.deepEqual((await jwtVerify(token, pairs[alg].publicKey, joseOptions)).payload, ours);
     const tampered = `${token.slice(0, token.lastIndexOf('.'))}.${segment({ raw: 'x'.repeat(64) })}`;
@@ -103,7 +119,7 @@ for (const alg of ASYMMETRIC) {
 }
 
 test('verify() rejects an HS256 token signed with the RSA public key PEM as the secret', async () => {
-  const verifier = await createJwtVerifier({ publicKey: rsaPem });
+  const verifier = await createJwtVerifier({ ...SCOPE, publicKey: rsaPem });
   await assertInvalid(verifier.verify(signHmac(HS256, claims(), rsaPem), NOW), /algorithm/);
 });
 
@@ -112,7 +128,7 @@ test('verify() rejects an RS256 token on a secret-configured verifier', async ()
 });
 
 test('verify() rejects a token whose alg belongs to another asymmetric key type', async () => {
-  const verifier = await createJwtVerifier({ publicKey: rsaPem });
+  const verifier = await createJwtVerifier({ ...SCOPE, publicKey: rsaPem });
   for (const alg of ['ES256', 'EdDSA'] as const) {
     await assertInvalid(verifier.verify(await mint(alg, pairs[alg].privateKey), NOW), /algorithm/);
   }
@@ -120,8 +136,11 @@ test('verify() rejects a token whose alg belongs to another asymmetric key type'
 
 test('verify() rejects an ES256 signature in DER form and accepts the same signature as raw R || S', async () => {
   const { publicKey, privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-  const verifier = await createJwtVerifier({ publicKey: publicKey.export({ type: 'spki', format: 'pem' }).toString() });
-  const input = `${segment({ alg: 'ES256' })}.${segment(claims())}`;
+  const verifier = await createJwtVerifier({
+    ...SCOPE,
+    publicKey: publicKey.export({ type: 'spki', format: 'pem' }).toString(),
+  });
+  const input = `${segment({ alg: 'ES256' })}.${segment(scoped())}`;
   const signed = (dsaEncoding: 'der' | 'ieee-p1363') =>
     `${input}.${nodeSign('sha256', Buffer.from(input), { key: privateKey, dsaEncoding }).toString('base64url')}`;
   await assertInvalid(verifier.verify(signed('der'), NOW), /wrong length/);
@@ -150,6 +169,7 @@ const rejections: Array<[string, string, RegExp]> = [
   ['a missing iss', signHmac(HS256, scoped({ iss: undefined })), /issuer/],
   ['a wrong aud', signHmac(HS256, scoped({ aud: 'other-api' })), /audience/],
   ['an aud array without the audience', signHmac(HS256, scoped({ aud: ['a', 'b'] })), /audience/],
+  ['a missing aud', signHmac(HS256, scoped({ aud: undefined })), /audience/],
   ['a crit header', signHmac({ ...HS256, crit: ['exp'] }, scoped()), /crit/],
   ['a typ other than JWT', signHmac({ ...HS256, typ: 'JOSE+JSON' }, scoped()), /typ/],
   ['a header that is a JSON array', signHmac({ raw: '["HS256"]' }, scoped()), /header is not a JSON object/],
@@ -248,7 +268,7 @@ test('verify() answers any string with INVALID_TOKEN and nothing else', async ()
 });
 
 test('verify() answers any signed JSON header and payload with valid claims or INVALID_TOKEN', async () => {
-  const verifier = await hsVerifier({ issuer: undefined, audience: undefined });
+  const verifier = await hsVerifier({ issuer: undefined });
   const headers = fc.record({ alg: fc.constantFrom('HS256', 'none', 'RS256') }, { requiredKeys: [] });
   const payloads = fc.oneof(
     fc.jsonValue(),
@@ -266,20 +286,23 @@ test('verify() answers any signed JSON header and payload with valid claims or I
   );
 });
 
-test('verify() checks the RFC 7515 A.1 (RFC 7519 §3.1) HS256 signature and rejects only for the missing sub', async () => {
+// The RFC example tokens carry iss "joe" and neither aud nor sub: a valid signature, refused for its claims.
+const RFC_SCOPE = { issuer: 'joe', audience: AUDIENCE };
+
+test('verify() checks the RFC 7515 A.1 (RFC 7519 §3.1) HS256 signature and rejects only for the missing aud', async () => {
   const verifier = await createJwtVerifier({
+    ...RFC_SCOPE,
     secret: Buffer.from(RFC7515_A1.secretBase64url, 'base64url'),
-    issuer: 'joe',
   });
-  await assertInvalid(verifier.verify(RFC7515_A1.token, RFC_NOW_SECONDS), /subject \(sub\) is missing/);
+  await assertInvalid(verifier.verify(RFC7515_A1.token, RFC_NOW_SECONDS), /audience \(aud\) does not match/);
   await assertInvalid(verifier.verify(`${RFC7515_A1.token.slice(0, -1)}A`, RFC_NOW_SECONDS), /signature is invalid/);
   await assertInvalid(verifier.verify(RFC7515_A1.token, 1300819380 + 60), /expired/);
 });
 
-test('verify() checks the RFC 7515 A.2 RS256 and A.3 ES256 signatures and rejects only for the missing sub', async () => {
+test('verify() checks the RFC 7515 A.2 RS256 and A.3 ES256 signatures and rejects only for the missing aud', async () => {
   for (const vector of [RFC7515_A2, RFC7515_A3]) {
-    const verifier = await createJwtVerifier({ publicKey: JSON.stringify(vector.jwk) });
-    await assertInvalid(verifier.verify(vector.token, RFC_NOW_SECONDS), /subject \(sub\) is missing/);
+    const verifier = await createJwtVerifier({ ...RFC_SCOPE, publicKey: JSON.stringify(vector.jwk) });
+    await assertInvalid(verifier.verify(vector.token, RFC_NOW_SECONDS), /audience \(aud\) does not match/);
     await assertInvalid(
       verifier.verify(vector.token.replace(/eyJpc3/, 'eyJpc4'), RFC_NOW_SECONDS),
       /signature is invalid/,
@@ -288,7 +311,7 @@ test('verify() checks the RFC 7515 A.2 RS256 and A.3 ES256 signatures and reject
 });
 
 test('verify() checks the RFC 8037 A.4 Ed25519 signature and rejects its non-JSON payload', async () => {
-  const verifier = await createJwtVerifier({ publicKey: JSON.stringify(RFC8037_A4.jwk) });
+  const verifier = await createJwtVerifier({ ...SCOPE, publicKey: JSON.stringify(RFC8037_A4.jwk) });
   await assertInvalid(verifier.verify(RFC8037_A4.token, RFC_NOW_SECONDS), /payload is not valid JSON/);
 });
 

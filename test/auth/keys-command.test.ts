@@ -190,3 +190,17 @@ describe('server.ts keys and the embedded database held by a running server', ()
     }
   });
 });
+
+describe('server.ts keys against a database that does not exist', {
+  skip: !TEST_DATABASE_URL && 'needs TEST_DATABASE_URL',
+}, () => {
+  it('keys list exits 1 with one line on stderr, no stack trace and no password', async () => {
+    const url = new URL(TEST_DATABASE_URL as string);
+    url.pathname = `/no_such_database_${process.pid}`;
+    const result = await runKeysCli(['list'], { DATABASE_URL: url.toString(), LOG_LEVEL: 'debug' });
+    assert.equal(result.code, 1);
+    assert.equal(result.stdout, '');
+    assert.match(result.stderr, /^The database named in DATABASE_URL does not exist \(3D000\)[^\n]*\n$/);
+    if (url.password !== '') assert.ok(!result.stderr.includes(url.password));
+  });
+});

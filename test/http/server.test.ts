@@ -5,6 +5,7 @@ import { performance } from 'node:perf_hooks';
 import { after, before, describe, it } from 'node:test';
 import { type ChatHarness, startChat } from '../support/chat.ts';
 import { assertSecurityProfile } from '../support/security-profile.ts';
+import { startTestServer, type TestServer } from '../support/server.ts';
 
 const ALLOWED_ORIGIN = 'https://app.example';
 const PROBLEM_TYPE = 'application/problem+json; charset=utf-8';
@@ -190,7 +191,13 @@ describe('the HTTP server', () => {
       assert.equal(res.status, 431);
       assertSecurityProfile(res.headers, true /* HSTS is on by default */);
       assert.equal(res.headers.get('content-type'), PROBLEM_TYPE);
-      assert.equal(JSON.parse(res.body).code, 'HEADERS_TOO_LARGE');
+      assert.deepEqual(JSON.parse(res.body), {
+        type: 'about:blank',
+        title: 'Request header fields too large',
+        status: 431,
+        code: 'HEADERS_TOO_LARGE',
+        requestId: res.headers.get('x-request-id'),
+      });
     });
 
     it('Content-Length together with Transfer-Encoding answers 400 and closes', async () => {
@@ -229,11 +236,115 @@ describe('the HTTP server', () => {
     });
   });
 
+  describe('requests node:http would answer itself', () => {
+    /** Asserts a refusal written outside the app: problem+json, the security headers, our request id, close. */
+    function assertRefused(res: RawResponse, status: number, code: string): void {
+      assert.equal(res.status, status);
+      assertSecurityProfile(res.headers, true /* HSTS is on by default */);
+      assert.equal(res.headers.get('content-type'), PROBLEM_TYPE);
+      assert.equal(res.headers.get('connection'), 'close');
+      const body = JSON.parse(res.body) as Record<string, unknown>;
+      assert.equal(body['status'], status);
+      assert.equal(body['code'], code);
+      assert.equal(body['requestId'], res.headers.get('x-request-id'));
+    }
+
+    it('an HTTP/1.1 request without Host answers 400 problem+json with the security headers', async () => {
+      const res = await rawExchange(url, 'GET /health/live HTTP/1.1\r\n\r\n');
+      assertRefused(res, 400, 'BAD_REQUEST');
+      assert.match(JSON.parse(res.body).detail, /Host/);
+    });
+
+    it('a request with two Host headers answers 400 problem+json with the security headers', async () => {
+      const res = await rawExchange(url, 'GET /health/live HTTP/1.1\r\nHost: a.example\r\nhost: b.example\r\n\r\n');
+      assertRefused(res, 400, 'BAD_REQUEST');
+      assert.match(JSON.parse(res.body).detail, /More than one Host/);
+    });
+
+    it('an HTTP/1.0 request without Host is served (Host is required from HTTP/1.1 on)', async () => {
+      const res = await rawExchange(url, 'GET /health/live HTTP/1.0\r\n\r\n');
+      assert.equal(res.status, 200);
+    });
+
+    it('an Expect other than 100-continue answers 417 problem+json with the security headers', async () => {
+      const res = await rawExchange(url, 'GET /health/live HTTP/1.1\r\nHost: test\r\nExpect: 200-ok\r\n\r\n');
+      assertRefused(res, 417, 'EXPECTATION_FAILED');
+    });
+
+    it('Expect: 100-continue with a declared body over the cap answers 413 and never 100 Continue', async () => {
+      const socket = await openSocket(url);
+      const closed = readUntilClose(socket);
+      socket.write(
+        `POST /v1/chat HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer ${h.key}\r\n` +
+          'Content-Type: application/json\r\nContent-Length: 20000\r\nExpect: 100-continue\r\n\r\n',
+      );
+      const timer = setTimeout(() => socket.destroy(), 5_000);
+      try {
+        const { raw } = await closed;
+        assert.ok(!raw.includes('100 Continue'), raw);
+        assert.equal(parseRaw(raw).status, 413);
+      } finally {
+        clearTimeout(timer);
+      }
+    });
+
+    it('Expect: 100-continue without credentials answers 401 and never 100 Continue', async () => {
+      const socket = await openSocket(url);
+      const closed = readUntilClose(socket);
+      socket.write(
+        'POST /v1/chat HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: 20\r\n' +
+          'Expect: 100-continue\r\n\r\n',
+      );
+      const timer = setTimeout(() => socket.destroy(), 5_000);
+      try {
+        const { raw } = await closed;
+        assert.ok(!raw.includes('100 Continue'), raw);
+        assert.equal(parseRaw(raw).status, 401);
+      } finally {
+        clearTimeout(timer);
+      }
+    });
+
+    it('Expect: 100-continue with a valid key gets 100 Continue once the handler reads, then the answer', async () => {
+      const socket = await openSocket(url);
+      const closed = readUntilClose(socket);
+      const body = JSON.stringify({ message: 'hi', stream: false });
+      let sent = false;
+      socket.on('data', (chunk: string) => {
+        // The body goes only after the server asked for it, as a waiting client does.
+        if (!sent && chunk.startsWith('HTTP/1.1 100 Continue\r\n\r\n')) {
+          sent = true;
+          socket.write(body);
+        }
+      });
+      socket.write(
+        `POST /v1/chat HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer ${h.key}\r\nContent-Type: application/json\r\n` +
+          `Content-Length: ${body.length}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n`,
+      );
+      const timer = setTimeout(() => socket.destroy(), 5_000);
+      try {
+        const { raw } = await closed;
+        assert.ok(sent, `no 100 Continue in ${raw.slice(0, 200)}`);
+        const res = parseRaw(raw.slice(raw.indexOf('\r\n\r\n') + 4));
+        assert.equal(res.status, 200);
+        assert.match(res.body, /"conversationId"/);
+      } finally {
+        clearTimeout(timer);
+      }
+    });
+  });
+
   describe('request id', () => {
-    it('a well-formed incoming x-request-id is echoed in the header and the problem body', async () => {
+    it('a client x-request-id is logged as clientRequestId; the header, body and log carry our own id', async () => {
       const res = await fetch(`${url}/no-such-thing`, { headers: { 'x-request-id': 'client-req.0001_A' } });
-      assert.equal(res.headers.get('x-request-id'), 'client-req.0001_A');
-      assert.equal((await problem(res))['requestId'], 'client-req.0001_A');
+      const ours = res.headers.get('x-request-id') ?? '';
+      assert.match(ours, /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/);
+      assert.equal((await problem(res))['requestId'], ours);
+      const line = h.server
+        .logs()
+        .split('\n')
+        .find((l) => l.includes(`"requestId":"${ours}"`) && l.includes('"msg":"request"'));
+      assert.match(line ?? '', /"clientRequestId":"client-req\.0001_A"/);
     });
 
     it('an ill-formed incoming x-request-id is replaced by a generated one', async () => {
@@ -360,5 +471,39 @@ describe('the HTTP server', () => {
         [],
       );
     });
+  });
+});
+
+describe('the HTTP server with MAX_REQUESTS_PER_SOCKET=2', () => {
+  let server: TestServer;
+  before(async () => {
+    server = await startTestServer({ MAX_REQUESTS_PER_SOCKET: '2' });
+  });
+  after(() => server?.close());
+
+  it('four pipelined requests get two answers, the second closing, and nothing bare or after the close', async () => {
+    const socket = await openSocket(server.url);
+    const closed = readUntilClose(socket);
+    socket.write('GET /health/live HTTP/1.1\r\nHost: test\r\n\r\n'.repeat(4));
+    const timer = setTimeout(() => socket.destroy(), 5_000);
+    try {
+      const { raw } = await closed;
+      const heads = raw.split(/(?=HTTP\/1\.1 )/);
+      assert.equal(heads.length, 2, raw);
+      for (const head of heads) assertSecurityProfile(parseRaw(head).headers, true /* HSTS is on by default */);
+      assert.deepEqual(
+        heads.map((head) => parseRaw(head).status),
+        [200, 200],
+      );
+      assert.equal(parseRaw(heads[1] as string).headers.get('connection'), 'close');
+      // The two requests past the limit never reached the app (RFC 9112 §9.6).
+      const served = server
+        .logs()
+        .split('\n')
+        .filter((line) => line.includes('"route":"/health/live"'));
+      assert.equal(served.length, 2);
+    } finally {
+      clearTimeout(timer);
+    }
   });
 });

@@ -108,3 +108,57 @@ test('failureThrottle.anyBlocked() is true only while some address is blocked', 
   assert.equal(throttle.blockedFor('192.0.2.1'), 0);
   assert.equal(throttle.anyBlocked(), false, 'an expired block is forgotten once looked at');
 });
+
+test('failureThrottle.admit() lets every credential be checked from an address that is not blocked', () => {
+  const throttle = createFailureThrottle(10, { now: () => 0 });
+  failTimes(throttle, '192.0.2.1', 9);
+  for (let i = 0; i < 5; i++) assert.equal(throttle.admit('192.0.2.1', `guess-${i}`), 0);
+});
+
+test('failureThrottle.admit() gives a blocked address one unknown credential per probe interval', () => {
+  const clock = manualClock();
+  const throttle = createFailureThrottle(10, { now: clock.now, probeIntervalMs: 1_000 });
+  failTimes(throttle, '192.0.2.1', 10);
+  assert.equal(throttle.admit('192.0.2.1', 'guess-1'), 0, 'the first probe is due at once');
+  throttle.fail('192.0.2.1', 'guess-1');
+  assert.equal(throttle.admit('192.0.2.1', 'guess-2'), 1);
+  clock.advance(999);
+  assert.equal(throttle.admit('192.0.2.1', 'guess-2'), 1);
+  clock.advance(1);
+  assert.equal(throttle.admit('192.0.2.1', 'guess-2'), 0);
+  assert.equal(throttle.admit('192.0.2.1', 'guess-3'), 1, 'the probe was taken');
+  assert.ok(throttle.blockedFor('192.0.2.1') > 0, 'admitting never lifts the block');
+});
+
+test('failureThrottle.admit() keeps probes per address', () => {
+  const throttle = createFailureThrottle(10, { now: () => 0 });
+  failTimes(throttle, '192.0.2.1', 10);
+  failTimes(throttle, '192.0.2.2', 10);
+  assert.equal(throttle.admit('192.0.2.1', 'a'), 0);
+  assert.equal(throttle.admit('192.0.2.2', 'b'), 0);
+});
+
+test('failureThrottle.admit() always lets a credential that succeeded before be checked from a blocked address', () => {
+  const clock = manualClock();
+  const throttle = createFailureThrottle(10, { now: clock.now });
+  throttle.succeed('valid-key');
+  failTimes(throttle, '192.0.2.1', 10);
+  assert.equal(throttle.admit('192.0.2.1', 'guess'), 0); // takes the probe
+  for (let i = 0; i < 5; i++) assert.equal(throttle.admit('192.0.2.1', 'valid-key'), 0);
+  assert.equal(throttle.admit('192.0.2.1', 'guess'), 1);
+});
+
+test('failureThrottle forgets a known-valid credential when it fails (a revoked key) and after knownValidMs', () => {
+  const clock = manualClock();
+  const throttle = createFailureThrottle(10, { now: clock.now, knownValidMs: 60_000 });
+  throttle.succeed('revoked-key');
+  throttle.succeed('old-key');
+  failTimes(throttle, '192.0.2.1', 10);
+  throttle.admit('192.0.2.1', 'guess'); // the probe is taken
+  throttle.fail('192.0.2.1', 'revoked-key');
+  assert.equal(throttle.admit('192.0.2.1', 'revoked-key'), 1);
+  clock.advance(60_000);
+  failTimes(throttle, '192.0.2.1', 10);
+  throttle.admit('192.0.2.1', 'guess');
+  assert.equal(throttle.admit('192.0.2.1', 'old-key'), 1);
+});

@@ -1,9 +1,15 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
+import { request } from 'node:http';
 import { after, before, describe, it } from 'node:test';
+import { addressGroup, createProxyCheck } from '../../lib/http/client-ip.ts';
+import { errorHandler } from '../../lib/http/middleware/errors.ts';
+import { createFailureThrottle } from '../../lib/limits/failure-throttle.ts';
 import { METRIC_NAMES } from '../../lib/metrics/app-metrics.ts';
+import { metricsRoutes } from '../../lib/metrics/routes.ts';
 import { type ChatHarness, readEvents, startChat } from '../support/chat.ts';
 import { sampleValue as sample, validateExposition } from '../support/exposition-grammar.ts';
+import { type Served, serve } from '../support/http.ts';
 import { CANARY, startTestServer, type TestServer } from '../support/server.ts';
 
 async function scrape(
@@ -140,5 +146,88 @@ describe('GET /metrics without METRICS_TOKEN', () => {
   it('GET /metrics does not let a bearer token open it to a relayed request when no token is configured', async () => {
     const { status } = await scrape(server.url, { authorization: `Bearer ${CANARY}`, 'x-forwarded-for': '127.0.0.1' });
     assert.equal(status, 401);
+  });
+});
+
+/** GET over a fresh connection from a chosen loopback source address (127.0.0.0/8 is all ours). */
+function getFrom(
+  url: string,
+  localAddress: string,
+  headers: Record<string, string> = {},
+): Promise<{ status: number; retryAfter: string | undefined; code: unknown }> {
+  return new Promise((resolve, reject) => {
+    const req = request(url, { headers, localAddress, agent: false }, (res) => {
+      let text = '';
+      res.setEncoding('utf8').on('data', (chunk: string) => (text += chunk));
+      res.on('end', () => {
+        const code = res.statusCode === 200 ? undefined : (JSON.parse(text) as { code: unknown }).code;
+        resolve({ status: res.statusCode ?? 0, retryAfter: res.headers['retry-after'], code });
+      });
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+describe('GET /metrics and the failed-authentication throttle', () => {
+  let server: TestServer;
+  let metrics: string;
+  const wrong = { authorization: `Bearer ${CANARY}-wrong` };
+
+  before(async () => {
+    server = await startTestServer(); // AUTH_FAILURES_PER_MINUTE left at its default (10)
+    metrics = `${server.url}/metrics`;
+  });
+  after(() => server?.close());
+
+  it('GET /metrics counts wrong tokens like wrong API keys: the 11th from one address answers 429', async () => {
+    const seen: number[] = [];
+    for (let i = 0; i < 11; i++) seen.push((await getFrom(metrics, '127.0.4.1', wrong)).status);
+    assert.deepEqual(seen, [...Array<number>(10).fill(401), 429]);
+    const res = await getFrom(metrics, '127.0.4.1', wrong);
+    assert.equal(res.code, 'AUTH_THROTTLED');
+    assert.match(res.retryAfter ?? '', /^[1-9]\d*$/);
+  });
+
+  it('GET /metrics shares one allowance with the API: wrong tokens then bad API keys from one address', async () => {
+    for (let i = 0; i < 5; i++) assert.equal((await getFrom(metrics, '127.0.4.2', wrong)).status, 401);
+    const api = `${server.url}/v1/agents`;
+    const bad = { authorization: 'Bearer not-a-credential' };
+    const seen: number[] = [];
+    for (let i = 0; i < 6; i++) seen.push((await getFrom(api, '127.0.4.2', bad)).status);
+    assert.deepEqual(seen, [401, 401, 401, 401, 401, 429]);
+  });
+
+  it('GET /metrics does not count a request without a token as a failed attempt', async () => {
+    for (let i = 0; i < 12; i++) assert.equal((await getFrom(metrics, '127.0.4.3')).status, 401);
+  });
+
+  it('GET /metrics answers the right token from a throttled address once its probe is due', async () => {
+    for (let i = 0; i < 10; i++) await getFrom(metrics, '127.0.4.4', wrong);
+    const res = await getFrom(metrics, '127.0.4.4', { authorization: `Bearer ${CANARY}` });
+    assert.equal(res.status, 200);
+  });
+});
+
+describe('metricsRoutes() without a token', () => {
+  let served: Served;
+  before(async () => {
+    const routes = metricsRoutes({
+      render: () => '# EOF\n',
+      token: undefined,
+      throttle: createFailureThrottle(10),
+      addressKey: addressGroup,
+      isTrustedProxy: createProxyCheck(['127.0.5.1']),
+    });
+    served = await serve(routes, [errorHandler()]);
+  });
+  after(() => served.close());
+
+  it('metricsRoutes() refuses a peer listed in TRUST_PROXY even when it adds no forwarding header', async () => {
+    assert.equal((await getFrom(`${served.url}/metrics`, '127.0.5.1')).status, 401);
+  });
+
+  it('metricsRoutes() serves another loopback peer that adds no forwarding header', async () => {
+    assert.equal((await getFrom(`${served.url}/metrics`, '127.0.5.2')).status, 200);
   });
 });

@@ -12,6 +12,8 @@ import { CANARY, TEST_DATABASE_URL } from './server.ts';
 
 /** The JWT_SECRET startTestServer configures. */
 export const TEST_JWT_SECRET = `${CANARY}-jwt`;
+/** The JWT_AUDIENCE startTestServer configures. */
+export const TEST_JWT_AUDIENCE = 'chat-server-test';
 
 const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
 
@@ -44,6 +46,8 @@ export interface MintOptions {
   secret?: string;
   /** Seconds from now; null leaves `exp` out. Default 300. */
   expiresInSeconds?: number | null;
+  /** The `aud` claim; null leaves it out. Default TEST_JWT_AUDIENCE. */
+  audience?: string | null;
 }
 
 /** An HS256 JWT signed by jose (independent of the verifier under test). */
@@ -54,6 +58,8 @@ export function mintJwt(
   const jwt = new SignJWT(claims).setProtectedHeader({ alg: 'HS256', typ: 'JWT' }).setIssuedAt();
   const expiresIn = options.expiresInSeconds === undefined ? 300 : options.expiresInSeconds;
   if (expiresIn !== null) jwt.setExpirationTime(Math.floor(Date.now() / 1000) + expiresIn);
+  const audience = options.audience === undefined ? TEST_JWT_AUDIENCE : options.audience;
+  if (audience !== null) jwt.setAudience(audience);
   return jwt.sign(new TextEncoder().encode(options.secret ?? TEST_JWT_SECRET));
 }
 

@@ -34,6 +34,7 @@ export function testConfig(env: Record<string, string | undefined> = {}, dataDir
     OPENAI_API_KEY: CANARY,
     METRICS_TOKEN: CANARY,
     JWT_SECRET: `${CANARY}-jwt`,
+    JWT_AUDIENCE: 'chat-server-test',
     SHUTDOWN_GRACE_MS: '2000',
     DRAIN_READINESS_MS: '0',
     ...env,

@@ -3,6 +3,7 @@ import { performance } from 'node:perf_hooks';
 import type { Logger } from '../../log.ts';
 import { settle } from '../compose.ts';
 import type { Context, Middleware, Next } from '../types.ts';
+import { clientRequestId } from './request-id.ts';
 
 export interface AccessLogOptions {
   log: Logger;
@@ -41,12 +42,18 @@ export function accessLog(options: AccessLogOptions): Middleware {
     if (enabled) {
       // Built by hand: every field is a known-safe scalar (request id and route are from fixed
       // alphabets, node's parser accepts only known method names, the client address is a socket
-      // address or an X-Forwarded-For hop that passed net.isIP); the identity is JSON-escaped.
+      // address or an X-Forwarded-For hop that passed net.isIP); the identity is JSON-escaped; the
+      // client's own request id, from a fixed alphabet too, is scrubbed because the client chose it.
       const identity = ctx.identity === undefined ? '' : identityField(ctx.identity.id);
+      const clientId = clientRequestId(ctx.req);
+      const client = clientId === undefined ? '' : `,"clientRequestId":"${log.scrub(clientId)}"`;
+      const status = ctx.status || (ctx.res.headersSent ? ctx.res.statusCode : 0);
       log.line(
         'info',
         'request',
-        `,"requestId":"${ctx.requestId}","method":"${ctx.method}","route":"${ctx.route}","status":${ctx.status || (ctx.res.headersSent ? ctx.res.statusCode : 0)},"bytes":${ctx.bytes},"ms":${Math.round(durationMs * 100) / 100},"ip":"${ctx.clientIp}"${identity}${tokens(ctx)}`,
+        `,"requestId":"${ctx.requestId}","method":"${ctx.method}","route":"${ctx.route}","status":${status},` +
+          `"bytes":${ctx.bytes},"ms":${Math.round(durationMs * 100) / 100},"ip":"${ctx.clientIp}"${identity}${client}` +
+          tokens(ctx),
       );
     }
   }

@@ -108,6 +108,23 @@ describe('accessLog()', () => {
     assert.equal('identity' in line, false);
   });
 
+  it('accessLog() logs a well-formed client X-Request-Id as clientRequestId beside our own requestId', async () => {
+    const { res, line } = await get('/v1/conversations/c1', { headers: { 'x-request-id': 'client-req.0001_A' } });
+    assert.equal(line['clientRequestId'], 'client-req.0001_A');
+    assert.equal(line['requestId'], res.headers.get('x-request-id'));
+    assert.notEqual(line['requestId'], 'client-req.0001_A');
+  });
+
+  for (const [label, headers] of [
+    ['no', {}],
+    ['a malformed', { 'x-request-id': 'bad id"}' }],
+  ] as const) {
+    it(`accessLog() writes no clientRequestId for ${label} client id`, async () => {
+      const { line } = await get('/v1/conversations/c1', { headers });
+      assert.equal('clientRequestId' in line, false);
+    });
+  }
+
   it('accessLog() calls observe once per request with the route and duration', async () => {
     const before = observed.length;
     await get('/v1/conversations/c9');
@@ -147,5 +164,24 @@ describe('accessLog()', () => {
     await (await fetch(`${s.url}/x`)).arrayBuffer();
     quiet.flush();
     assert.equal(chunks.join(''), '');
+  });
+});
+
+describe('accessLog() with configured secrets', () => {
+  const SECRET = 'access-log-secret-4f9a2c7e1b3d';
+  let served: Served;
+  before(async () => {
+    served = await serve([route('GET', '/ok', ok())], (log) => [requestId(), accessLog({ log })], {
+      secrets: [SECRET],
+    });
+  });
+  after(() => served.close());
+
+  it('accessLog() redacts a piece of a configured secret sent as the client request id', async () => {
+    const res = await fetch(`${served.url}/ok`, { headers: { 'x-request-id': SECRET.slice(2, 16) } });
+    await res.arrayBuffer();
+    const line = served.lines().find((l) => l['requestId'] === res.headers.get('x-request-id'));
+    assert.equal(line?.['clientRequestId'], '[REDACTED]');
+    assert.ok(!served.logs().includes(SECRET.slice(2, 14)));
   });
 });

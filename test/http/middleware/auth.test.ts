@@ -154,6 +154,14 @@ describe('auth() in the real app', () => {
     assert.equal(res.status, 401);
   });
 
+  it('refuses a JWT minted for another service with the same secret, or without aud, with 401', async () => {
+    for (const audience of ['billing-service', null]) {
+      const res = await get(agents, fresh(bearer(await mintJwt({ sub: 'user-1' }, { audience }))));
+      assert.equal(res.status, 401, `aud ${String(audience)}`);
+      assert.equal(res.headers['www-authenticate'], 'Bearer error="invalid_token"');
+    }
+  });
+
   it('refuses a JWT signed with another secret with 401', async () => {
     const res = await get(
       agents,
@@ -214,11 +222,42 @@ describe('auth() in the real app', () => {
       );
     });
 
-    it('refuses a valid key from a throttled address with 429 before checking it', async () => {
-      await statuses(agents, 10, { headers: BAD_KEY, localAddress: '127.0.0.4' });
-      const res = await get(agents, { headers: bearer(apiKey.key), localAddress: '127.0.0.4' });
-      assert.equal(res.status, 429);
-      assert.equal(res.body['code'], 'AUTH_THROTTLED');
+    it('lets a cached valid key through a throttled address: a valid key is no guess', async () => {
+      const from = { localAddress: '127.0.3.1' };
+      assert.equal((await get(agents, { ...from, headers: bearer(apiKey.key) })).status, 200);
+      await statuses(agents, 10, { ...from, headers: BAD_KEY });
+      assert.equal((await get(agents, { ...from, headers: BAD_KEY })).status, 429, 'the address is throttled');
+      assert.equal((await get(agents, { ...from, headers: bearer(apiKey.key) })).status, 200);
+    });
+
+    it('lets a valid JWT through a throttled address: it is checked without the database', async () => {
+      const from = { localAddress: '127.0.3.2' };
+      await statuses(agents, 11, { ...from, headers: BAD_KEY });
+      const res = await get(agents, { ...from, headers: bearer(await mintJwt({ sub: 'user-throttled' })) });
+      assert.equal(res.status, 200);
+    });
+
+    it('looks up an uncached valid key from a throttled address when its probe is due', async () => {
+      const from = { localAddress: '127.0.3.3' };
+      await statuses(agents, 10, { ...from, headers: BAD_KEY });
+      const key = await createTestKey(server.db.pool, 'throttled-new');
+      assert.equal((await get(agents, { ...from, headers: bearer(key.key) })).status, 200);
+    });
+
+    it('gives a throttled address one lookup a second: a new valid key behind a guesser waits a second', async () => {
+      const from = { localAddress: '127.0.3.4' };
+      await statuses(agents, 10, { ...from, headers: BAD_KEY });
+      // The guesser takes this second's lookup; the valid key is refused unchecked until the next one.
+      assert.equal((await get(agents, { ...from, headers: bearer(`csk_${'G'.repeat(43)}`) })).status, 429);
+      const key = await createTestKey(server.db.pool, 'throttled-behind');
+      const refused = await get(agents, { ...from, headers: bearer(key.key) });
+      assert.equal(refused.status, 429);
+      assert.equal(refused.headers['retry-after'], '1');
+      const ms = await msUntil(
+        async () => (await get(agents, { ...from, headers: bearer(key.key) })).status === 200,
+        3_000,
+      );
+      assert.ok(ms < 3_000);
     });
 
     it('throttles one address without affecting another', async () => {
