@@ -106,11 +106,12 @@ async function send(call: Call): Promise<Answer> {
 }
 
 /** The server's access-log line for a request id, if it logged one. */
+/** The access-log line of the request that sent this X-Request-Id (logged as clientRequestId). */
 function accessLine(harness: ChatHarness, requestId: string): Record<string, unknown> | undefined {
   return harness.server
     .logs()
     .split('\n')
-    .filter((line) => line.includes(`"requestId":"${requestId}"`))
+    .filter((line) => line.includes(`"clientRequestId":"${requestId}"`))
     .map((line) => JSON.parse(line) as Record<string, unknown>)
     .find((entry) => entry['msg'] === 'request');
 }
