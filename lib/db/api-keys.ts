@@ -32,10 +32,10 @@ export async function findApiKeyByHash(
 ): Promise<{ id: string; hash: Buffer; revoked: boolean } | undefined> {
   // Unnamed: a named prepared statement breaks behind a transaction-mode pooler, and the lookup is
   // cached by the authenticator, so preparing it once would save little.
-  const { rows } = await pool.query<{ id: string; key_hash: Buffer; revoked: boolean }>(
-    'SELECT id, key_hash, revoked_at IS NOT NULL AS revoked FROM api_keys WHERE key_hash = $1',
-    [hash],
-  );
+  const { rows } = await pool.query<{ id: string; key_hash: Buffer; revoked: boolean }>({
+    text: 'SELECT id, key_hash, revoked_at IS NOT NULL AS revoked FROM api_keys WHERE key_hash = $1',
+    values: [hash],
+  });
   const row = rows[0];
   return row === undefined ? undefined : { id: row.id, hash: row.key_hash, revoked: row.revoked };
 }
