@@ -18,6 +18,7 @@
 // bucket is empty the refusal is remembered until the database says a token is back, so a flood
 // of refused requests makes no queries either. Database errors reject; the middleware fails closed.
 import type pg from 'pg';
+import { endLease, fromMemory, type LeaseState, msUntilOneToken, newLeaseState, nextLeaseSize } from './lease.ts';
 import { deleteStaleBuckets } from './postgres-store.ts';
 import { type BucketPolicy, type Decision, describeDecision, TOKEN_EPSILON } from './token-bucket.ts';
 
@@ -52,28 +53,6 @@ export interface LeasedStore {
   close(): Promise<void>;
 }
 
-interface Entry {
-  policy: BucketPolicy;
-  /** Unspent tokens of the current lease. */
-  left: number;
-  /** Tokens the current lease took; 0 when none is held. */
-  size: number;
-  /** Tokens the previous lease took, which the next may at most double. */
-  lastSize: number;
-  /** Requests per second this instance saw for the key during its previous lease. */
-  rate: number;
-  startedMs: number;
-  expiresMs: number;
-  /** The shared bucket right after the lease was taken (for the headers). */
-  sharedTokens: number;
-  /** Until then the shared bucket is known to hold less than a token. */
-  refusedUntilMs: number;
-  /** Requests waiting for the database. */
-  waiting: number;
-  /** The lease request in flight: undefined when it granted tokens, else the refusal for its waiters. */
-  renewing: Promise<Decision | undefined> | undefined;
-}
-
 interface Lease {
   tokens: number;
   granted: number;
@@ -105,11 +84,6 @@ SET tokens = LEAST(r.capacity, b.tokens + r.amount + r.rate * GREATEST(0, EXTRAC
 FROM unnest($1::text[], $2::float8[], $3::float8[], $4::float8[]) AS r(key, capacity, rate, amount)
 WHERE b.key = r.key`;
 
-/** The most tokens one lease may take: the fraction of the burst, at least one token. */
-export function maxLeaseTokens(policy: BucketPolicy, leaseFraction: number): number {
-  return Math.max(1, Math.floor(policy.capacity * leaseFraction + TOKEN_EPSILON));
-}
-
 /** Creates the leased store over a pool (pg, or PGlite through pg's interface). */
 export function createLeasedStore(pool: pg.Pool, options: LeasedStoreOptions): LeasedStore {
   const leaseMs = options.leaseMs ?? 1000;
@@ -119,7 +93,7 @@ export function createLeasedStore(pool: pg.Pool, options: LeasedStoreOptions): L
   const statementName = options.namedStatements === false ? undefined : 'rate_limit_lease';
   if (!(options.leaseFraction > 0 && options.leaseFraction <= 1))
     throw new RangeError(`Invalid lease fraction: expected (0, 1], got ${options.leaseFraction}`);
-  const entries = new Map<string, Entry>();
+  const entries = new Map<string, LeaseState>();
   // The longest time any policy seen here takes to refill from empty: rows idle longer are full.
   let refillSeconds = 0;
   let lastRowSweepMs = now();
@@ -143,9 +117,9 @@ export function createLeasedStore(pool: pg.Pool, options: LeasedStoreOptions): L
     return fromDatabase(key, policy, entry);
   }
 
-  async function fromDatabase(key: string, policy: BucketPolicy, found: Entry | undefined): Promise<Decision> {
+  async function fromDatabase(key: string, policy: BucketPolicy, found: LeaseState | undefined): Promise<Decision> {
     if (found === undefined && entries.size >= maxKeys) return exactTake(key, policy);
-    const entry = found ?? newEntry(policy);
+    const entry = found ?? newLeaseState(policy);
     if (found === undefined) entries.set(key, entry);
     entry.policy = policy;
     refillSeconds = Math.max(refillSeconds, policy.capacity / policy.refillPerSecond);
@@ -165,10 +139,10 @@ export function createLeasedStore(pool: pg.Pool, options: LeasedStoreOptions): L
   }
 
   /** Ends the current lease, takes the next one in the same statement, and settles the entry. */
-  async function renew(key: string, entry: Entry): Promise<Decision | undefined> {
+  async function renew(key: string, entry: LeaseState): Promise<Decision | undefined> {
     try {
       const giveBack = endLease(entry, now());
-      const got = await lease(key, entry.policy, nextLeaseSize(entry), giveBack);
+      const got = await lease(key, entry.policy, nextLeaseSize(entry, leaseMs, options.leaseFraction), giveBack);
       const atMs = now();
       entry.size = got.granted;
       entry.left = got.granted;
@@ -184,13 +158,6 @@ export function createLeasedStore(pool: pg.Pool, options: LeasedStoreOptions): L
     }
   }
 
-  function nextLeaseSize(entry: Entry): number {
-    const byRate = Math.ceil((entry.rate * leaseMs) / 1000);
-    const grown = Math.min(byRate, 2 * Math.max(1, entry.lastSize));
-    // Requests already waiting are demand too: one round trip for a burst on a cold key.
-    return Math.min(maxLeaseTokens(entry.policy, options.leaseFraction), Math.max(1, grown, entry.waiting));
-  }
-
   /** A key the map has no room for: one token, decided by the database alone, as the exact store does. */
   async function exactTake(key: string, policy: BucketPolicy): Promise<Decision> {
     const got = await lease(key, policy, 1, 0);
@@ -199,7 +166,7 @@ export function createLeasedStore(pool: pg.Pool, options: LeasedStoreOptions): L
 
   async function sweep(): Promise<number> {
     const nowMs = now();
-    const back: Array<{ key: string; entry: Entry; amount: number }> = [];
+    const back: Array<{ key: string; entry: LeaseState; amount: number }> = [];
     for (const [key, entry] of entries) {
       if (entry.renewing !== undefined || entry.waiting > 0) continue;
       if (entry.size > 0 && nowMs >= entry.expiresMs) {
@@ -218,7 +185,7 @@ export function createLeasedStore(pool: pg.Pool, options: LeasedStoreOptions): L
     return back.length;
   }
 
-  async function giveBack(back: Array<{ key: string; entry: Entry; amount: number }>): Promise<void> {
+  async function giveBack(back: Array<{ key: string; entry: LeaseState; amount: number }>): Promise<void> {
     if (back.length === 0) return;
     back.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
     await pool.query(GIVE_BACK_SQL, [
@@ -256,52 +223,4 @@ export function createLeasedStore(pool: pg.Pool, options: LeasedStoreOptions): L
   }
 
   return { take, sweep, size: () => entries.size, close };
-}
-
-function newEntry(policy: BucketPolicy): Entry {
-  return {
-    policy,
-    left: 0,
-    size: 0,
-    lastSize: 0,
-    rate: 0,
-    startedMs: 0,
-    expiresMs: Number.NEGATIVE_INFINITY,
-    sharedTokens: 0,
-    refusedUntilMs: Number.NEGATIVE_INFINITY,
-    waiting: 0,
-    renewing: undefined,
-  };
-}
-
-/** Spends a token of the lease, or repeats a known refusal; undefined when only the database can tell. */
-function fromMemory(entry: Entry, nowMs: number): Decision | undefined {
-  if (entry.left >= 1 && nowMs < entry.expiresMs) {
-    entry.left -= 1;
-    return describeDecision(true, entry.left + sharedEstimate(entry, nowMs), entry.policy);
-  }
-  if (nowMs < entry.refusedUntilMs) return describeDecision(false, sharedEstimate(entry, nowMs), entry.policy);
-  return undefined;
-}
-
-/** The shared bucket as of the last lease, refilled by this clock since: what the headers report. */
-function sharedEstimate(entry: Entry, nowMs: number): number {
-  const refilled = entry.sharedTokens + (Math.max(0, nowMs - entry.startedMs) / 1000) * entry.policy.refillPerSecond;
-  return Math.min(entry.policy.capacity, refilled);
-}
-
-/** Ends the lease held (if any), learning the key's rate from it; returns the unspent tokens. */
-function endLease(entry: Entry, nowMs: number): number {
-  if (entry.size === 0) return 0;
-  const spent = entry.size - entry.left;
-  entry.rate = (spent * 1000) / Math.max(1, nowMs - entry.startedMs);
-  entry.lastSize = entry.size;
-  const unspent = entry.left;
-  entry.left = 0;
-  entry.size = 0;
-  return unspent;
-}
-
-function msUntilOneToken(tokens: number, policy: BucketPolicy): number {
-  return (Math.max(0, 1 - tokens) / policy.refillPerSecond) * 1000;
 }

@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { revokeApiKey } from '../../lib/db/api-keys.ts';
-import { maxLeaseTokens } from '../../lib/limits/leased-store.ts';
+import { maxLeaseTokens } from '../../lib/limits/lease.ts';
 import { bucketPolicy } from '../../lib/limits/token-bucket.ts';
 import { type Cluster, type ClusterInstance, startCluster } from '../support/cluster.ts';
 import { type FakeUpstream, startFakeUpstream } from '../support/fake-upstream.ts';

@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
-import { createLeasedStore, type LeasedStore, maxLeaseTokens } from '../../lib/limits/leased-store.ts';
+import { maxLeaseTokens } from '../../lib/limits/lease.ts';
+import { createLeasedStore, type LeasedStore } from '../../lib/limits/leased-store.ts';
 import { type BucketPolicy, bucketPolicy, type Decision } from '../../lib/limits/token-bucket.ts';
 import { BACKENDS, type Backend } from '../support/db-backends.ts';
 
@@ -45,16 +46,6 @@ async function storedTokens(pool: pg.Pool, key: string): Promise<number | undefi
   const { rows } = await pool.query<{ tokens: number }>('SELECT tokens FROM rate_limit_buckets WHERE key = $1', [key]);
   return rows[0]?.tokens;
 }
-
-describe('maxLeaseTokens()', () => {
-  it('maxLeaseTokens() is the fraction of the burst, rounded down, and at least one token', () => {
-    assert.equal(maxLeaseTokens(bucketPolicy(60, 20), 0.1), 2);
-    assert.equal(maxLeaseTokens(bucketPolicy(60, 20), 0.25), 5);
-    assert.equal(maxLeaseTokens(bucketPolicy(60, 5), 0.1), 1);
-    assert.equal(maxLeaseTokens(bucketPolicy(60, 30), 0.1), 3); // 30 × 0.1 is 3.0000000000000004 or a hair under
-    assert.equal(maxLeaseTokens(bucketPolicy(60, 20), 1), 20);
-  });
-});
 
 for (const kind of BACKENDS) {
   describe(`createLeasedStore() on ${kind.label}`, { skip: kind.skip }, () => {
