@@ -161,7 +161,8 @@ async function warnWithoutStatementTimeout(pool: pg.Pool, log: Logger): Promise<
     const { rows } = await pool.query<{ timeout: string }>("SELECT current_setting('statement_timeout') AS timeout");
     if (rows[0]?.timeout === '0') {
       log.warn(
-        'DB_POOLER=transaction and the database sets no statement_timeout: set one on the role (ALTER ROLE … SET statement_timeout)',
+        'DB_POOLER=transaction and the database sets no statement_timeout: ' +
+          'set one on the role (ALTER ROLE … SET statement_timeout)',
       );
     }
   } catch {

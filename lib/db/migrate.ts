@@ -52,7 +52,8 @@ async function applyNext(client: pg.PoolClient, all: Migration[]): Promise<strin
   ]);
   if (rows[0]?.locked !== true) return BUSY;
   await client.query(
-    'CREATE TABLE IF NOT EXISTS schema_migrations (version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())',
+    `CREATE TABLE IF NOT EXISTS schema_migrations (
+       version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())`,
   );
   const done = new Set(
     (await client.query<{ version: string }>('SELECT version FROM schema_migrations')).rows.map((r) => r.version),

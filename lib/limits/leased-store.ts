@@ -64,11 +64,13 @@ const ROW_SWEEP_INTERVAL_MS = 60_000;
 // $1 key, $2 capacity, $3 refill per second, $4 tokens wanted, $5 unspent tokens given back. Like
 // the exact store, one statement timed by the database clock under the row lock; the refill and
 // the tokens given back are capped at the burst, and the lease takes what is there, up to $4.
-const AVAILABLE = `LEAST($2::float8, b.tokens + $5::float8 + $3::float8 * GREATEST(0, EXTRACT(EPOCH FROM EXCLUDED.updated_at - b.updated_at)::float8))`;
+const ELAPSED = 'GREATEST(0, EXTRACT(EPOCH FROM EXCLUDED.updated_at - b.updated_at)::float8)';
+const AVAILABLE = `LEAST($2::float8, b.tokens + $5::float8 + $3::float8 * ${ELAPSED})`;
 const GRANT = `LEAST($4::float8, floor(${AVAILABLE} + 1e-9))`;
 export const LEASE_SQL = `
 INSERT INTO rate_limit_buckets AS b (key, tokens, updated_at, granted)
-VALUES ($1::text, $2::float8 - LEAST($4::float8, floor($2::float8)), clock_timestamp(), LEAST($4::float8, floor($2::float8)))
+VALUES ($1::text, $2::float8 - LEAST($4::float8, floor($2::float8)), clock_timestamp(),
+        LEAST($4::float8, floor($2::float8)))
 ON CONFLICT (key) DO UPDATE
   SET tokens = GREATEST(0, ${AVAILABLE} - ${GRANT}),
       granted = ${GRANT},
@@ -79,7 +81,8 @@ RETURNING tokens, granted`;
 // Keys are sent sorted so that two instances lock shared rows in the same order.
 const GIVE_BACK_SQL = `
 UPDATE rate_limit_buckets AS b
-SET tokens = LEAST(r.capacity, b.tokens + r.amount + r.rate * GREATEST(0, EXTRACT(EPOCH FROM clock_timestamp() - b.updated_at)::float8)),
+SET tokens = LEAST(r.capacity,
+      b.tokens + r.amount + r.rate * GREATEST(0, EXTRACT(EPOCH FROM clock_timestamp() - b.updated_at)::float8)),
     updated_at = GREATEST(b.updated_at, clock_timestamp())
 FROM unnest($1::text[], $2::float8[], $3::float8[], $4::float8[]) AS r(key, capacity, rate, amount)
 WHERE b.key = r.key`;

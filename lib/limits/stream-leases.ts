@@ -48,7 +48,9 @@ INSERT INTO stream_leases (id, key, instance, expires_at)
 SELECT $1::uuid, $2::text, $3::uuid, clock_timestamp() + make_interval(secs => $4::float8)
 WHERE (SELECT count(*) FROM stream_leases WHERE key = $2::text AND expires_at > clock_timestamp()) < $5::int
 RETURNING id`;
-const RENEW_SQL = `UPDATE stream_leases SET expires_at = clock_timestamp() + make_interval(secs => $2::float8) WHERE instance = $1::uuid`;
+const RENEW_SQL = `
+UPDATE stream_leases SET expires_at = clock_timestamp() + make_interval(secs => $2::float8)
+WHERE instance = $1::uuid`;
 // Rows of dead instances no longer count; deleting them keeps the key index small.
 const DELETE_EXPIRED_SQL = 'DELETE FROM stream_leases WHERE expires_at < clock_timestamp()';
 

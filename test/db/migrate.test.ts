@@ -169,7 +169,8 @@ for (const engine of engines.slice(1)) {
       const first = migrate(pool, slow);
       await waitUntil(async () => {
         const { rows } = await impatient.pool.query<{ n: number }>(
-          "SELECT count(*)::int AS n FROM pg_locks l JOIN pg_database d ON d.oid = l.database WHERE l.locktype = 'advisory' AND l.granted AND d.datname = current_database()",
+          `SELECT count(*)::int AS n FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+           WHERE l.locktype = 'advisory' AND l.granted AND d.datname = current_database()`,
         );
         return rows[0]?.n === 1;
       });
@@ -180,7 +181,8 @@ for (const engine of engines.slice(1)) {
     it('migrate() leaves no advisory lock behind once it has finished', async () => {
       await migrate((dbs[1] as Database).pool);
       const { rows } = await impatient.pool.query<{ n: number }>(
-        "SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        `SELECT count(*)::int AS n FROM pg_locks
+         WHERE locktype = 'advisory' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`,
       );
       assert.equal(rows[0]?.n, 0);
     });

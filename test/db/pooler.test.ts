@@ -73,7 +73,7 @@ describe('the database through PgBouncer in transaction mode', { skip: SKIP }, (
     assert.match(capture.text(), /sets no statement_timeout: set one on the role/);
   });
 
-  it('behind the pooler the statement timeout comes from the database settings, and no warning is logged', async (t) => {
+  it('behind the pooler the statement timeout comes from the database settings, with no warning', async (t) => {
     const direct = new pg.Client({ connectionString: scratch.url });
     await direct.connect();
     const name = new URL(scratch.url).pathname.slice(1);
@@ -95,7 +95,7 @@ describe('the database through PgBouncer in transaction mode', { skip: SKIP }, (
     assert.doesNotMatch(capture.text(), /statement_timeout/);
   });
 
-  it('API key lookups from many clients through one server connection never meet a stale prepared statement', async () => {
+  it('API key lookups from many clients on one server connection never meet a stale prepared statement', async () => {
     const [one, two] = [await open({ DB_POOLER: 'transaction' }), await open({ DB_POOLER: 'transaction' })];
     await migrate(one.pool);
     const key = await createTestKey(one.pool, 'pooled');

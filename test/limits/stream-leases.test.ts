@@ -116,7 +116,8 @@ for (const kind of SHARED_BACKENDS) {
       );
       await leases.heartbeat();
       const { rows } = await backend.direct.query<{ instance: string; left: number }>(
-        'SELECT instance::text, EXTRACT(EPOCH FROM expires_at - clock_timestamp())::float8 AS left FROM stream_leases WHERE instance IN ($1, $2)',
+        `SELECT instance::text, EXTRACT(EPOCH FROM expires_at - clock_timestamp())::float8 AS left
+         FROM stream_leases WHERE instance IN ($1, $2)`,
         [leases.instance, other.instance],
       );
       assert.equal(rows.length, 2, "the other instance's expired row is gone");

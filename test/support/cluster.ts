@@ -139,7 +139,7 @@ async function startProcess(env: Record<string, string | undefined>): Promise<Ru
   };
 }
 
-/** The environment of a child instance: test defaults like startTestServer's, then `env`; nothing else inherited but PATH. */
+/** A child instance's environment: startTestServer's defaults, then `env`; nothing else inherited but PATH. */
 function childEnv(env: Record<string, string | undefined>): Record<string, string> {
   const merged: Record<string, string | undefined> = {
     PATH: process.env['PATH'],
