@@ -6,9 +6,8 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
-import { createDatabase, type Database } from '../../lib/db/database.ts';
+import { createDatabase, createSessionClient, type Database } from '../../lib/db/database.ts';
 import { migrate } from '../../lib/db/migrate.ts';
-import { createSessionClient } from '../../lib/db/session.ts';
 import { createLogger, type Logger } from '../../lib/log.ts';
 import { type Cluster, startCluster } from '../support/cluster.ts';
 import { scratchDatabase } from '../support/database.ts';
@@ -107,14 +106,27 @@ describe('the database through PgBouncer in transaction mode', { skip: SKIP }, (
     for (const row of await Promise.all(lookups)) assert.equal(row?.id, key.identity.slice('key:'.length));
   });
 
-  it('createSessionClient() refuses DB_POOLER=transaction without DATABASE_SESSION_URL', async () => {
+  it('createSessionClient() refuses DB_POOLER=transaction without DATABASE_SESSION_URL', () => {
     const config = testConfig({ DATABASE_URL: pooledUrl, DB_POOLER: 'transaction' });
-    await assert.rejects(createSessionClient(config, createLogger({ level: 'silent' })), /DATABASE_SESSION_URL/);
+    assert.throws(() => createSessionClient(config, 'probe'), /DATABASE_SESSION_URL/);
+  });
+
+  it('createSessionClient() without DATABASE_SESSION_URL connects to DATABASE_URL with its own name', async (t) => {
+    const session = createSessionClient(testConfig({ DATABASE_URL: scratch.url }), 'probe-direct');
+    session.on('error', () => {});
+    await session.connect();
+    t.after(() => session.end());
+    const { rows } = await session.query(
+      "SELECT current_database() AS db, current_setting('application_name') AS name",
+    );
+    assert.deepEqual(rows, [{ db: new URL(scratch.url).pathname.slice(1), name: 'probe-direct' }]);
   });
 
   it('createSessionClient() listens on DATABASE_SESSION_URL and hears a NOTIFY sent through the pooler', async (t) => {
     const config = testConfig({ DATABASE_URL: pooledUrl, DB_POOLER: 'transaction', DATABASE_SESSION_URL: scratch.url });
-    const session = await createSessionClient(config, createLogger({ level: 'silent' }));
+    const session = createSessionClient(config, 'probe-listener');
+    session.on('error', () => {});
+    await session.connect();
     t.after(() => session.end());
     await session.query('LISTEN scale_probe');
     const heard = new Promise<string | undefined>((resolve) => session.once('notification', (n) => resolve(n.payload)));
