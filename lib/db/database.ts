@@ -54,7 +54,7 @@ export function connectionConfig(config: Config, urlText: string, sessionParamet
   const url = new URL(urlText);
   const options: pg.PoolConfig = {
     connectionTimeoutMillis: 5_000,
-    // Client-side backstop slightly above the server's own limit (pg notes §6.2).
+    // Client-side backstop slightly above the server's own limit: pg's query_timeout only rejects the promise.
     query_timeout: db.statementTimeoutMs + 1_000,
     application_name: 'chat-server',
     keepAlive: true,
@@ -66,7 +66,7 @@ export function connectionConfig(config: Config, urlText: string, sessionParamet
     options.lock_timeout = Math.min(db.statementTimeoutMs, 5_000);
   }
   if (db.caFile !== undefined) {
-    // sslmode/sslrootcert in the URL override the ssl object in pg (notes §6.2), and so does `ssl`
+    // sslmode/sslrootcert in the URL override the ssl object in pg 8, and so does `ssl`
     // (`ssl=0` turns TLS off, `ssl=no-verify` skips verification): strip them so the verified CA
     // below always applies and nothing in the URL can weaken it.
     for (const key of ['ssl', 'sslmode', 'sslrootcert', 'sslcert', 'sslkey', 'uselibpqcompat'])
