@@ -251,16 +251,19 @@ function crossFieldProblems(env: Record<string, string | undefined>): string[] {
   return problems;
 }
 
-/** The session URL and the pooler mode describe how DATABASE_URL is reached, so they need it. */
+/**
+ * The session URL and the pooler mode describe how DATABASE_URL is reached, so they need it; and
+ * behind a transaction-mode pooler LISTEN hears nothing, so sessions need a direct URL of their own.
+ */
 function databaseProblems(env: Record<string, string | undefined>): string[] {
   const problems: string[] = [];
   const urlSet = ENV_SCHEMA.DATABASE_URL.safeParse(env['DATABASE_URL']).data !== undefined;
-  if (urlSet) return problems;
-  if (ENV_SCHEMA.DATABASE_SESSION_URL.safeParse(env['DATABASE_SESSION_URL']).data !== undefined) {
-    problems.push('DATABASE_SESSION_URL: needs DATABASE_URL');
-  }
-  if (ENV_SCHEMA.DB_POOLER.safeParse(env['DB_POOLER']).data === 'transaction') {
-    problems.push('DB_POOLER: transaction needs DATABASE_URL');
+  const sessionUrlSet = ENV_SCHEMA.DATABASE_SESSION_URL.safeParse(env['DATABASE_SESSION_URL']).data !== undefined;
+  const pooled = ENV_SCHEMA.DB_POOLER.safeParse(env['DB_POOLER']).data === 'transaction';
+  if (!urlSet && sessionUrlSet) problems.push('DATABASE_SESSION_URL: needs DATABASE_URL');
+  if (!urlSet && pooled) problems.push('DB_POOLER: transaction needs DATABASE_URL');
+  if (urlSet && pooled && !sessionUrlSet) {
+    problems.push('DATABASE_SESSION_URL: required with DB_POOLER=transaction, a direct URL for LISTEN');
   }
   return problems;
 }

@@ -206,6 +206,10 @@ describe('parseConfig() scaling out', () => {
     assert.ok(!JSON.stringify(config).includes(CANARY));
   });
 
+  it('parseConfig() refuses DB_POOLER=transaction without DATABASE_SESSION_URL: LISTEN needs a direct URL', () => {
+    refused({ DATABASE_URL: url, DB_POOLER: 'transaction' }, 'DATABASE_SESSION_URL');
+  });
+
   it('parseConfig() refuses DATABASE_SESSION_URL and DB_POOLER=transaction without DATABASE_URL', () => {
     refused({ DATABASE_SESSION_URL: url }, 'DATABASE_SESSION_URL');
     refused({ DB_POOLER: 'transaction' }, 'DB_POOLER');

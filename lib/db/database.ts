@@ -85,16 +85,13 @@ export function connectionConfig(config: Config, urlText: string, sessionParamet
 
 /**
  * A client of its own (not from the pool) for a session that must stay open, such as LISTEN: to
- * DATABASE_SESSION_URL, or to DATABASE_URL when that reaches PostgreSQL directly. Behind a
- * transaction-mode pooler LISTEN silently hears nothing (the pooler drops notifications), so
- * DB_POOLER=transaction without a session URL is refused. The caller connects and ends it.
+ * DATABASE_SESSION_URL, or to DATABASE_URL when that reaches PostgreSQL directly (the configuration
+ * requires a session URL with DB_POOLER=transaction: a pooler drops notifications). The caller
+ * connects and ends it.
  */
 export function createSessionClient(config: Config, applicationName: string): pg.Client {
   const { databaseSessionUrl, databaseUrl } = config.secrets;
   if (databaseUrl === undefined) throw new Error('A database session needs DATABASE_URL (not the embedded database)');
-  if (databaseSessionUrl === undefined && config.database.pooler === 'transaction') {
-    throw new Error('DB_POOLER=transaction: set DATABASE_SESSION_URL to a direct URL for database sessions');
-  }
   const { Client, ...options } = connectionConfig(config, databaseSessionUrl ?? databaseUrl, false);
   const SessionClient = (Client ?? pg.Client) as new (config: pg.ClientConfig) => pg.Client;
   // A listening session waits for notifications, not for query results: no statement or idle limits.

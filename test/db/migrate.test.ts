@@ -47,7 +47,11 @@ async function freshThroughPgBouncer(): Promise<Fresh> {
   const url = bouncer.url(scratch.url);
   return {
     url,
-    open: (env = {}) => createDatabase(testConfig({ DATABASE_URL: url, DB_POOLER: 'transaction', ...env }), log),
+    open: (env = {}) =>
+      createDatabase(
+        testConfig({ DATABASE_URL: url, DB_POOLER: 'transaction', DATABASE_SESSION_URL: scratch.url, ...env }),
+        log,
+      ),
     async close() {
       await bouncer.stop();
       await scratch.drop();

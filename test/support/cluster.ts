@@ -23,7 +23,10 @@ export interface ClusterOptions {
   env?: Record<string, string | undefined>;
   /** Run each instance as a child process (`node server.ts`), so that kill() can SIGKILL it. */
   processes?: boolean;
-  /** The URL the instances get for the scratch database, e.g. through PgBouncer; default: as is. */
+  /**
+   * The URL the instances get for the scratch database, e.g. through PgBouncer; default: as is.
+   * When given, DATABASE_SESSION_URL is the scratch database itself (sessions never go through a pooler).
+   */
   databaseUrl?: (scratchUrl: string) => string;
 }
 
@@ -68,7 +71,11 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
   const scratch = await scratchDatabase(TEST_DATABASE_URL);
   const pool = new pg.Pool({ connectionString: scratch.url, max: 4 });
   pool.on('error', () => {});
-  const env = { ...options.env, DATABASE_URL: options.databaseUrl?.(scratch.url) ?? scratch.url };
+  const env: Record<string, string | undefined> = { ...options.env, DATABASE_URL: scratch.url };
+  if (options.databaseUrl !== undefined) {
+    env['DATABASE_URL'] = options.databaseUrl(scratch.url);
+    env['DATABASE_SESSION_URL'] = scratch.url;
+  }
   const started: RunningInstance[] = [];
   try {
     const starts = Array.from({ length: options.instances }, () =>
