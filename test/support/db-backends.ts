@@ -55,9 +55,12 @@ async function openPostgres(throughPooler: boolean): Promise<Backend> {
     direct,
     namedStatements: !throughPooler,
     async close() {
-      await Promise.all([...pools, direct].map((p) => p.end()));
-      await bouncer?.stop();
-      await scratch.drop();
+      try {
+        await Promise.allSettled([...pools, direct].map((p) => p.end()));
+        await bouncer?.stop();
+      } finally {
+        await scratch.drop();
+      }
     },
   };
 }
