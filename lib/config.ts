@@ -22,6 +22,12 @@ const int = (min: number, max: number) =>
     .transform(Number)
     .pipe(z.number().int().min(min).max(max));
 const bool = z.stringbool();
+// A decimal in (0, 1], digits only for the same reason as int().
+const fraction = z
+  .string()
+  .regex(/^(0|1)(\.[0-9]+)?$/, 'must be a decimal number such as 0.1')
+  .transform(Number)
+  .pipe(z.number().gt(0, 'must be greater than 0').lte(1, 'must be at most 1'));
 const list = z.string().transform((s) =>
   s
     .split(',')
@@ -51,6 +57,8 @@ export const ENV_SCHEMA = {
   PORT: withDefault(int(0, 65535), '8000'),
   LOG_LEVEL: withDefault(z.enum(LOG_LEVELS), 'info'),
   DATABASE_URL: optional(z.url({ protocol: /^postgres(ql)?$/ })),
+  DATABASE_SESSION_URL: optional(z.url({ protocol: /^postgres(ql)?$/ })),
+  DB_POOLER: withDefault(z.enum(['none', 'transaction']), 'none'),
   DATA_DIR: withDefault(z.string().min(1), './data'),
   DATABASE_CA_FILE: optional(z.string().min(1)),
   DATABASE_PASSWORD_FILE: optional(z.string().min(1)),
@@ -90,9 +98,11 @@ export const ENV_SCHEMA = {
   ),
   RATE_LIMIT_PER_MINUTE: withDefault(int(1, 1_000_000), '60'),
   RATE_LIMIT_BURST: withDefault(int(1, 1_000_000), '20'),
-  RATE_LIMIT_STORE: withDefault(z.enum(['memory', 'postgres']), 'memory'),
+  RATE_LIMIT_STORE: withDefault(z.enum(['memory', 'postgres', 'postgres-leased']), 'memory'),
+  RATE_LIMIT_LEASE_FRACTION: withDefault(fraction, '0.1'),
   AUTH_FAILURES_PER_MINUTE: withDefault(int(1, 100_000), '10'),
   MAX_CONCURRENT_STREAMS_PER_KEY: withDefault(int(1, 1000), '4'),
+  STREAM_LEASE_TTL_MS: withDefault(int(1000, 600_000), '30000'),
   TRUST_PROXY: withDefault(trustProxy, 'off'),
   JWT_SECRET: optional(jwtSecret),
   JWT_PUBLIC_KEY_FILE: optional(z.string().min(1)),
@@ -115,7 +125,13 @@ const DEFAULT_DRAIN_READINESS_MS = 5000;
 export const VARIABLE_NAME = /^[A-Z_][A-Z0-9_]{0,127}$/;
 
 /** Variable names whose values are secrets; they are never printed. */
-export const SECRET_VARIABLES = ['OPENAI_API_KEY', 'JWT_SECRET', 'METRICS_TOKEN', 'DATABASE_URL'] as const;
+export const SECRET_VARIABLES = [
+  'OPENAI_API_KEY',
+  'JWT_SECRET',
+  'METRICS_TOKEN',
+  'DATABASE_URL',
+  'DATABASE_SESSION_URL',
+] as const;
 
 const EnvSchema = z.object(ENV_SCHEMA);
 type Env = z.output<typeof EnvSchema>;
@@ -126,6 +142,8 @@ export interface Secrets {
   jwtSecret: string | undefined;
   metricsToken: string | undefined;
   databaseUrl: string | undefined;
+  /** A direct (session) URL for what needs a session of its own, such as LISTEN; unset = databaseUrl. */
+  databaseSessionUrl: string | undefined;
   /** Every secret value, for the logger's redaction list. */
   values: readonly string[];
   /** A provider key from a variable the agents file names (`apiKeyEnv`); undefined when unset or empty. */
@@ -144,6 +162,8 @@ export interface Config {
     poolMax: number;
     statementTimeoutMs: number;
     maxLifetimeSeconds: number;
+    /** `transaction`: DATABASE_URL leads to a transaction-mode pooler; nothing may rely on session state. */
+    pooler: 'none' | 'transaction';
   };
   dataDir: string;
   healthDbTimeoutMs: number;
@@ -177,9 +197,17 @@ export interface Config {
   completionsMaxBodyBytes: number;
   /** `owned_by` of the models GET /v1/models lists. */
   modelsOwnedBy: string;
-  rateLimit: { perMinute: number; burst: number; store: 'memory' | 'postgres' };
+  rateLimit: {
+    perMinute: number;
+    burst: number;
+    store: 'memory' | 'postgres' | 'postgres-leased';
+    /** Largest lease (postgres-leased) as a fraction of the burst. */
+    leaseFraction: number;
+  };
   authFailuresPerMinute: number;
   maxConcurrentStreamsPerKey: number;
+  /** How long a stream lease outlives its instance's last renewal (shared stream caps). */
+  streamLeaseTtlMs: number;
   /** Proxy addresses or CIDRs whose X-Forwarded-For is believed; empty means off. */
   trustProxy: readonly string[];
   jwt: {
@@ -248,7 +276,24 @@ function crossFieldProblems(env: Record<string, string | undefined>): string[] {
   if (jwtSecretSet && publicKeySet) {
     problems.push('JWT_SECRET: set either JWT_SECRET or JWT_PUBLIC_KEY_FILE, not both');
   }
-  problems.push(...jwtScopeProblems(env), ...metricsTokenProblems(env));
+  problems.push(...jwtScopeProblems(env), ...metricsTokenProblems(env), ...databaseProblems(env));
+  return problems;
+}
+
+/**
+ * The session URL and the pooler mode describe how DATABASE_URL is reached, so they need it; and
+ * behind a transaction-mode pooler LISTEN hears nothing, so sessions need a direct URL of their own.
+ */
+function databaseProblems(env: Record<string, string | undefined>): string[] {
+  const problems: string[] = [];
+  const urlSet = ENV_SCHEMA.DATABASE_URL.safeParse(env['DATABASE_URL']).data !== undefined;
+  const sessionUrlSet = ENV_SCHEMA.DATABASE_SESSION_URL.safeParse(env['DATABASE_SESSION_URL']).data !== undefined;
+  const pooled = ENV_SCHEMA.DB_POOLER.safeParse(env['DB_POOLER']).data === 'transaction';
+  if (!urlSet && sessionUrlSet) problems.push('DATABASE_SESSION_URL: needs DATABASE_URL');
+  if (!urlSet && pooled) problems.push('DB_POOLER: transaction needs DATABASE_URL');
+  if (urlSet && pooled && !sessionUrlSet) {
+    problems.push('DATABASE_SESSION_URL: required with DB_POOLER=transaction, a direct URL for LISTEN');
+  }
   return problems;
 }
 
@@ -319,12 +364,15 @@ function buildConfig(e: Env, env: Record<string, string | undefined>): Config {
     e.METRICS_TOKEN,
     e.DATABASE_URL,
     databasePassword(e.DATABASE_URL),
+    e.DATABASE_SESSION_URL,
+    databasePassword(e.DATABASE_SESSION_URL),
   ].filter((v): v is string => v !== undefined && v !== '');
   const secrets: Secrets = Object.freeze({
     openaiApiKey: e.OPENAI_API_KEY,
     jwtSecret: e.JWT_SECRET,
     metricsToken: e.METRICS_TOKEN,
     databaseUrl: e.DATABASE_URL,
+    databaseSessionUrl: e.DATABASE_SESSION_URL,
     values: Object.freeze(secretValues),
     // Read on demand: which variables hold keys is known only once the agents file is loaded.
     variable: (name: string) => (VARIABLE_NAME.test(name) && env[name] !== '' ? env[name] : undefined),
@@ -340,6 +388,7 @@ function buildConfig(e: Env, env: Record<string, string | undefined>): Config {
       poolMax: e.DB_POOL_MAX,
       statementTimeoutMs: e.DB_STATEMENT_TIMEOUT_MS,
       maxLifetimeSeconds: e.DB_MAX_LIFETIME_SECONDS,
+      pooler: e.DB_POOLER,
     }),
     dataDir: e.DATA_DIR,
     healthDbTimeoutMs: e.HEALTH_DB_TIMEOUT_MS,
@@ -375,9 +424,11 @@ function buildConfig(e: Env, env: Record<string, string | undefined>): Config {
       perMinute: e.RATE_LIMIT_PER_MINUTE,
       burst: e.RATE_LIMIT_BURST,
       store: e.RATE_LIMIT_STORE,
+      leaseFraction: e.RATE_LIMIT_LEASE_FRACTION,
     }),
     authFailuresPerMinute: e.AUTH_FAILURES_PER_MINUTE,
     maxConcurrentStreamsPerKey: e.MAX_CONCURRENT_STREAMS_PER_KEY,
+    streamLeaseTtlMs: e.STREAM_LEASE_TTL_MS,
     trustProxy: Object.freeze(trustOff ? [] : [...e.TRUST_PROXY]),
     jwt: Object.freeze({
       publicKeyFile: e.JWT_PUBLIC_KEY_FILE,

@@ -41,11 +41,13 @@ import type { Route } from './http/router.ts';
 import { createHttpServer } from './http/server.ts';
 import type { Context, Middleware } from './http/types.ts';
 import { createBudgets } from './limits/budget.ts';
-import { type ConcurrencyLimiter, createConcurrencyLimiter } from './limits/concurrency.ts';
+import { createConcurrencyLimiter } from './limits/concurrency.ts';
 import { createFailureThrottle, type FailureThrottle } from './limits/failure-throttle.ts';
+import { createLeasedStore } from './limits/leased-store.ts';
 import { createMemoryStore } from './limits/memory-store.ts';
 import { createPostgresStore } from './limits/postgres-store.ts';
 import { rateLimitFormatter } from './limits/ratelimit-headers.ts';
+import { createStreamLeases, type StreamSlots } from './limits/stream-leases.ts';
 import { bucketPolicy, type Decision } from './limits/token-bucket.ts';
 import type { Logger } from './log.ts';
 import { type AppMetrics, createAppMetrics } from './metrics/app-metrics.ts';
@@ -57,7 +59,7 @@ export interface RunningServer {
   /** Base URL, e.g. http://127.0.0.1:8000 */
   url: string;
   db: Database;
-  slots: ConcurrencyLimiter;
+  slots: StreamSlots;
   upstream: UpstreamRouter;
   /** The turn engine: turns in progress, and a promise for when none is. */
   chat: TurnEngine;
@@ -75,7 +77,7 @@ interface Services {
   /** Failed credentials per address group: API keys, JWTs and the metrics token share it. */
   failures: FailureThrottle;
   limits: RateLimiter;
-  slots: ConcurrencyLimiter;
+  slots: StreamSlots;
   metrics: AppMetrics;
   security: SecurityEvents;
   chat: TurnEngine;
@@ -153,7 +155,7 @@ async function buildServices(config: Config, db: Database, log: Logger, cleanups
   const jwt = config.jwt.enabled ? await createJwtVerifier(jwtOptions(config)) : undefined;
   const limits = createRateLimiter(config, db, log);
   cleanups.push(() => limits.close());
-  const slots = createConcurrencyLimiter(config.maxConcurrentStreamsPerKey);
+  const slots = createStreamSlots(config, db, log, cleanups);
   const metrics = createAppMetrics();
   cleanups.push(() => metrics.close());
   const { pool } = db;
@@ -419,16 +421,47 @@ interface RateLimiter {
   close(): Promise<void>;
 }
 
-/** The per-identity bucket: synchronous in memory, one SQL statement per decision in PostgreSQL. */
+/**
+ * The per-identity bucket: synchronous in memory; shared in PostgreSQL either exactly (one
+ * statement per decision) or by leases (synchronous while this instance holds tokens for the key).
+ */
 function createRateLimiter(config: Config, db: Database, log: Logger): RateLimiter {
   const policy = bucketPolicy(config.rateLimit.perMinute, config.rateLimit.burst);
   const headers = rateLimitFormatter(policy);
+  const { namedStatements } = db;
   if (config.rateLimit.store === 'postgres') {
-    const store = createPostgresStore(db.pool, { onError: (err) => log.warn('rate-limit sweep failed', { err }) });
+    const onError = (err: unknown) => log.warn('rate-limit sweep failed', { err });
+    const store = createPostgresStore(db.pool, { onError, namedStatements });
+    return { take: (key) => store.take(key, policy), headers, close: () => store.close() };
+  }
+  if (config.rateLimit.store === 'postgres-leased') {
+    const onError = (err: unknown) => log.warn('rate-limit lease housekeeping failed', { err });
+    const store = createLeasedStore(db.pool, {
+      leaseFraction: config.rateLimit.leaseFraction,
+      onError,
+      namedStatements,
+    });
     return { take: (key) => store.take(key, policy), headers, close: () => store.close() };
   }
   const store = createMemoryStore();
   return { take: (key) => store.takeSync(key, policy), headers, close: async () => {} };
+}
+
+/**
+ * Stream caps across instances whenever the rate limits are shared too; in this process otherwise,
+ * and on the embedded database, which only one process can open.
+ */
+function createStreamSlots(config: Config, db: Database, log: Logger, cleanups: Cleanup[]): StreamSlots {
+  if (config.rateLimit.store === 'memory' || db.kind === 'pglite') {
+    return createConcurrencyLimiter(config.maxConcurrentStreamsPerKey);
+  }
+  const slots = createStreamLeases(db.pool, {
+    maxPerKey: config.maxConcurrentStreamsPerKey,
+    ttlMs: config.streamLeaseTtlMs,
+    onError: (err) => log.warn('stream lease housekeeping failed', { err }),
+  });
+  cleanups.push(() => slots.close());
+  return slots;
 }
 
 /** Listens and resolves with the base URL (the real port when `port` is 0). */

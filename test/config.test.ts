@@ -206,6 +206,55 @@ describe('parseConfig() JWT', () => {
   });
 });
 
+describe('parseConfig() scaling out', () => {
+  const url = 'postgres://chat:pw@pooler.example:6432/chat';
+
+  it('parseConfig() defaults to one instance: memory limits, lease fraction 0.1, no pooler', () => {
+    const config = valid({});
+    assert.equal(config.rateLimit.leaseFraction, 0.1);
+    assert.equal(config.streamLeaseTtlMs, 30_000);
+    assert.equal(config.database.pooler, 'none');
+    assert.equal(config.secrets.databaseSessionUrl, undefined);
+  });
+
+  it('parseConfig() accepts RATE_LIMIT_STORE=postgres-leased with a lease fraction in (0, 1]', () => {
+    for (const [text, value] of [
+      ['0.25', 0.25],
+      ['1', 1],
+      ['0.001', 0.001],
+    ] as const) {
+      const config = valid({ RATE_LIMIT_STORE: 'postgres-leased', RATE_LIMIT_LEASE_FRACTION: text });
+      assert.equal(config.rateLimit.store, 'postgres-leased');
+      assert.equal(config.rateLimit.leaseFraction, value);
+    }
+  });
+
+  for (const text of ['0', '0.0', '1.5', '2', '-0.1', '.5', '1e-1', '0,5']) {
+    it(`parseConfig() refuses RATE_LIMIT_LEASE_FRACTION=${text}`, () => {
+      refused({ RATE_LIMIT_LEASE_FRACTION: text }, 'RATE_LIMIT_LEASE_FRACTION');
+    });
+  }
+
+  it('parseConfig() reads DB_POOLER=transaction and DATABASE_SESSION_URL as a secret', () => {
+    const session = `postgres://chat:${CANARY}@db.example:5432/chat`;
+    const config = valid({ DATABASE_URL: url, DB_POOLER: 'transaction', DATABASE_SESSION_URL: session });
+    assert.equal(config.database.pooler, 'transaction');
+    assert.equal(config.secrets.databaseSessionUrl, session);
+    assert.ok(config.secrets.values.includes(session));
+    assert.ok(config.secrets.values.includes(CANARY), 'its password is redacted on its own too');
+    assert.ok(!JSON.stringify(config).includes(CANARY));
+  });
+
+  it('parseConfig() refuses DB_POOLER=transaction without DATABASE_SESSION_URL: LISTEN needs a direct URL', () => {
+    refused({ DATABASE_URL: url, DB_POOLER: 'transaction' }, 'DATABASE_SESSION_URL');
+  });
+
+  it('parseConfig() refuses DATABASE_SESSION_URL and DB_POOLER=transaction without DATABASE_URL', () => {
+    refused({ DATABASE_SESSION_URL: url }, 'DATABASE_SESSION_URL');
+    refused({ DB_POOLER: 'transaction' }, 'DB_POOLER');
+  });
+});
+
 describe('parseConfig() TRUST_PROXY', () => {
   it('parseConfig() reads TRUST_PROXY=off as trusting nobody', () => {
     assert.deepEqual(valid({ TRUST_PROXY: 'off' }).trustProxy, []);
@@ -348,7 +397,13 @@ describe('parseConfig() secrets', () => {
   });
 
   it('SECRET_VARIABLES names the variables whose values are secrets', () => {
-    assert.deepEqual([...SECRET_VARIABLES].sort(), ['DATABASE_URL', 'JWT_SECRET', 'METRICS_TOKEN', 'OPENAI_API_KEY']);
+    assert.deepEqual([...SECRET_VARIABLES].sort(), [
+      'DATABASE_SESSION_URL',
+      'DATABASE_URL',
+      'JWT_SECRET',
+      'METRICS_TOKEN',
+      'OPENAI_API_KEY',
+    ]);
   });
 
   it('parseConfig() returns a frozen config with frozen parts', () => {

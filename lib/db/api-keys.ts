@@ -30,8 +30,9 @@ export async function findApiKeyByHash(
   pool: pg.Pool,
   hash: Buffer,
 ): Promise<{ id: string; hash: Buffer; revoked: boolean } | undefined> {
+  // Unnamed: a named prepared statement breaks behind a transaction-mode pooler, and the lookup is
+  // cached by the authenticator, so preparing it once would save little.
   const { rows } = await pool.query<{ id: string; key_hash: Buffer; revoked: boolean }>({
-    name: 'api_key_by_hash',
     text: 'SELECT id, key_hash, revoked_at IS NOT NULL AS revoked FROM api_keys WHERE key_hash = $1',
     values: [hash],
   });

@@ -10,6 +10,11 @@ export interface Database {
   pool: pg.Pool;
   /** 'postgres' for a server, 'pglite' for the embedded development engine. */
   kind: 'postgres' | 'pglite';
+  /**
+   * Whether named prepared statements are safe: false behind a transaction-mode pooler, where the
+   * next statement of a client may run on a server connection that never prepared the name.
+   */
+  namedStatements: boolean;
   close(): Promise<void>;
 }
 
@@ -31,21 +36,35 @@ export async function createDatabase(config: Config, log: Logger): Promise<Datab
 /** The pg.Pool options for DATABASE_URL, with TLS and password-file handling (exported for tests). */
 export function postgresPoolConfig(config: Config): pg.PoolConfig {
   const db = config.database;
-  const url = new URL(config.secrets.databaseUrl as string);
-  const options: pg.PoolConfig = {
+  return {
+    ...connectionConfig(config, config.secrets.databaseUrl as string, db.pooler === 'none'),
     max: db.poolMax,
-    connectionTimeoutMillis: 5_000,
     idleTimeoutMillis: 10_000,
     maxLifetimeSeconds: db.maxLifetimeSeconds,
-    statement_timeout: db.statementTimeoutMs,
+  };
+}
+
+/**
+ * Options for one connection to `urlText`. With `sessionParameters` the timeouts go in the
+ * startup packet; a transaction-mode pooler refuses them (PgBouncer: "unsupported startup
+ * parameter"), so behind one they come from the role or database settings instead.
+ */
+export function connectionConfig(config: Config, urlText: string, sessionParameters: boolean): pg.PoolConfig {
+  const db = config.database;
+  const url = new URL(urlText);
+  const options: pg.PoolConfig = {
+    connectionTimeoutMillis: 5_000,
     // Client-side backstop slightly above the server's own limit: pg's query_timeout only rejects the promise.
     query_timeout: db.statementTimeoutMs + 1_000,
-    idle_in_transaction_session_timeout: Math.max(db.statementTimeoutMs * 2, 10_000),
-    lock_timeout: Math.min(db.statementTimeoutMs, 5_000),
     application_name: 'chat-server',
     keepAlive: true,
     keepAliveInitialDelayMillis: 10_000,
   };
+  if (sessionParameters) {
+    options.statement_timeout = db.statementTimeoutMs;
+    options.idle_in_transaction_session_timeout = Math.max(db.statementTimeoutMs * 2, 10_000);
+    options.lock_timeout = Math.min(db.statementTimeoutMs, 5_000);
+  }
   if (db.caFile !== undefined) {
     // sslmode/sslrootcert in the URL override the ssl object in pg 8, and so does `ssl`
     // (`ssl=0` turns TLS off, `ssl=no-verify` skips verification): strip them so the verified CA
@@ -62,6 +81,22 @@ export function postgresPoolConfig(config: Config): pg.PoolConfig {
   }
   options.connectionString = url.toString();
   return options;
+}
+
+/**
+ * A client of its own (not from the pool) for a session that must stay open, such as LISTEN: to
+ * DATABASE_SESSION_URL, or to DATABASE_URL when that reaches PostgreSQL directly (the configuration
+ * requires a session URL with DB_POOLER=transaction: a pooler drops notifications). The caller
+ * connects and ends it.
+ */
+export function createSessionClient(config: Config, applicationName: string): pg.Client {
+  const { databaseSessionUrl, databaseUrl } = config.secrets;
+  if (databaseUrl === undefined) throw new Error('A database session needs DATABASE_URL (not the embedded database)');
+  const { Client, ...options } = connectionConfig(config, databaseSessionUrl ?? databaseUrl, false);
+  const SessionClient = (Client ?? pg.Client) as new (config: pg.ClientConfig) => pg.Client;
+  // A listening session waits for notifications, not for query results: no statement or idle limits.
+  delete options.query_timeout;
+  return new SessionClient({ ...options, application_name: applicationName });
 }
 
 /**
@@ -84,24 +119,16 @@ function clientWithPassword(password: () => Promise<string>): new () => pg.Clien
   };
 }
 
-/** A client of its own (not from the pool) for a session that must stay open, such as LISTEN. */
-export function createSessionClient(config: Config, applicationName: string): pg.Client {
-  const { Client, ...options } = postgresPoolConfig(config);
-  const SessionClient = (Client ?? pg.Client) as new (config: pg.ClientConfig) => pg.Client;
-  // A listening session waits for notifications, not for query results: no statement or idle limits.
-  for (const key of ['max', 'idleTimeoutMillis', 'maxLifetimeSeconds', 'query_timeout', 'statement_timeout'] as const) {
-    delete options[key];
-  }
-  return new SessionClient({ ...options, application_name: applicationName });
-}
-
 async function createPostgres(config: Config, log: Logger): Promise<Database> {
   const pool = new pg.Pool(postgresPoolConfig(config));
   // Mandatory: without it an idle client's error (a terminated backend) crashes the process.
   pool.on('error', (err) => log.warn('idle database client failed', { err }));
+  const pooled = config.database.pooler === 'transaction';
+  if (pooled) await warnWithoutStatementTimeout(pool, log);
   return {
     pool,
     kind: 'postgres',
+    namedStatements: !pooled,
     async close() {
       await pool.end();
     },
@@ -125,6 +152,7 @@ async function createPglite(config: Config, log: Logger): Promise<Database> {
     return {
       pool,
       kind: 'pglite',
+      namedStatements: true,
       async close() {
         try {
           await pool.end();
@@ -137,6 +165,24 @@ async function createPglite(config: Config, log: Logger): Promise<Database> {
   } catch (err) {
     releaseLock();
     throw err;
+  }
+}
+
+/**
+ * Behind a transaction-mode pooler the statement timeout can only come from the server side
+ * (ALTER ROLE … SET statement_timeout, or the pooler's own settings): say so when none is set.
+ */
+async function warnWithoutStatementTimeout(pool: pg.Pool, log: Logger): Promise<void> {
+  try {
+    const { rows } = await pool.query<{ timeout: string }>("SELECT current_setting('statement_timeout') AS timeout");
+    if (rows[0]?.timeout === '0') {
+      log.warn(
+        'DB_POOLER=transaction and the database sets no statement_timeout: ' +
+          'set one on the role (ALTER ROLE … SET statement_timeout)',
+      );
+    }
+  } catch {
+    // Unreachable now: the migrations that follow report it.
   }
 }
 

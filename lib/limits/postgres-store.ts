@@ -19,6 +19,8 @@ export interface PostgresStoreOptions {
   staleAfterSeconds?: number;
   /** Where sweep failures go (the sweeper has no caller to throw to); default: ignored. */
   onError?: (err: unknown) => void;
+  /** Prepare the statement once per connection; false behind a transaction-mode pooler. Default true. */
+  namedStatements?: boolean;
 }
 
 /** The Postgres store adds an explicit sweep (also run on a timer) and a close that stops the timer. */
@@ -56,9 +58,17 @@ SELECT false AS allowed, tokens FROM (
 // from empty is full whatever it held, so deleting it changes no decision.
 const SWEEP_SQL = `DELETE FROM rate_limit_buckets WHERE updated_at < now() - make_interval(secs => $1::float8)`;
 
+/** Deletes buckets idle for `staleAfterSeconds`, which must be at least the time any of them takes to refill. */
+export async function deleteStaleBuckets(pool: pg.Pool, staleAfterSeconds: number): Promise<number> {
+  const result = await pool.query(SWEEP_SQL, [staleAfterSeconds]);
+  return result.rowCount ?? 0;
+}
+
 /** Creates the shared Postgres store over a pool (pg, or PGlite through pg's interface). */
 export function createPostgresStore(pool: pg.Pool, options: PostgresStoreOptions = {}): PostgresStore {
   const onError = options.onError ?? (() => {});
+  // Parsing and planning this statement anew costs about as much as running it.
+  const statementName = options.namedStatements === false ? undefined : 'rate_limit_take';
   // The sweeper cannot see each row's policy, so it waits at least as long as the slowest
   // policy this process has used needs to refill from empty.
   let refillSeconds = options.staleAfterSeconds ?? 0;
@@ -69,7 +79,7 @@ export function createPostgresStore(pool: pg.Pool, options: PostgresStoreOptions
     const fullRefillSeconds = policy.capacity / policy.refillPerSecond;
     if (fullRefillSeconds > refillSeconds) refillSeconds = fullRefillSeconds;
     const result = await pool.query<{ allowed: boolean; tokens: number }>({
-      name: 'rate_limit_take',
+      name: statementName,
       text: TAKE_SQL,
       values: [key, policy.capacity, policy.refillPerSecond, cost],
     });
@@ -82,8 +92,7 @@ export function createPostgresStore(pool: pg.Pool, options: PostgresStoreOptions
 
   async function runSweep(): Promise<number> {
     if (refillSeconds <= 0) return 0;
-    const result = await pool.query(SWEEP_SQL, [refillSeconds]);
-    return result.rowCount ?? 0;
+    return deleteStaleBuckets(pool, refillSeconds);
   }
 
   function sweep(): Promise<number> {

@@ -8,6 +8,7 @@ import { createDatabase, type Database } from '../../lib/db/database.ts';
 import { loadMigrations, type Migration, migrate } from '../../lib/db/migrate.ts';
 import { createLogger } from '../../lib/log.ts';
 import { scratchDatabase } from '../support/database.ts';
+import { PGBOUNCER_UNAVAILABLE, startPgBouncer } from '../support/pgbouncer.ts';
 import { TEST_DATABASE_URL, testConfig } from '../support/server.ts';
 
 const log = createLogger({ level: 'silent' });
@@ -16,7 +17,8 @@ const log = createLogger({ level: 'silent' });
 interface Fresh {
   /** DATABASE_URL of the scratch database; undefined for PGlite. */
   url: string | undefined;
-  open(): Promise<Database>;
+  /** Opens the database as the server would, with `env` on top of the test configuration. */
+  open(env?: Record<string, string>): Promise<Database>;
   close(): Promise<void>;
 }
 
@@ -33,8 +35,27 @@ async function freshPostgres(): Promise<Fresh> {
   const scratch = await scratchDatabase(TEST_DATABASE_URL as string);
   return {
     url: scratch.url,
-    open: () => createDatabase(testConfig({ DATABASE_URL: scratch.url }), log),
+    open: (env = {}) => createDatabase(testConfig({ DATABASE_URL: scratch.url, ...env }), log),
     close: () => scratch.drop(),
+  };
+}
+
+/** A fresh database reached through PgBouncer in transaction mode, as DB_POOLER=transaction expects. */
+async function freshThroughPgBouncer(): Promise<Fresh> {
+  const scratch = await scratchDatabase(TEST_DATABASE_URL as string);
+  const bouncer = await startPgBouncer(TEST_DATABASE_URL as string);
+  const url = bouncer.url(scratch.url);
+  return {
+    url,
+    open: (env = {}) =>
+      createDatabase(
+        testConfig({ DATABASE_URL: url, DB_POOLER: 'transaction', DATABASE_SESSION_URL: scratch.url, ...env }),
+        log,
+      ),
+    async close() {
+      await bouncer.stop();
+      await scratch.drop();
+    },
   };
 }
 
@@ -48,9 +69,15 @@ async function tableExists(pool: pg.Pool, name: string): Promise<boolean> {
   return rows[0]?.found !== null;
 }
 
+const NEEDS_POSTGRES = !TEST_DATABASE_URL && 'needs TEST_DATABASE_URL';
 const engines = [
   { label: 'embedded PGlite', skip: false as const, fresh: freshPglite },
-  { label: 'PostgreSQL', skip: !TEST_DATABASE_URL && 'needs TEST_DATABASE_URL', fresh: freshPostgres },
+  { label: 'PostgreSQL', skip: NEEDS_POSTGRES, fresh: freshPostgres },
+  {
+    label: 'PostgreSQL through PgBouncer',
+    skip: NEEDS_POSTGRES || PGBOUNCER_UNAVAILABLE,
+    fresh: freshThroughPgBouncer,
+  },
 ];
 
 for (const engine of engines) {
@@ -109,52 +136,62 @@ for (const engine of engines) {
   });
 }
 
-describe('migrate() from several instances at once on PostgreSQL', {
-  skip: !TEST_DATABASE_URL && 'needs TEST_DATABASE_URL',
-}, () => {
-  let fresh: Fresh;
-  const dbs: Database[] = [];
-  let impatient: Database;
+for (const engine of engines.slice(1)) {
+  describe(`migrate() from several instances at once on ${engine.label}`, { skip: engine.skip }, () => {
+    let fresh: Fresh;
+    const dbs: Database[] = [];
+    let impatient: Database;
 
-  before(async () => {
-    fresh = await freshPostgres();
-    for (let i = 0; i < 3; i++) dbs.push(await fresh.open());
-    // lock_timeout and statement_timeout of 100 ms: far shorter than another instance's migration.
-    impatient = await createDatabase(testConfig({ DATABASE_URL: fresh.url, DB_STATEMENT_TIMEOUT_MS: '100' }), log);
-  });
-  after(async () => {
-    for (const db of dbs) await db.close();
-    await impatient?.close();
-    await fresh?.close();
-  });
-
-  it('migrate() from three pools at once applies and records each version exactly once', async () => {
-    const versions = (await loadMigrations()).map((m) => m.version);
-    const results = await Promise.all(dbs.map((db) => migrate(db.pool)));
-    assert.deepEqual(results.flat().sort(), versions);
-    const { rows } = await (dbs[0] as Database).pool.query<{ version: string; n: number }>(
-      'SELECT version, count(*)::int AS n FROM schema_migrations GROUP BY version ORDER BY version',
-    );
-    assert.deepEqual(
-      rows,
-      versions.map((version) => ({ version, n: 1 })),
-    );
-  });
-
-  it("migrate() waits for another instance's migration that outlasts its own lock_timeout", async () => {
-    const slow: Migration[] = [{ version: '950_probe_slow', sql: 'SELECT pg_sleep(0.5)' }];
-    const pool = (dbs[0] as Database).pool;
-    const first = migrate(pool, slow);
-    await waitUntil(async () => {
-      const { rows } = await impatient.pool.query<{ n: number }>(
-        "SELECT count(*)::int AS n FROM pg_locks l JOIN pg_database d ON d.oid = l.database WHERE l.locktype = 'advisory' AND l.granted AND d.datname = current_database()",
-      );
-      return rows[0]?.n === 1;
+    before(async () => {
+      fresh = await engine.fresh();
+      for (let i = 0; i < 3; i++) dbs.push(await fresh.open());
+      // lock_timeout and statement_timeout of 100 ms: far shorter than another instance's migration.
+      impatient = await fresh.open({ DB_STATEMENT_TIMEOUT_MS: '100' });
     });
-    const second = migrate(impatient.pool, slow);
-    assert.deepEqual(await Promise.all([first, second]), [['950_probe_slow'], []]);
+    after(async () => {
+      for (const db of dbs) await db.close();
+      await impatient?.close();
+      await fresh?.close();
+    });
+
+    it('migrate() from three pools at once applies and records each version exactly once', async () => {
+      const versions = (await loadMigrations()).map((m) => m.version);
+      const results = await Promise.all(dbs.map((db) => migrate(db.pool)));
+      assert.deepEqual(results.flat().sort(), versions);
+      const { rows } = await (dbs[0] as Database).pool.query<{ version: string; n: number }>(
+        'SELECT version, count(*)::int AS n FROM schema_migrations GROUP BY version ORDER BY version',
+      );
+      assert.deepEqual(
+        rows,
+        versions.map((version) => ({ version, n: 1 })),
+      );
+    });
+
+    it("migrate() waits for another instance's migration that outlasts its own lock_timeout", async () => {
+      const slow: Migration[] = [{ version: '950_probe_slow', sql: 'SELECT pg_sleep(0.5)' }];
+      const pool = (dbs[0] as Database).pool;
+      const first = migrate(pool, slow);
+      await waitUntil(async () => {
+        const { rows } = await impatient.pool.query<{ n: number }>(
+          `SELECT count(*)::int AS n FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+           WHERE l.locktype = 'advisory' AND l.granted AND d.datname = current_database()`,
+        );
+        return rows[0]?.n === 1;
+      });
+      const second = migrate(impatient.pool, slow);
+      assert.deepEqual(await Promise.all([first, second]), [['950_probe_slow'], []]);
+    });
+
+    it('migrate() leaves no advisory lock behind once it has finished', async () => {
+      await migrate((dbs[1] as Database).pool);
+      const { rows } = await impatient.pool.query<{ n: number }>(
+        `SELECT count(*)::int AS n FROM pg_locks
+         WHERE locktype = 'advisory' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`,
+      );
+      assert.equal(rows[0]?.n, 0);
+    });
   });
-});
+}
 
 /** Polls `check` every 10 ms until it holds; fails after two seconds. */
 async function waitUntil(check: () => Promise<boolean>): Promise<void> {

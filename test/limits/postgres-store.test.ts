@@ -1,62 +1,12 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
-import { PGlite } from '@electric-sql/pglite';
-import { createPgConfig } from '@electric-sql/pglite/node-postgres';
 import pg from 'pg';
 import { createPostgresStore } from '../../lib/limits/postgres-store.ts';
 import { type BucketPolicy, bucketPolicy } from '../../lib/limits/token-bucket.ts';
+import { BACKENDS, type Backend } from '../support/db-backends.ts';
 
 const DATABASE_URL = process.env.TEST_DATABASE_URL;
-
-/** The rate_limit_buckets table and its index, exactly as the migration creates them. */
-function bucketTableSql(): string {
-  const migration = readFileSync(new URL('../../lib/db/migrations/001_init.sql', import.meta.url), 'utf8');
-  const table = /CREATE UNLOGGED TABLE rate_limit_buckets \([^;]*\);/.exec(migration)?.[0];
-  const index = /CREATE INDEX rate_limit_buckets_updated [^;]*;/.exec(migration)?.[0];
-  assert.ok(table && index, 'the migration defines rate_limit_buckets');
-  return `${table}\n${index}`;
-}
-
-/** Two pools on one database stand for two server instances (PGlite: one pool, see below). */
-interface Backend {
-  pools: [pg.Pool, pg.Pool];
-  close(): Promise<void>;
-}
-
-async function realPostgres(url: string): Promise<Backend> {
-  const schema = `lim_${randomBytes(6).toString('hex')}`;
-  const admin = new pg.Pool({ connectionString: url, max: 1 });
-  await admin.query(`CREATE SCHEMA ${schema}`);
-  const pool = (): pg.Pool => new pg.Pool({ connectionString: url, max: 10, options: `-c search_path=${schema}` });
-  const pools: [pg.Pool, pg.Pool] = [pool(), pool()];
-  for (const p of pools) p.on('error', () => {});
-  await pools[0].query(bucketTableSql());
-  return {
-    pools,
-    async close() {
-      await Promise.all(pools.map((p) => p.end()));
-      await admin.query(`DROP SCHEMA ${schema} CASCADE`);
-      await admin.end();
-    },
-  };
-}
-
-async function embeddedPglite(): Promise<Backend> {
-  const db = await PGlite.create();
-  // One pool for both "instances": PGlite is a single backend, and a second pool on it would
-  // clash over the backend's named prepared statements (the app likewise opens one pool on it).
-  const pool = new pg.Pool(createPgConfig(db));
-  await pool.query(bucketTableSql());
-  return {
-    pools: [pool, pool],
-    async close() {
-      await pool.end();
-      await db.close();
-    },
-  };
-}
 
 /** Moves a bucket's last update back in time: the database clock cannot be mocked, the row can. */
 async function ageBucket(pool: pg.Pool, key: string, seconds: number): Promise<void> {
@@ -82,8 +32,8 @@ async function takeTimes(
   return decisions;
 }
 
-function defineStoreTests(label: string, skip: string | false, open: () => Promise<Backend>): void {
-  describe(`createPostgresStore() on ${label}`, { skip }, () => {
+for (const kind of BACKENDS) {
+  describe(`createPostgresStore() on ${kind.label}`, { skip: kind.skip }, () => {
     let backend: Backend;
     let store: ReturnType<typeof createPostgresStore>;
     let other: ReturnType<typeof createPostgresStore>;
@@ -92,9 +42,10 @@ function defineStoreTests(label: string, skip: string | false, open: () => Promi
     const freshKey = (): string => `key-${++n}`;
 
     before(async () => {
-      backend = await open();
-      store = createPostgresStore(backend.pools[0], { sweepIntervalMs: 0 });
-      other = createPostgresStore(backend.pools[1], { sweepIntervalMs: 0 });
+      backend = await kind.open();
+      const { namedStatements } = backend;
+      store = createPostgresStore(backend.pools[0], { sweepIntervalMs: 0, namedStatements });
+      other = createPostgresStore(backend.pools[1], { sweepIntervalMs: 0, namedStatements });
     });
     after(async () => {
       await store?.close();
@@ -120,7 +71,7 @@ function defineStoreTests(label: string, skip: string | false, open: () => Promi
       );
       assert.equal(decisions[6]?.remaining, 0);
       assert.equal(decisions[6]?.retryAfterSeconds, 12);
-      const tokens = await storedTokens(backend.pools[0], key);
+      const tokens = await storedTokens(backend.direct, key);
       assert.ok(tokens !== undefined && tokens >= 0 && tokens < 0.01, `stored tokens ${tokens}`);
     });
 
@@ -128,7 +79,7 @@ function defineStoreTests(label: string, skip: string | false, open: () => Promi
       const key = freshKey();
       const policy = bucketPolicy(60, 5); // 1 token per second
       await takeTimes(store, key, policy, 5);
-      await ageBucket(backend.pools[0], key, 2.5);
+      await ageBucket(backend.direct, key, 2.5);
       const [first, second, third] = await takeTimes(store, key, policy, 3);
       assert.deepEqual(first, { allowed: true, remaining: 1, resetSeconds: 4, retryAfterSeconds: 0 }); // 2.5 − 1 = 1.5
       assert.equal(second?.allowed, true); // 0.5 left
@@ -140,7 +91,7 @@ function defineStoreTests(label: string, skip: string | false, open: () => Promi
       const policy = bucketPolicy(1, 1);
       assert.equal((await store.take(key, policy)).allowed, true);
       assert.equal((await store.take(key, policy)).retryAfterSeconds, 60);
-      await ageBucket(backend.pools[0], key, 15);
+      await ageBucket(backend.direct, key, 15);
       assert.equal((await store.take(key, policy)).retryAfterSeconds, 45);
     });
 
@@ -150,7 +101,7 @@ function defineStoreTests(label: string, skip: string | false, open: () => Promi
         if (round % 2 === 1) {
           // Odd rounds race on an existing row (refilled to full); even rounds race to create it.
           await store.take(key, fivePerMinute);
-          await ageBucket(backend.pools[0], key, 60);
+          await ageBucket(backend.direct, key, 60);
         }
         const takes = Array.from({ length: 10 }, (_, i) => (i % 2 === 0 ? store : other).take(key, fivePerMinute));
         const decisions = await Promise.all(takes);
@@ -166,23 +117,18 @@ function defineStoreTests(label: string, skip: string | false, open: () => Promi
       const spent = freshKey();
       await store.take(idle, fivePerMinute);
       await takeTimes(store, spent, fivePerMinute, 5);
-      await ageBucket(backend.pools[0], idle, 61); // 5 tokens at 5/min refill in 60 s
-      await ageBucket(backend.pools[0], spent, 30); // 2.5 of 5 back: not full
-      const before = Number((await backend.pools[0].query('SELECT count(*) AS n FROM rate_limit_buckets')).rows[0].n);
+      await ageBucket(backend.direct, idle, 61); // 5 tokens at 5/min refill in 60 s
+      await ageBucket(backend.direct, spent, 30); // 2.5 of 5 back: not full
+      const before = Number((await backend.direct.query('SELECT count(*) AS n FROM rate_limit_buckets')).rows[0].n);
       assert.equal(await store.sweep(), 1);
-      assert.equal(await storedTokens(backend.pools[0], idle), undefined);
-      assert.notEqual(await storedTokens(backend.pools[0], spent), undefined);
-      const afterSweep = Number(
-        (await backend.pools[0].query('SELECT count(*) AS n FROM rate_limit_buckets')).rows[0].n,
-      );
+      assert.equal(await storedTokens(backend.direct, idle), undefined);
+      assert.notEqual(await storedTokens(backend.direct, spent), undefined);
+      const afterSweep = Number((await backend.direct.query('SELECT count(*) AS n FROM rate_limit_buckets')).rows[0].n);
       assert.equal(afterSweep, before - 1);
       assert.equal((await store.take(spent, fivePerMinute)).remaining, 1); // 2.5 − 1, its state kept
     });
   });
 }
-
-defineStoreTests('PostgreSQL', !DATABASE_URL && 'needs TEST_DATABASE_URL', () => realPostgres(DATABASE_URL ?? ''));
-defineStoreTests('PGlite', false, embeddedPglite);
 
 describe('createPostgresStore() failures', { skip: !DATABASE_URL && 'needs TEST_DATABASE_URL' }, () => {
   // A search_path naming a schema that does not exist: every statement fails with 42P01.
