@@ -132,7 +132,7 @@ describe('createPgFanout() on PostgreSQL', { skip: !TEST_DATABASE_URL && 'needs 
     assert.equal(channelOf('0A1B2C3D-0000-4000-8000-00000000ABCD'), 'answer_0a1b2c3d00004000800000000000abcd');
   });
 
-  it('follow() and request() get the ack with the nonce, the parts with their offsets, new parts, then the end', async () => {
+  it('request() gets the ack with its nonce, the parts with offsets, new parts, then the end', async () => {
     const answer = running('Hel', 'lo');
     const heard = listener();
     const follower = await following.follow(conversationOf(answer), heard.on);
@@ -222,7 +222,7 @@ describe('createPgFanout() on PostgreSQL', { skip: !TEST_DATABASE_URL && 'needs 
     assert.equal(logged().filter((l) => l['msg'] === 'answer publish failed').length, 0);
   });
 
-  it('a request for a message the serving side does not run, or under another conversation, gets no answer', async () => {
+  it('a request for a message not served here, or under another conversation, gets no answer', async () => {
     const answer = running('x');
     answer.end(FINISHED);
     const heard = listener();

@@ -182,7 +182,7 @@ describe('liveRoutes()', () => {
     for await (const _ of turn.events);
   });
 
-  it('GET …/stream refuses a path that is no uuid with 404 and a malformed Last-Event-ID with 400, resuming nothing', async () => {
+  it('GET …/stream answers 404 to a path that is no uuid, 400 to a bad Last-Event-ID, resuming nothing', async () => {
     const before = resumed.length;
     const notUuid = await call('GET', '/v1/conversations/not-a-uuid/stream', 'key:a');
     assert.equal(notUuid.status, 404);
@@ -193,7 +193,7 @@ describe('liveRoutes()', () => {
     assert.equal(resumed.length, before);
   });
 
-  it('POST …/cancel stops the owner’s live answer: its reader gets CANCELLED and the row is incomplete', async () => {
+  it('POST …/cancel stops the live answer: its reader gets CANCELLED and the row is incomplete', async () => {
     const { owner, turn } = await liveTurn(['a', 'b', 'c', 'd', 'e', 'f'], 100);
     const conversationId = turn.head.conversationId as string;
     const events = turn.events[Symbol.asyncIterator]();
@@ -217,7 +217,7 @@ describe('liveRoutes()', () => {
     assert.equal(events.at(-1)?.type, 'finished');
   });
 
-  it('POST …/cancel answers 204 for an owned conversation with nothing live, and 404 for a path that is no uuid', async () => {
+  it('POST …/cancel answers 204 when nothing is live, and 404 for a path that is no uuid', async () => {
     const { owner, turn } = await liveTurn(['x'], 1);
     for await (const _ of turn.events);
     const conversationId = turn.head.conversationId as string;

@@ -106,7 +106,7 @@ describe('parseCompletionRequest() accepts', () => {
     assert.equal(request.includeUsage, false);
   });
 
-  it('parseCompletionRequest() accepts the values that change nothing here: n 1, text format, no tools, no logprobs', () => {
+  it('parseCompletionRequest() accepts values that change nothing: n 1, text format, no tools or logprobs', () => {
     const request = parse({
       n: 1,
       response_format: { type: 'text' },

@@ -117,7 +117,7 @@ describe('chatRoutes()', () => {
     assert.deepEqual(chats.at(-1), { owner, body: { message: 'Hi' } });
   });
 
-  it('POST /v1/chat refuses a body over the limit, a body that is not JSON and a wrong media type, unheard', async () => {
+  it('POST /v1/chat refuses an oversized body, broken JSON and a wrong media type, unheard', async () => {
     const before = chats.length;
     const json = { 'content-type': 'application/json' };
     const big = await call('POST', '/v1/chat', 'key:a', {
@@ -207,7 +207,7 @@ describe('chatRoutes()', () => {
     assert.deepEqual([body.before, body.after], [null, null]);
   });
 
-  it('GET /v1/conversations/:id answers 404 to another caller, for an unknown id and for a path that is no uuid', async () => {
+  it('GET /v1/conversations/:id answers 404 to another caller, an unknown id and a path that is no uuid', async () => {
     const id = await conversation(`key:${randomUUID()}`);
     for (const path of [id, randomUUID(), 'not-a-uuid']) {
       const got = await problem(await call('GET', `/v1/conversations/${path}`, `key:${randomUUID()}`));
@@ -241,7 +241,7 @@ describe('chatRoutes()', () => {
     );
   });
 
-  it('GET /v1/conversations/:id refuses both cursors at once, a foreign cursor and a message of another conversation', async () => {
+  it('GET /v1/conversations/:id refuses both cursors at once, a foreign cursor and a foreign message', async () => {
     const owner = `key:${randomUUID()}`;
     const id = await conversation(owner);
     const otherOwner = `key:${randomUUID()}`;

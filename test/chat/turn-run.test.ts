@@ -84,7 +84,7 @@ describe('TurnRun', () => {
     assert.deepEqual([within['temperature'], within['top_p']], [0.7, 0.5]);
   });
 
-  it('TurnRun sends the temperature an agent pins, whatever the client asked, and sends none when neither set one', async () => {
+  it('TurnRun sends the temperature an agent pins whatever was asked, and none when nobody set one', async () => {
     const pinned = await sentFor(agentWith({ temperature: 0.3 }), { temperature: 1.5 });
     assert.equal(pinned['temperature'], 0.3);
     const open = await sentFor(agentWith({}), undefined);

@@ -70,7 +70,7 @@ describe('classifyUpstreamError() kinds', () => {
     assert.equal(classifyUpstreamError(original, 'idle'), original);
   });
 
-  it("classifyUpstreamError() lets our own abort reason win: the caller's is aborted with its reason, deadlines are timeouts", () => {
+  it('classifyUpstreamError() lets our abort reason win: the caller aborts with its reason, deadlines time out', () => {
     const drain = new AppError('SHUTTING_DOWN');
     const aborted = classifyUpstreamError(apiError(500), 'client', drain);
     assert.equal(aborted.kind, 'aborted');

@@ -138,7 +138,7 @@ for (const engine of engines) {
       assert.equal(await latestAnswer(db.pool, turn.owner, randomUUID()), undefined);
     });
 
-    it("findConversationByClientId() finds the owner's conversation by its client id, and only the owner's", async () => {
+    it("findConversationByClientId() finds the owner's conversation by client id, and no one else's", async () => {
       const clientId = `chat-${randomUUID()}`;
       const turn = await newTurn(db.pool, { clientId });
       assert.equal(await findConversationByClientId(db.pool, turn.owner, clientId), turn.conversationId);

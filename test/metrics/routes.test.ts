@@ -70,7 +70,7 @@ describe('GET /metrics with a token, on a server', () => {
     assert.equal(metrics.renders - before, 1, 'rendered per scrape');
   });
 
-  it('GET /metrics answers 401 with WWW-Authenticate: Bearer, without rendering, to a loopback peer with no token', async () => {
+  it('GET /metrics answers 401 and WWW-Authenticate: Bearer, rendering nothing, to a peer with no token', async () => {
     const before = { renders: metrics.renders, denied: metrics.denied.length };
     const res = await fetch(`${served.url}/metrics`);
     assert.equal(res.status, 401);

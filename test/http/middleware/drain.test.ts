@@ -102,7 +102,7 @@ describe('refuseWhileDraining() on a server', () => {
     assert.deepEqual(handled, ['work']);
   });
 
-  it('refuseWhileDraining() answers 503 SHUTTING_DOWN problem+json during the drain, closing the connection', async () => {
+  it('refuseWhileDraining() answers 503 SHUTTING_DOWN while draining and closes the connection', async () => {
     draining = true;
     handled = [];
     const { status, headers, body } = await get('/work');
