@@ -1,0 +1,106 @@
+// The API key repository against a real database: hashes in, metadata out, revocation by name.
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { countApiKeys, findApiKeyByHash, insertApiKey, listApiKeys, revokeApiKey } from '../../lib/db/api-keys.ts';
+import { createDatabase, type Database } from '../../lib/db/database.ts';
+import { migrate } from '../../lib/db/migrate.ts';
+import { createLogger } from '../../lib/log.ts';
+import { scratchDatabase } from '../support/database.ts';
+import { TEST_DATABASE_URL, testConfig } from '../support/server.ts';
+
+const log = createLogger({ level: 'silent' });
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+const ISO = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/;
+
+function hashOf(label: string): Buffer {
+  return createHash('sha256').update(label).digest();
+}
+
+const engines = [
+  { label: 'embedded PGlite', skip: false as const, external: false },
+  { label: 'PostgreSQL', skip: !TEST_DATABASE_URL && 'needs TEST_DATABASE_URL', external: true },
+];
+
+for (const engine of engines) {
+  // One fresh database per engine: the listing and count tests see only these tests' keys.
+  describe(`API key repository on ${engine.label}`, { skip: engine.skip }, () => {
+    let dir: string;
+    let scratch: { url: string; drop(): Promise<void> } | undefined;
+    let db: Database;
+
+    before(async () => {
+      dir = await mkdtemp(join(tmpdir(), 'api-keys-test-'));
+      scratch = engine.external ? await scratchDatabase(TEST_DATABASE_URL as string) : undefined;
+      db = await createDatabase(testConfig({ DATABASE_URL: scratch?.url }, dir), log);
+      await migrate(db.pool);
+    });
+    after(async () => {
+      await db?.close();
+      await scratch?.drop();
+      await rm(dir, { recursive: true, force: true });
+    });
+
+    it('insertApiKey() stores the hash under a new id, and findApiKeyByHash() finds it as active', async () => {
+      const hash = hashOf('alpha');
+      const id = await insertApiKey(db.pool, { name: 'alpha', prefix: 'sk-alpha', hash });
+      assert.match(id, UUID);
+      const found = await findApiKeyByHash(db.pool, hash);
+      assert.deepEqual(found, { id, hash, revoked: false });
+    });
+
+    it('findApiKeyByHash() answers undefined for a hash no key has', async () => {
+      assert.equal(await findApiKeyByHash(db.pool, hashOf('nobody')), undefined);
+    });
+
+    it('revokeApiKey() revokes an active key once, and findApiKeyByHash() then reports it revoked', async () => {
+      const hash = hashOf('beta');
+      const id = await insertApiKey(db.pool, { name: 'beta', prefix: 'sk-beta', hash });
+      assert.equal(await revokeApiKey(db.pool, 'beta'), true);
+      assert.equal(await revokeApiKey(db.pool, 'beta'), false, 'already revoked');
+      assert.equal(await revokeApiKey(db.pool, 'no-such-key'), false);
+      assert.deepEqual(await findApiKeyByHash(db.pool, hash), { id, hash, revoked: true });
+    });
+
+    it('listApiKeys() lists metadata oldest first, names breaking ties, with ISO times and never a hash', async () => {
+      await insertApiKey(db.pool, { name: 'zulu', prefix: 'sk-zulu', hash: hashOf('zulu') });
+      await db.pool.query('UPDATE api_keys SET created_at = $1', ['2026-01-02T03:04:05.678Z']);
+      await db.pool.query("UPDATE api_keys SET created_at = created_at - interval '1 day' WHERE name = 'zulu'");
+      const keys = await listApiKeys(db.pool);
+      assert.deepEqual(
+        keys.map((k) => k.name),
+        ['zulu', 'alpha', 'beta'],
+      );
+      for (const key of keys) {
+        assert.deepEqual(Object.keys(key).sort(), ['createdAt', 'id', 'name', 'prefix', 'revokedAt']);
+        assert.match(key.createdAt, ISO);
+      }
+      assert.equal(keys[1]?.createdAt, '2026-01-02T03:04:05.678Z');
+      assert.deepEqual(
+        keys.map((k) => [k.prefix, k.revokedAt === null ? null : ISO.test(k.revokedAt)]),
+        [
+          ['sk-zulu', null],
+          ['sk-alpha', null],
+          ['sk-beta', true],
+        ],
+      );
+    });
+
+    it('countApiKeys() counts every key, revoked ones included', async () => {
+      assert.equal(await countApiKeys(db.pool), 3);
+      await insertApiKey(db.pool, { name: 'gamma', prefix: 'sk-gamma', hash: hashOf('gamma') });
+      assert.equal(await countApiKeys(db.pool), 4);
+    });
+
+    // Last: on the embedded engine a failed pool.query can break the query sent right after it.
+    it('insertApiKey() refuses a name already taken with a 23505 error', async () => {
+      await insertApiKey(db.pool, { name: 'twice', prefix: 'sk-one', hash: hashOf('twice-1') });
+      await assert.rejects(insertApiKey(db.pool, { name: 'twice', prefix: 'sk-two', hash: hashOf('twice-2') }), {
+        code: '23505',
+      });
+    });
+  });
+}
