@@ -290,6 +290,7 @@ describe('checkSystemMessages()', () => {
     model: 'm',
     systemPrompt: 'p',
     temperatureRange: [0, 2],
+    fallbacks: [],
     topPRange: [0, 1],
     maxOutputTokens: 10,
     clientSystemMessages,

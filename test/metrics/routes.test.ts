@@ -6,17 +6,25 @@ import { errorHandler } from '../../lib/http/middleware/errors.ts';
 import { requestId } from '../../lib/http/middleware/request-id.ts';
 import type { Route } from '../../lib/http/router.ts';
 import type { Context, Reply } from '../../lib/http/types.ts';
+import { createFailureThrottle } from '../../lib/limits/failure-throttle.ts';
 import { CONTENT_TYPE } from '../../lib/metrics/registry.ts';
 import { metricsRoutes } from '../../lib/metrics/routes.ts';
 import { type Served, serve } from '../support/http.ts';
 
 const TOKEN = 'metrics-token-for-tests';
 const EXPOSITION = '# TYPE up gauge\nup 1\n';
+/** The gate's parts that these tests do not vary: a real throttle, no trusted proxy. */
+const gate = () => ({
+  throttle: createFailureThrottle(10),
+  addressKey: (address: string) => address,
+  isTrustedProxy: () => false,
+});
 
 /** The /metrics route with counters of renders and denials. */
 function metricsRoute(token: string | undefined): { route: Route; renders: number; denied: Context[] } {
   const state = { renders: 0, denied: [] as Context[] };
   const [route] = metricsRoutes({
+    ...gate(),
     token,
     render: () => {
       state.renders++;
@@ -30,7 +38,7 @@ function metricsRoute(token: string | undefined): { route: Route; renders: numbe
 
 /** The fields the handler reads: the request's headers and its socket peer. */
 function contextFrom(remoteAddress: string | undefined, headers: Record<string, string> = {}): Context {
-  return { req: { headers, socket: { remoteAddress } } } as unknown as Context;
+  return { req: { headers, socket: { remoteAddress } }, clientIp: remoteAddress ?? '' } as unknown as Context;
 }
 
 async function call(route: Route, ctx: Context): Promise<Reply | AppError> {
@@ -44,7 +52,7 @@ async function call(route: Route, ctx: Context): Promise<Reply | AppError> {
 
 describe('metricsRoutes()', () => {
   it('metricsRoutes() declares one public GET /metrics route', () => {
-    const routes = metricsRoutes({ token: undefined, render: () => '' });
+    const routes = metricsRoutes({ ...gate(), token: undefined, render: () => '' });
     assert.deepEqual(
       routes.map((r) => [r.method, r.pattern, r.public]),
       [['GET', '/metrics', true]],
