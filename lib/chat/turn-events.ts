@@ -51,7 +51,7 @@ export async function collect(turn: Turn): Promise<CollectedAnswer> {
   const parts: string[] = [];
   let finished: Extract<TurnEvent, { type: 'finished' }> | undefined;
   for await (const event of turn.events) {
-    if (event.type === 'delta') parts.push(event.text);
+    if (event.type === 'delta' && finished === undefined) parts.push(event.text);
     else if (event.type === 'failed') throw event.error;
     else if (event.type === 'finished') finished = event;
   }

@@ -25,6 +25,8 @@ const ENV = {
   MAX_CONCURRENT_STREAMS_PER_KEY: '2',
   STREAM_LEASE_TTL_MS: String(STREAM_TTL_MS),
   UPSTREAM_MAX_RETRIES: '0',
+  // The upstream never ends: an answer must stop when its client leaves for its slot to come back.
+  ANSWER_ON_DISCONNECT: 'abort',
 };
 
 /** Tokens the shared bucket refills over `ms`, rounded up: the slack every upper bound allows. */
