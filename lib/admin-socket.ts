@@ -1,5 +1,5 @@
 // Admin commands over a Unix socket in DATA_DIR, for the embedded database: while a server holds
-// it, `keys create|list|revoke` run inside that server instead of failing on the lock. The socket
+// it, `keys …` subcommands run inside that server instead of failing on the lock. The socket
 // is a file of the owner's (mode 0600, in the 0700 DATA_DIR), never a TCP port.
 import { chmodSync, unlinkSync } from 'node:fs';
 import { createConnection, createServer, type Socket } from 'node:net';

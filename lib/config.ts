@@ -108,6 +108,10 @@ export const ENV_SCHEMA = {
   JWT_PUBLIC_KEY_FILE: optional(z.string().min(1)),
   JWT_ISSUER: optional(z.string().min(1)),
   JWT_AUDIENCE: optional(z.string().min(1)),
+  // A claim name, not a value: printable, no spaces, as JWT claim names are in practice.
+  JWT_BUDGET_CLAIM: optional(
+    z.string().regex(/^[A-Za-z0-9_:./-]{1,100}$/, 'must be a claim name (A-Z a-z 0-9 _ : . / -)'),
+  ),
   METRICS_TOKEN: optional(z.string().min(16, 'must be at least 16 characters')),
   HSTS: withDefault(bool, 'true'),
   SHUTDOWN_GRACE_MS: withDefault(int(0, 600_000), '10000'),
@@ -214,6 +218,8 @@ export interface Config {
     publicKeyFile: string | undefined;
     issuer: string | undefined;
     audience: string | undefined;
+    /** The claim that sets a JWT identity's tokens per day; unset: JWTs get TOKEN_BUDGET_PER_DAY. */
+    budgetClaim: string | undefined;
     enabled: boolean;
   };
   metricsTokenSet: boolean;
@@ -434,6 +440,7 @@ function buildConfig(e: Env, env: Record<string, string | undefined>): Config {
       publicKeyFile: e.JWT_PUBLIC_KEY_FILE,
       issuer: e.JWT_ISSUER,
       audience: e.JWT_AUDIENCE,
+      budgetClaim: e.JWT_BUDGET_CLAIM,
       enabled: e.JWT_SECRET !== undefined || e.JWT_PUBLIC_KEY_FILE !== undefined,
     }),
     metricsTokenSet: e.METRICS_TOKEN !== undefined,

@@ -41,14 +41,9 @@ import type { Route } from './http/router.ts';
 import { createHttpServer } from './http/server.ts';
 import type { Context, Middleware } from './http/types.ts';
 import { createBudgets } from './limits/budget.ts';
-import { createConcurrencyLimiter } from './limits/concurrency.ts';
 import { createFailureThrottle, type FailureThrottle } from './limits/failure-throttle.ts';
-import { createLeasedStore } from './limits/leased-store.ts';
-import { createMemoryStore } from './limits/memory-store.ts';
-import { createPostgresStore } from './limits/postgres-store.ts';
-import { rateLimitFormatter } from './limits/ratelimit-headers.ts';
-import { createStreamLeases, type StreamSlots } from './limits/stream-leases.ts';
-import { bucketPolicy, type Decision } from './limits/token-bucket.ts';
+import { createRateLimiter, createStreamSlots, type RateLimiter } from './limits/limiters.ts';
+import type { StreamSlots } from './limits/stream-leases.ts';
 import type { Logger } from './log.ts';
 import { type AppMetrics, createAppMetrics } from './metrics/app-metrics.ts';
 import { metricsGuard, metricsRoutes } from './metrics/routes.ts';
@@ -108,13 +103,14 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
   const cleanups: Cleanup[] = [() => db.close()];
   try {
     await migrate(db.pool);
+    const services = await buildServices(config, db, log, cleanups);
     if (db.kind === 'pglite') {
       await ensureDevKey(db.pool, config.dataDir, log);
       // While this server holds the embedded database, `keys …` runs here instead of failing on the lock.
-      const admin = await startAdminSocket(config.dataDir, (args, io) => runKeysHere(db, args, io), log);
+      const run = (args: readonly string[], io: KeysOutput) => runKeysHere(db, services.agents, args, io);
+      const admin = await startAdminSocket(config.dataDir, run, log);
       cleanups.push(() => admin.close());
     }
-    const services = await buildServices(config, db, log, cleanups);
     const drain: DrainState = { draining: false };
     const headerList = securityHeaderList({ hsts: config.hsts });
     const listener = createApp({
@@ -155,7 +151,8 @@ async function buildServices(config: Config, db: Database, log: Logger, cleanups
   const jwt = config.jwt.enabled ? await createJwtVerifier(jwtOptions(config)) : undefined;
   const limits = createRateLimiter(config, db, log);
   cleanups.push(() => limits.close());
-  const slots = createStreamSlots(config, db, log, cleanups);
+  const slots = createStreamSlots(config, db, log);
+  if (slots.close !== undefined) cleanups.push(slots.close);
   const metrics = createAppMetrics();
   cleanups.push(() => metrics.close());
   const { pool } = db;
@@ -200,7 +197,7 @@ async function buildServices(config: Config, db: Database, log: Logger, cleanups
     shutdownSignal: shutdown.signal,
     observer: chatObserver(metrics),
   });
-  const authenticate = createAuthenticator({ pool, jwt });
+  const authenticate = createAuthenticator({ pool, jwt, jwtBudgetClaim: config.jwt.budgetClaim });
   // One throttle for every credential the server checks: API keys, JWTs and the metrics token.
   const failures = createFailureThrottle(config.authFailuresPerMinute);
   const fanout = db.kind === 'postgres' ? createFanout(config, db, log) : undefined;
@@ -335,9 +332,14 @@ function errorDialect(ctx: Context): ((ctx: Context, err: AppError) => void) | u
 }
 
 /** A keys subcommand sent over the admin socket, run on this server's own database. */
-async function runKeysHere(db: Database, args: readonly string[], io: KeysOutput): Promise<number> {
+async function runKeysHere(
+  db: Database,
+  agents: AgentRegistry,
+  args: readonly string[],
+  io: KeysOutput,
+): Promise<number> {
   const command = parseKeysArgs(args, io);
-  return command === undefined ? 2 : runKeys(db.pool, command, io);
+  return command === undefined ? 2 : runKeys(db.pool, command, io, (id) => agents.get(id) !== undefined);
 }
 
 /** A database that cannot be reached is a 503 the client may retry, not a 500. */
@@ -413,55 +415,6 @@ function jwtOptions(config: Config): JwtVerifierOptions {
   if (config.jwt.publicKeyFile !== undefined) options.publicKey = readFileSync(config.jwt.publicKeyFile, 'utf8');
   if (config.jwt.issuer !== undefined) options.issuer = config.jwt.issuer;
   return options;
-}
-
-interface RateLimiter {
-  take(key: string): Decision | Promise<Decision>;
-  headers(decision: Decision): readonly string[];
-  close(): Promise<void>;
-}
-
-/**
- * The per-identity bucket: synchronous in memory; shared in PostgreSQL either exactly (one
- * statement per decision) or by leases (synchronous while this instance holds tokens for the key).
- */
-function createRateLimiter(config: Config, db: Database, log: Logger): RateLimiter {
-  const policy = bucketPolicy(config.rateLimit.perMinute, config.rateLimit.burst);
-  const headers = rateLimitFormatter(policy);
-  const { namedStatements } = db;
-  if (config.rateLimit.store === 'postgres') {
-    const onError = (err: unknown) => log.warn('rate-limit sweep failed', { err });
-    const store = createPostgresStore(db.pool, { onError, namedStatements });
-    return { take: (key) => store.take(key, policy), headers, close: () => store.close() };
-  }
-  if (config.rateLimit.store === 'postgres-leased') {
-    const onError = (err: unknown) => log.warn('rate-limit lease housekeeping failed', { err });
-    const store = createLeasedStore(db.pool, {
-      leaseFraction: config.rateLimit.leaseFraction,
-      onError,
-      namedStatements,
-    });
-    return { take: (key) => store.take(key, policy), headers, close: () => store.close() };
-  }
-  const store = createMemoryStore();
-  return { take: (key) => store.takeSync(key, policy), headers, close: async () => {} };
-}
-
-/**
- * Stream caps across instances whenever the rate limits are shared too; in this process otherwise,
- * and on the embedded database, which only one process can open.
- */
-function createStreamSlots(config: Config, db: Database, log: Logger, cleanups: Cleanup[]): StreamSlots {
-  if (config.rateLimit.store === 'memory' || db.kind === 'pglite') {
-    return createConcurrencyLimiter(config.maxConcurrentStreamsPerKey);
-  }
-  const slots = createStreamLeases(db.pool, {
-    maxPerKey: config.maxConcurrentStreamsPerKey,
-    ttlMs: config.streamLeaseTtlMs,
-    onError: (err) => log.warn('stream lease housekeeping failed', { err }),
-  });
-  cleanups.push(() => slots.close());
-  return slots;
 }
 
 /** Listens and resolves with the base URL (the real port when `port` is 0). */

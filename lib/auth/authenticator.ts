@@ -3,15 +3,18 @@ import { hash } from 'node:crypto';
 import type pg from 'pg';
 import { findApiKeyByHash } from '../db/api-keys.ts';
 import { AppError } from '../errors.ts';
-import type { Identity } from '../http/types.ts';
+import type { Identity, IdentityPolicy } from '../http/types.ts';
 import { hashApiKey, keysEqual, looksLikeApiKey } from './api-key.ts';
-import { type JwtVerifier, looksLikeJwt } from './jwt.ts';
+import { type JwtClaims, type JwtVerifier, looksLikeJwt } from './jwt.ts';
+import type { KeyPolicy } from './key-policy.ts';
 
 export interface AuthenticatorOptions {
   pool: pg.Pool;
   jwt: JwtVerifier | undefined;
   /** How long a validated key is trusted without asking the database; revocation lag is at most this. */
   cacheTtlMs?: number;
+  /** A claim that sets a JWT identity's tokens per day (the issuer is trusted to set it); unset: the default. */
+  jwtBudgetClaim?: string | undefined;
   maxCacheEntries?: number;
   now?: () => number;
 }
@@ -48,9 +51,15 @@ export function createAuthenticator(options: AuthenticatorOptions): Authenticate
     if (row === undefined || row.revoked || !keysEqual(row.hash, hash)) {
       throw new AppError('INVALID_TOKEN', { detail: 'Unknown or revoked API key' });
     }
-    const identity: Identity = Object.freeze({ id: `key:${row.id}`, kind: 'key' });
+    // Refused like a revoked key: the client learns only that the credential is no longer good.
+    if (row.expired) throw new AppError('INVALID_TOKEN', { detail: 'Expired API key' });
+    const policy = identityPolicy(row.policy);
+    const identity: Identity = Object.freeze(
+      policy === undefined ? { id: `key:${row.id}`, kind: 'key' } : { id: `key:${row.id}`, kind: 'key', policy },
+    );
     if (cache.size >= maxEntries) cache.delete(cache.keys().next().value as string);
-    cache.set(cacheKey, { identity, expiresAtMs: askedAtMs + ttl });
+    // Never trusted past its expiry: a key that expires within the TTL is asked about again then.
+    cache.set(cacheKey, { identity, expiresAtMs: askedAtMs + Math.min(ttl, row.expiresInMs ?? ttl) });
     return identity;
   }
 
@@ -75,7 +84,9 @@ export function createAuthenticator(options: AuthenticatorOptions): Authenticate
     if (looksLikeApiKey(token)) return apiKey(token);
     if (options.jwt !== undefined && looksLikeJwt(token)) {
       const claims = await options.jwt.verify(token);
-      return { id: `jwt:${claims.sub}`, kind: 'jwt' };
+      const tokensPerDay = budgetClaim(claims, options.jwtBudgetClaim);
+      if (tokensPerDay === undefined) return { id: `jwt:${claims.sub}`, kind: 'jwt' };
+      return { id: `jwt:${claims.sub}`, kind: 'jwt', policy: { tokensPerDay } };
     }
     throw new AppError('INVALID_TOKEN', { detail: 'Unrecognised credential' });
   }
@@ -99,6 +110,28 @@ export function createAuthenticator(options: AuthenticatorOptions): Authenticate
     return hit.identity;
   }
   return Object.assign(authenticate, { cached });
+}
+
+/** The limits an identity carries: every stored limit but the expiry (checked here); undefined when none is set. */
+function identityPolicy(policy: KeyPolicy): IdentityPolicy | undefined {
+  const { expiresAt: _checkedHere, ...limits } = policy;
+  return Object.keys(limits).length === 0 ? undefined : Object.freeze(limits);
+}
+
+// The same bound as TOKEN_BUDGET_PER_DAY.
+const MAX_TOKENS_PER_DAY = 1_000_000_000_000;
+
+/**
+ * The JWT's daily token budget from the configured claim: undefined when none is configured or the
+ * token has none. A claim that is there but not a positive whole number refuses the token: the
+ * issuer meant a limit, and the server's default may be no limit at all.
+ */
+function budgetClaim(claims: JwtClaims, claim: string | undefined): number | undefined {
+  if (claim === undefined) return undefined;
+  const value = claims[claim];
+  if (value === undefined) return undefined;
+  if (typeof value === 'number' && Number.isInteger(value) && value >= 1 && value <= MAX_TOKENS_PER_DAY) return value;
+  throw new AppError('INVALID_TOKEN', { detail: `Token claim ${claim} is not a positive whole number of tokens` });
 }
 
 /**

@@ -3,6 +3,7 @@
 import * as z from 'zod';
 import { AppError } from '../errors.ts';
 import type { Context, Reply, SseEvent } from '../http/types.ts';
+import { agentFor, NO_SUCH_AGENT } from './agent-access.ts';
 import type { AgentRegistry } from './agents.ts';
 import { collect, mapEvents, type TurnEngine, type TurnEvent } from './turn.ts';
 
@@ -48,10 +49,11 @@ export function nativeChat(options: NativeChatOptions): (ctx: Context, body: unk
     const parsed = schema.safeParse(body);
     if (!parsed.success) throw validationError(parsed.error);
     const input = parsed.data;
-    const agent = agents.get(input.agent ?? agents.defaultId);
-    if (agent === undefined) throw UNKNOWN_AGENT;
     const identity = ctx.identity;
     if (identity === undefined) throw new AppError('UNAUTHORIZED', { headers: { 'WWW-Authenticate': 'Bearer' } });
+    const agent = agentFor(agents, identity, input.agent);
+    if (agent === 'unknown') throw UNKNOWN_AGENT;
+    if (agent === 'forbidden') throw NO_SUCH_AGENT;
     // An answer may take longer than the request deadline; the upstream timeouts bound it.
     ctx.clearDeadline();
     const turn = await turns.start({

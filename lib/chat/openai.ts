@@ -6,7 +6,8 @@ import { readJson } from '../http/body.ts';
 import { constantJson, sendJson } from '../http/respond.ts';
 import type { Route } from '../http/router.ts';
 import type { Context, Identity, Reply, SseEvent } from '../http/types.ts';
-import type { AgentRegistry } from './agents.ts';
+import { agentFor, visibleAgents } from './agent-access.ts';
+import type { AgentRegistry, AgentSummary } from './agents.ts';
 import { checkSystemMessages, OpenAiRequestError, parseCompletionRequest } from './openai-request.ts';
 import { collect, mapEvents, type Turn, type TurnEngine, type TurnEvent } from './turn.ts';
 import type { UpstreamUsage } from './upstream.ts';
@@ -32,20 +33,26 @@ export interface OpenAiRoutesOptions {
 /** GET /v1/models and POST /v1/chat/completions. */
 export function openAiRoutes(options: OpenAiRoutesOptions): Route[] {
   const { turns, agents } = options;
-  const models = agents.list().map((a) => ({
+  const model = (a: AgentSummary) => ({
     id: a.id,
     object: 'model',
     created: options.createdSeconds,
     owned_by: options.ownedBy,
-  }));
-  const modelsReply = constantJson(200, { object: 'list', data: models });
+  });
+  const modelsReply = constantJson(200, { object: 'list', data: agents.list().map(model) });
+  // A key limited to some agents sees only those; everyone else gets the one reply built at start.
+  function models(ctx: Context): Reply {
+    const identity = identityOf(ctx);
+    if (identity.policy?.agents === undefined) return modelsReply;
+    return { kind: 'json', status: 200, body: { object: 'list', data: visibleAgents(agents, identity).map(model) } };
+  }
   const limits = { maxInputChars: options.maxInputChars };
 
   async function completions(ctx: Context): Promise<Reply> {
     const identity = identityOf(ctx);
     const request = parseCompletionRequest(await readJson(ctx, { maxBytes: options.maxBodyBytes }), limits);
-    const agent = agents.get(request.model);
-    if (agent === undefined) {
+    const agent = agentFor(agents, identity, request.model);
+    if (typeof agent === 'string') {
       const message = `The model '${request.model}' does not exist or you do not have access to it`;
       throw new OpenAiRequestError(message, 'model_not_found', 'model', 'NOT_FOUND');
     }
@@ -65,7 +72,7 @@ export function openAiRoutes(options: OpenAiRoutesOptions): Route[] {
   }
 
   return [
-    { method: 'GET', pattern: MODELS_ROUTE, handler: () => modelsReply },
+    { method: 'GET', pattern: MODELS_ROUTE, handler: models },
     { method: 'POST', pattern: COMPLETIONS_ROUTE, handler: completions },
   ];
 }

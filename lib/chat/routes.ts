@@ -14,6 +14,7 @@ import { readJson } from '../http/body.ts';
 import { constantJson } from '../http/respond.ts';
 import type { Route } from '../http/router.ts';
 import type { Context, Identity, Reply } from '../http/types.ts';
+import { visibleAgents } from './agent-access.ts';
 import type { AgentRegistry } from './agents.ts';
 import { validationError } from './native.ts';
 
@@ -101,6 +102,12 @@ function pageBody(page: ConversationPage): Record<string, unknown> {
 export function chatRoutes(options: ChatRoutesOptions): Route[] {
   const { pool, chat } = options;
   const agentsReply = constantJson(200, { agents: options.agents.list() });
+  // A key limited to some agents sees only those; everyone else gets the one reply built at start.
+  function agentsList(ctx: Context): Reply {
+    const identity = identityOf(ctx);
+    if (identity.policy?.agents === undefined) return agentsReply;
+    return { kind: 'json', status: 200, body: { agents: visibleAgents(options.agents, identity) } };
+  }
   return [
     {
       method: 'POST',
@@ -111,7 +118,7 @@ export function chatRoutes(options: ChatRoutesOptions): Route[] {
         return chat(ctx, body);
       },
     },
-    { method: 'GET', pattern: '/v1/agents', handler: () => agentsReply },
+    { method: 'GET', pattern: '/v1/agents', handler: agentsList },
     {
       method: 'GET',
       pattern: '/v1/conversations',

@@ -5,6 +5,7 @@ import { checkpointAnswer } from '../db/answers.ts';
 import { type AssistantMessage, type RegeneratedTurn, regenerateTurn, startTurn } from '../db/conversations.ts';
 import { AppError } from '../errors.ts';
 import { estimateTokens, type Hold, type Spent } from '../limits/budget.ts';
+import { mayUse, NO_SUCH_AGENT } from './agent-access.ts';
 import type { Agent } from './agents.ts';
 import { storeAnswer } from './answers.ts';
 import { cutAt, LiveAnswer } from './live-answer.ts';
@@ -160,6 +161,11 @@ export class TurnRun {
     const named = input.kind === 'stored' && input.agentNamed;
     const agent = named ? requested : (this.#options.agents.get(turn.agent) ?? requested);
     this.#answer = { id: turn.assistantMessageId, conversationId: turn.conversationId, content: '', status: 'error' };
+    // A key limited to some agents continues no conversation with another (its list may have changed since).
+    if (!mayUse(identity, agent.id)) {
+      this.#answer.errorCode = NO_SUCH_AGENT.code;
+      throw NO_SUCH_AGENT;
+    }
     const head = {
       conversationId: turn.conversationId,
       messageId: turn.assistantMessageId,

@@ -36,9 +36,9 @@ export interface ChatObserver {
   tokensUsed?(agent: string, promptTokens: number, completionTokens: number): void;
 }
 
-/** A per-identity stream cap; acquire may ask a shared store. */
+/** A per-identity stream cap (`max`: the identity's own, else the default); acquire may ask a shared store. */
 export interface StreamSlots {
-  acquire(key: string): Slot | undefined | Promise<Slot | undefined>;
+  acquire(key: string, max?: number): Slot | undefined | Promise<Slot | undefined>;
 }
 
 export interface Slot {
@@ -164,7 +164,7 @@ export function createTurnEngine(options: TurnEngineOptions): TurnEngine {
       observer?.upstreamOutcome(refused.kind);
       throw clientError(refused);
     }
-    const slot = await slots.acquire(request.identity.id);
+    const slot = await slots.acquire(request.identity.id, request.identity.policy?.maxStreams);
     if (slot === undefined) {
       observer?.streamRejected?.();
       throw new AppError('TOO_MANY_STREAMS', {

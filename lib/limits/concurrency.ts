@@ -12,8 +12,8 @@ export interface Lease extends Disposable {
 
 /** Counts slots per key and refuses a key that holds `maxPerKey` of them. */
 export interface ConcurrencyLimiter {
-  /** A lease, or undefined when the key is already at its cap. */
-  acquire(key: string): Lease | undefined;
+  /** A lease, or undefined when the key is already at its cap (`max`, the key's own, or the limiter's). */
+  acquire(key: string, max?: number): Lease | undefined;
   /** Slots held by one key, or by all keys when no key is given. */
   inUse(key?: string): number;
 }
@@ -25,9 +25,9 @@ export function createConcurrencyLimiter(maxPerKey: number): ConcurrencyLimiter 
   const counts = new Map<string, number>();
   let total = 0;
 
-  function acquire(key: string): Lease | undefined {
+  function acquire(key: string, max = maxPerKey): Lease | undefined {
     const held = counts.get(key) ?? 0;
-    if (held >= maxPerKey) return undefined;
+    if (held >= max) return undefined;
     counts.set(key, held + 1);
     total += 1;
     let released = false;

@@ -15,8 +15,8 @@ import type { Lease } from './concurrency.ts';
 
 /** Stream slots as the server holds them: in this process, or shared through PostgreSQL. */
 export interface StreamSlots {
-  /** A lease, or undefined when the key is at its cap; a shared store may ask the database. */
-  acquire(key: string): Lease | undefined | Promise<Lease | undefined>;
+  /** A lease, or undefined when the key is at its cap (`max`, the key's own, or the default); a shared store may ask the database. */
+  acquire(key: string, max?: number): Lease | undefined | Promise<Lease | undefined>;
   /** Slots held on this instance by one key, or by all keys. */
   inUse(key?: string): number;
 }
@@ -33,7 +33,7 @@ export interface StreamLeasesOptions {
 
 /** The shared store adds the heartbeat (also run on a timer) and a close that removes this instance's rows. */
 export interface StreamLeases extends StreamSlots {
-  acquire(key: string): Promise<Lease | undefined>;
+  acquire(key: string, max?: number): Promise<Lease | undefined>;
   /** The id of this instance's rows. */
   readonly instance: string;
   heartbeat(): Promise<void>;
@@ -68,11 +68,11 @@ export function createStreamLeases(pool: pg.Pool, options: StreamLeasesOptions):
   const undeleted = new Set<string>();
   const deleting = new Set<Promise<void>>();
 
-  async function acquire(key: string): Promise<Lease | undefined> {
+  async function acquire(key: string, max = maxPerKey): Promise<Lease | undefined> {
     const id = randomUUID();
     const taken = await withTransaction(pool, async (client) => {
       await client.query('SELECT pg_advisory_xact_lock($1, hashtext($2))', [LOCK_CLASS, key]);
-      const { rows } = await client.query(INSERT_SQL, [id, key, instance, ttlSeconds, maxPerKey]);
+      const { rows } = await client.query(INSERT_SQL, [id, key, instance, ttlSeconds, max]);
       return rows.length > 0;
     });
     if (!taken) return undefined;

@@ -15,6 +15,10 @@ interface StoredKey {
   id: string;
   hash: Buffer;
   revoked: boolean;
+  /** Milliseconds to expiry by the database clock (negative: expired); undefined never expires. */
+  expiresInMs?: number;
+  maxStreams?: number;
+  agents?: string[];
 }
 
 /**
@@ -38,14 +42,18 @@ function fakeKeyTable() {
         throw err;
       }
       const row = rows.find((r) => r.hash.equals(config.values[0]));
-      return { rows: row === undefined ? [] : [{ id: row.id, key_hash: row.hash, revoked: row.revoked }] };
+      if (row === undefined) return { rows: [] };
+      const expiry =
+        row.expiresInMs === undefined ? {} : { expired: row.expiresInMs <= 0, expires_in_ms: row.expiresInMs };
+      const policy = { max_streams: row.maxStreams ?? null, agents: row.agents ?? null };
+      return { rows: [{ id: row.id, key_hash: row.hash, revoked: row.revoked, ...expiry, ...policy }] };
     },
   } as unknown as pg.Pool;
   return {
     pool,
     /** Stores a key under `id` (a fresh one unless given) and returns the key. */
-    add(id: string, generated = generateApiKey()): string {
-      rows.push({ id, hash: generated.hash, revoked: false });
+    add(id: string, generated = generateApiKey(), extra: Partial<StoredKey> = {}): string {
+      rows.push({ id, hash: generated.hash, revoked: false, ...extra });
       return generated.key;
     },
     revoke(id: string): void {
@@ -230,6 +238,62 @@ test('authenticate() turns a valid JWT into the identity jwt:<sub>', async () =>
     .setExpirationTime('5m')
     .sign(new TextEncoder().encode(JWT_SECRET));
   assert.deepEqual(await authenticate(token), { id: 'jwt:user-42', kind: 'jwt' });
+});
+
+test('authenticate() refuses an API key past its expiry with INVALID_TOKEN', async () => {
+  const table = fakeKeyTable();
+  const key = table.add('expired', generateApiKey(), { expiresInMs: -1 });
+  const authenticate = createAuthenticator({ pool: table.pool, jwt: undefined });
+  await assert.rejects(authenticate(key), isInvalidToken);
+  assert.equal(authenticate.cached(key), undefined, 'an expired key is never cached');
+});
+
+test('authenticate() trusts a cached key no longer than until its expiry, however long the TTL', async () => {
+  const table = fakeKeyTable();
+  const key = table.add('soon', generateApiKey(), { expiresInMs: 500 });
+  const clock = manualClock();
+  const authenticate = createAuthenticator({ pool: table.pool, jwt: undefined, cacheTtlMs: 2_000, now: clock.now });
+  await authenticate(key);
+  clock.advance(499);
+  assert.equal(authenticate.cached(key)?.id, 'key:soon');
+  clock.advance(1);
+  assert.equal(authenticate.cached(key), undefined, 'asked about again at its expiry');
+});
+
+test("authenticate() carries a key's limits on its identity, and none for a key without any", async () => {
+  const table = fakeKeyTable();
+  const limited = table.add('limited', generateApiKey(), { maxStreams: 2, agents: ['alpha'] });
+  const plain = table.add('plain');
+  const authenticate = createAuthenticator({ pool: table.pool, jwt: undefined });
+  assert.deepEqual(await authenticate(limited), {
+    id: 'key:limited',
+    kind: 'key',
+    policy: { maxStreams: 2, agents: ['alpha'] },
+  });
+  assert.ok(Object.isFrozen((await authenticate(limited)).policy), 'the cached policy cannot be changed by a caller');
+  assert.equal('policy' in (await authenticate(plain)), false);
+});
+
+test("authenticate() sets a JWT identity's daily tokens from the configured claim, and refuses a bad claim", async () => {
+  const table = fakeKeyTable();
+  const authenticate = createAuthenticator({
+    pool: table.pool,
+    jwt: await createJwtVerifier({ secret: JWT_SECRET, audience: 'chat-api' }),
+    jwtBudgetClaim: 'tpd',
+  });
+  const sign = (claims: Record<string, unknown>) =>
+    new SignJWT({ sub: 'user-42', aud: 'chat-api', ...claims })
+      .setProtectedHeader({ alg: 'HS256' })
+      .setExpirationTime('5m')
+      .sign(new TextEncoder().encode(JWT_SECRET));
+  assert.deepEqual(await authenticate(await sign({ tpd: 5000 })), {
+    id: 'jwt:user-42',
+    kind: 'jwt',
+    policy: { tokensPerDay: 5000 },
+  });
+  assert.deepEqual(await authenticate(await sign({})), { id: 'jwt:user-42', kind: 'jwt' });
+  await assert.rejects(authenticate(await sign({ tpd: '5000' })), isInvalidToken);
+  await assert.rejects(authenticate(await sign({ tpd: 0 })), isInvalidToken);
 });
 
 test('authenticate() refuses a JWT when no JWT key is configured', async () => {

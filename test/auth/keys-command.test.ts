@@ -55,7 +55,7 @@ describe('server.ts keys', () => {
   it('keys list shows the name, prefix, created time and "-" for not revoked, and never a key', () => {
     assert.equal(listed.code, 0, listed.stderr);
     const lines = listed.stdout.trimEnd().split('\n');
-    assert.equal(lines[0], 'NAME\tPREFIX\tCREATED\tREVOKED');
+    assert.equal(lines[0], 'NAME\tPREFIX\tCREATED\tREVOKED\tEXPIRES\tLIMITS');
     const row = lines.find((line) => line.startsWith(`${name}\t`))?.split('\t');
     assert.deepEqual(row?.slice(0, 2), [name, created.stdout.slice(0, 12)]);
     assert.ok(!Number.isNaN(Date.parse(row?.[2] ?? '')), `created is not a timestamp: ${row?.[2]}`);
@@ -89,6 +89,97 @@ describe('server.ts keys', () => {
     assert.equal(bad.code, 2);
     assert.equal(bad.stdout, '');
     assert.match(bad.stderr, /^Usage: keys create NAME/);
+  });
+});
+
+describe('server.ts keys with a policy: create flags, show, update', () => {
+  let dataDir: string;
+  let env: Record<string, string>;
+  let name: string;
+  let created: CliResult;
+  let shown: CliResult;
+
+  before(async () => {
+    dataDir = await mkdtemp(join(tmpdir(), 'keys-policy-cli-test-'));
+    env = keysCliEnv(dataDir);
+    name = uniqueKeyName('cli-policy');
+    created = await runKeysCli(
+      ['create', name, '--rpm', '30', '--streams', '2', '--tokens-per-day', '5000', '--expires', '2030-01-31'],
+      env,
+    );
+    shown = await runKeysCli(['show', name], env);
+  });
+  after(() => rm(dataDir, { recursive: true, force: true }));
+
+  it('keys create with options still prints the key alone on stdout', () => {
+    assert.equal(created.code, 0, created.stderr);
+    assert.match(created.stdout, KEY_LINE);
+  });
+
+  it("keys show prints the key's limits as the flags that set them, and never the key", () => {
+    assert.equal(shown.code, 0, shown.stderr);
+    const lines = shown.stdout.trimEnd().split('\n');
+    assert.equal(lines[0], `name: ${name}`);
+    assert.equal(lines[1], `prefix: ${created.stdout.slice(0, 12)}`);
+    assert.deepEqual(lines.slice(3), [
+      'revoked: no',
+      'rpm: 30',
+      'burst: default',
+      'streams: 2',
+      'tokens-per-day: 5000',
+      'expires: 2030-01-31T00:00:00.000Z',
+      'agents: all',
+    ]);
+    for (const spelling of keySpellings(created.stdout.trim())) assert.ok(!shown.stdout.includes(spelling));
+  });
+
+  it('keys update changes only the limits it names, prints nothing on stdout, and list shows them', async () => {
+    const updated = await runKeysCli(['update', name, '--rpm', 'default', '--burst', '4', '--expires', 'never'], env);
+    assert.equal(updated.code, 0, updated.stderr);
+    assert.equal(updated.stdout, '');
+    assert.match(updated.stderr, new RegExp(`Updated key ${name} \\(rpm: default, burst: 4, streams: 2`));
+    const row = (await runKeysCli(['list'], env)).stdout.split('\n').find((line) => line.startsWith(`${name}\t`));
+    assert.deepEqual(row?.split('\t').slice(4), ['-', 'burst=4,streams=2,tokens-per-day=5000']);
+  });
+
+  it('keys update of a name with no active key exits 1', async () => {
+    const missing = await runKeysCli(['update', uniqueKeyName('cli-missing'), '--rpm', '5'], env);
+    assert.equal(missing.code, 1);
+    assert.match(missing.stderr, /No active key named cli-missing-/);
+  });
+
+  it('keys show of an unknown name exits 1 with nothing on stdout', async () => {
+    const missing = await runKeysCli(['show', uniqueKeyName('cli-missing')], env);
+    assert.equal(missing.code, 1);
+    assert.equal(missing.stdout, '');
+    assert.match(missing.stderr, /No key named cli-missing-/);
+  });
+
+  const refused: Array<[string, string[], RegExp]> = [
+    [
+      'a zero rate',
+      ['create', 'x', '--rpm', '0'],
+      /^keys: --rpm must be a whole number from 1 to 1000000, or default$/m,
+    ],
+    ['a past expiry', ['create', 'x', '--expires', '2001-01-01'], /^keys: --expires 2001-01-01 is not in the future$/m],
+    ['an unknown option', ['create', 'x', '--limit', '5'], /^keys: Unknown option "--limit"$/m],
+    ['update without options', ['update', 'x'], /^keys: update needs at least one option$/m],
+    ['show with options', ['show', 'x', '--rpm', '5'], /^Usage: keys create NAME/],
+    ['an agent nobody has', ['create', 'x', '--agents', 'default,nosuch'], /^keys: no agent named nosuch /m],
+  ];
+  for (const [what, args, message] of refused) {
+    it(`keys refuses ${what} with exit 2, a clear message and the usage, and stores nothing`, async () => {
+      const result = await runKeysCli(args, env);
+      assert.equal(result.code, 2, result.stderr);
+      assert.equal(result.stdout, '');
+      assert.match(result.stderr, message);
+      assert.match(result.stderr, /Usage: keys create NAME|no agent named/);
+    });
+  }
+
+  it('nothing was stored by the refused commands', async () => {
+    const show = await runKeysCli(['show', 'x'], env);
+    assert.equal(show.code, 1);
   });
 });
 

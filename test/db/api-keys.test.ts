@@ -5,7 +5,15 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { countApiKeys, findApiKeyByHash, insertApiKey, listApiKeys, revokeApiKey } from '../../lib/db/api-keys.ts';
+import {
+  countApiKeys,
+  findApiKeyByHash,
+  getApiKey,
+  insertApiKey,
+  listApiKeys,
+  revokeApiKey,
+  updateApiKeyPolicy,
+} from '../../lib/db/api-keys.ts';
 import { createDatabase, type Database } from '../../lib/db/database.ts';
 import { migrate } from '../../lib/db/migrate.ts';
 import { createLogger } from '../../lib/log.ts';
@@ -49,7 +57,7 @@ for (const engine of engines) {
       const id = await insertApiKey(db.pool, { name: 'alpha', prefix: 'sk-alpha', hash });
       assert.match(id, UUID);
       const found = await findApiKeyByHash(db.pool, hash);
-      assert.deepEqual(found, { id, hash, revoked: false });
+      assert.deepEqual(found, { id, hash, revoked: false, expired: false, expiresInMs: undefined, policy: {} });
     });
 
     it('findApiKeyByHash() answers undefined for a hash no key has', async () => {
@@ -62,7 +70,14 @@ for (const engine of engines) {
       assert.equal(await revokeApiKey(db.pool, 'beta'), true);
       assert.equal(await revokeApiKey(db.pool, 'beta'), false, 'already revoked');
       assert.equal(await revokeApiKey(db.pool, 'no-such-key'), false);
-      assert.deepEqual(await findApiKeyByHash(db.pool, hash), { id, hash, revoked: true });
+      assert.deepEqual(await findApiKeyByHash(db.pool, hash), {
+        id,
+        hash,
+        revoked: true,
+        expired: false,
+        expiresInMs: undefined,
+        policy: {},
+      });
     });
 
     it('listApiKeys() lists metadata oldest first, names breaking ties, with ISO times and never a hash', async () => {
@@ -75,7 +90,7 @@ for (const engine of engines) {
         ['zulu', 'alpha', 'beta'],
       );
       for (const key of keys) {
-        assert.deepEqual(Object.keys(key).sort(), ['createdAt', 'id', 'name', 'prefix', 'revokedAt']);
+        assert.deepEqual(Object.keys(key).sort(), ['createdAt', 'id', 'name', 'policy', 'prefix', 'revokedAt']);
         assert.match(key.createdAt, ISO);
       }
       assert.equal(keys[1]?.createdAt, '2026-01-02T03:04:05.678Z');
@@ -93,6 +108,64 @@ for (const engine of engines) {
       assert.equal(await countApiKeys(db.pool), 3);
       await insertApiKey(db.pool, { name: 'gamma', prefix: 'sk-gamma', hash: hashOf('gamma') });
       assert.equal(await countApiKeys(db.pool), 4);
+    });
+
+    it('insertApiKey() stores a policy, and findApiKeyByHash() and getApiKey() read it back', async () => {
+      const hash = hashOf('limited');
+      const expiresAt = new Date(Date.now() + 3_600_000);
+      const policy = {
+        rateLimitPerMinute: 30,
+        rateLimitBurst: 5,
+        maxStreams: 2,
+        tokensPerDay: 5_000_000_000,
+        expiresAt,
+        agents: ['support', 'docs'],
+      };
+      // null (the default) is the same as leaving a field out.
+      await insertApiKey(db.pool, {
+        name: 'limited',
+        prefix: 'sk-limited',
+        hash,
+        policy: { ...policy, maxStreams: null },
+      });
+      const found = await findApiKeyByHash(db.pool, hash);
+      const { maxStreams: _unset, ...stored } = policy;
+      assert.deepEqual(found?.policy, stored);
+      assert.equal(found?.expired, false);
+      assert.ok(
+        found?.expiresInMs !== undefined && Math.abs(found.expiresInMs - 3_600_000) < 60_000,
+        `expires in ${found?.expiresInMs} ms`,
+      );
+      assert.deepEqual((await getApiKey(db.pool, 'limited'))?.policy, stored);
+      assert.equal(await getApiKey(db.pool, 'nobody'), undefined);
+    });
+
+    it('updateApiKeyPolicy() sets and clears only the fields it names, on active keys only', async () => {
+      assert.equal(await updateApiKeyPolicy(db.pool, 'limited', { rateLimitPerMinute: null, maxStreams: 7 }), true);
+      const policy = (await getApiKey(db.pool, 'limited'))?.policy;
+      assert.equal(policy?.rateLimitPerMinute, undefined);
+      assert.equal(policy?.maxStreams, 7);
+      assert.equal(policy?.rateLimitBurst, 5);
+      assert.deepEqual(policy?.agents, ['support', 'docs']);
+      assert.equal(await updateApiKeyPolicy(db.pool, 'beta', { maxStreams: 1 }), false, 'beta is revoked');
+      assert.equal(await updateApiKeyPolicy(db.pool, 'no-such-key', { maxStreams: 1 }), false);
+      await assert.rejects(updateApiKeyPolicy(db.pool, 'limited', {}), RangeError);
+    });
+
+    it('findApiKeyByHash() reports a key past its expiry by the database clock as expired', async () => {
+      const hash = hashOf('expired');
+      await insertApiKey(db.pool, { name: 'expired', prefix: 'sk-expired', hash });
+      await db.pool.query("UPDATE api_keys SET expires_at = now() - interval '1 second' WHERE name = 'expired'");
+      const found = await findApiKeyByHash(db.pool, hash);
+      assert.equal(found?.expired, true);
+      assert.ok((found?.expiresInMs ?? 0) < 0);
+    });
+
+    it('the database refuses a limit that is not positive', {
+      skip: !engine.external && 'one failed query per engine (see below)',
+    }, async () => {
+      const update = db.pool.query("UPDATE api_keys SET max_streams = 0 WHERE name = 'limited'");
+      await assert.rejects(update, { code: '23514' });
     });
 
     // Last: on the embedded engine a failed pool.query can break the query sent right after it.

@@ -1,7 +1,7 @@
 // Token-bucket rate limit per identity, with RateLimit headers; a failing store fails closed.
 import { AppError } from '../../errors.ts';
 import { settle } from '../compose.ts';
-import type { Context, Middleware, Next } from '../types.ts';
+import type { Context, Identity, Middleware, Next } from '../types.ts';
 
 /** The decision shape of lib/limits/token-bucket.ts (repeated structurally: lib/http imports no other layer). */
 export interface RateDecision {
@@ -13,18 +13,21 @@ export interface RateDecision {
 
 export interface RateLimitOptions {
   /** Synchronous where the store allows it (memory), so the hot path makes no promise. */
-  take: (key: string) => RateDecision | Promise<RateDecision>;
-  /** The header fields for a decision: [name, value, name, value]. */
-  headers: (decision: RateDecision) => readonly string[];
+  take: (identity: Identity) => RateDecision | Promise<RateDecision>;
+  /** The header fields for a decision under the identity's policy: [name, value, name, value]. */
+  headers: (decision: RateDecision, identity: Identity) => readonly string[];
   onRejected?: (ctx: Context) => void;
   onStoreError?: (ctx: Context, err: unknown) => void;
 }
 
-/** One bucket per identity: requests the auth middleware identified (public routes have none); 429 when empty. */
+/**
+ * One bucket per identity, sized by its own policy or the defaults: requests the auth middleware
+ * identified (public routes have none); 429 when empty.
+ */
 export function rateLimit(options: RateLimitOptions): Middleware {
   const { take, headers } = options;
   function decide(ctx: Context, decision: RateDecision, next: Next): Promise<void> | undefined {
-    const fields = headers(decision);
+    const fields = headers(decision, ctx.identity as Identity);
     for (let i = 0; i < fields.length; i++) ctx.headers.push(fields[i] as string);
     if (!decision.allowed) {
       options.onRejected?.(ctx);
@@ -47,7 +50,7 @@ export function rateLimit(options: RateLimitOptions): Middleware {
     if (identity === undefined) return next();
     return settle(
       ctx,
-      () => take(identity.id),
+      () => take(identity),
       (c, decision) => decide(c, decision, next),
       storeFailed,
     );

@@ -306,9 +306,9 @@ describe('rateLimit() on its own', () => {
         errorHandler(),
         identify,
         rateLimit({
-          take: (key) => {
-            taken.push(key);
-            return decide(key);
+          take: ({ id }) => {
+            taken.push(id);
+            return decide(id);
           },
           headers: (decision) => ['ratelimit', `r=${decision.remaining}`],
         }),
