@@ -26,3 +26,28 @@ test('.env.example defaults parse as a valid configuration', async () => {
   const result = parseConfig(env);
   assert.equal(result.ok, true, result.ok ? '' : result.problems.join('; '));
 });
+
+interface PackageJson {
+  dependencies: Record<string, string>;
+  devDependencies: Record<string, string>;
+}
+interface Lockfile {
+  packages: Record<string, { version?: string; dev?: boolean }>;
+}
+
+test('every dependency is pinned to one exact version, and the lockfile installs that version', () => {
+  const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as PackageJson;
+  const lock = JSON.parse(readFileSync(new URL('../package-lock.json', import.meta.url), 'utf8')) as Lockfile;
+  for (const [name, version] of Object.entries({ ...pkg.dependencies, ...pkg.devDependencies })) {
+    assert.match(version, /^\d+\.\d+\.\d+$/, `${name}@${version} is a range, not a pin`);
+    assert.equal(lock.packages[`node_modules/${name}`]?.version, version, `the lockfile installs another ${name}`);
+  }
+});
+
+test("README's dependency table names exactly the runtime dependencies, each with its reason", () => {
+  const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as PackageJson;
+  const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8');
+  const section = readme.slice(readme.indexOf('## Dependencies'), readme.indexOf('Development only'));
+  const named = [...section.matchAll(/^\| `([^`]+)` \| \S/gm)].map((m) => m[1]).sort();
+  assert.deepEqual(named, Object.keys(pkg.dependencies).sort());
+});

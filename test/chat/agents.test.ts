@@ -73,6 +73,22 @@ describe('loadAgents()', () => {
     );
   });
 
+  it('caps the output of every agent without its own cap at DEFAULT_MAX_OUTPUT_TOKENS (4096 unless set)', async () => {
+    assert.equal((await loadAgents(config())).get('default')?.maxOutputTokens, 4096);
+    const { config: withCap } = await withFile(
+      [
+        { id: 'terse', description: 'Terse', systemPrompt: 'Be brief.' },
+        { id: 'own', description: 'Own', systemPrompt: 'x', maxOutputTokens: 50 },
+      ],
+      { DEFAULT_MAX_OUTPUT_TOKENS: '100' },
+    );
+    const agents = await loadAgents(withCap);
+    assert.deepEqual(
+      ['default', 'terse', 'own'].map((id) => agents.get(id)?.maxOutputTokens),
+      [100, 100, 50],
+    );
+  });
+
   it('loads the agents of the file next to the built-in default', async () => {
     const { config: c } = await withFile([coder, { id: 'plain', description: 'No model', systemPrompt: 'Be plain.' }]);
     const agents = await loadAgents(c);

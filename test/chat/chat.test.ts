@@ -103,6 +103,11 @@ describe('POST /v1/chat', () => {
     assert.equal(upstream.messages.length, 2);
   });
 
+  it('caps the built-in default agent at DEFAULT_MAX_OUTPUT_TOKENS (4096) output tokens upstream', async () => {
+    const { upstream } = await turn({ message: 'Write a very long essay' });
+    assert.equal(upstream.max_completion_tokens, 4096);
+  });
+
   it("sends the chosen agent's prompt, model, temperature and output cap upstream", async () => {
     const { events, upstream } = await turn({ message: 'Ahoy', agent: 'pirate' });
     assert.equal((events[0]?.data as { agent: string }).agent, 'pirate');
