@@ -160,6 +160,35 @@ describe('resumable answers on one instance', () => {
   });
 });
 
+describe('a resumed stream and REQUEST_TIMEOUT_MS', () => {
+  let h: ChatHarness;
+  before(async () => {
+    h = await startChat({
+      REQUEST_TIMEOUT_MS: '1000',
+      HEADERS_TIMEOUT_MS: '1000',
+      UPSTREAM_TIMEOUT_MS: '5000',
+      UPSTREAM_IDLE_TIMEOUT_MS: '5000',
+    });
+  });
+  after(() => h.close());
+
+  it('GET …/stream runs past the request deadline to its done frame, like the stream it resumes', async () => {
+    h.fake.queue({ kind: 'slow', chunks: Array.from({ length: 20 }, (_, i) => `w${i} `), chunkDelayMs: 100 });
+    const first = await openStream(h.server.url, h.key, { message: 'Long' });
+    const start = (await first.next()) as SseFrame;
+    const delta = (await first.next()) as SseFrame;
+    first.abort();
+    const { conversationId } = start.data as { conversationId: string };
+    const resumed = await resumeStream(h.server.url, h.key, conversationId, { 'last-event-id': delta.id as string });
+    assert.equal(resumed.status, 200);
+    const events: Array<string | undefined> = [];
+    for (let frame = await resumed.stream.next(); frame !== undefined; frame = await resumed.stream.next()) {
+      events.push(frame.event);
+    }
+    assert.equal(events.at(-1), 'done', `${events.length} frames, the last ${events.at(-1)}`);
+  });
+});
+
 describe('resumable answers across two instances', { skip: !TEST_DATABASE_URL && 'needs TEST_DATABASE_URL' }, () => {
   let one: ChatHarness;
   let two: TestServer;
