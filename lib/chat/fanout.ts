@@ -67,6 +67,8 @@ export function createPgFanout(options: PgFanoutOptions): Fanout {
   const handlers = new Map<string, Set<(event: RemoteEvent) => void>>();
   let engine: FanoutEngine | undefined;
   let client: pg.Client | undefined;
+  // The session being opened or open: a late 'end' of an older one must not start another.
+  let current: pg.Client | undefined;
   let ready = Promise.withResolvers<void>();
   let backoffMs = BACKOFF_MS.first;
   let retry: NodeJS.Timeout | undefined;
@@ -74,6 +76,7 @@ export function createPgFanout(options: PgFanoutOptions): Fanout {
 
   async function open(): Promise<void> {
     const next = options.connect();
+    current = next;
     next.on('notification', (msg) => onNotification(msg.channel, msg.payload ?? ''));
     next.on('error', (err) => lost(next, err));
     next.on('end', () => lost(next, undefined));
@@ -84,6 +87,7 @@ export function createPgFanout(options: PgFanoutOptions): Fanout {
       lost(next, err);
       return;
     }
+    if (next !== current) return; // closed while connecting: close() has ended it
     client = next;
     backoffMs = BACKOFF_MS.first;
     ready.resolve();
@@ -92,7 +96,8 @@ export function createPgFanout(options: PgFanoutOptions): Fanout {
   function lost(which: pg.Client, err: unknown): void {
     which.removeAllListeners('notification');
     which.end().catch(() => {});
-    if (client !== undefined && which !== client) return;
+    if (which !== current) return;
+    current = undefined;
     if (client !== undefined) log.warn('answer listener lost its database session; reconnecting', { err });
     client = undefined;
     for (const set of handlers.values()) for (const handler of set) handler({ type: 'lost' });
@@ -199,7 +204,8 @@ export function createPgFanout(options: PgFanoutOptions): Fanout {
     async close() {
       closed = true;
       clearTimeout(retry);
-      const session = client;
+      const session = current;
+      current = undefined;
       client = undefined;
       await session?.end().catch(() => {});
     },

@@ -309,6 +309,31 @@ describe('createPgFanout() on PostgreSQL', { skip: !TEST_DATABASE_URL && 'needs 
     assert.equal(heard.events.length, 1, 'a lost follower hears nothing more');
   });
 
+  it('a session whose end is reported after the backoff neither fails a waiting follow() nor opens a second session', async (t) => {
+    const heard = listener();
+    await following.follow(randomUUID(), heard.on);
+    t.mock.timers.enable({ apis: ['setTimeout'] });
+    t.after(() => t.mock.timers.reset());
+    proxy.setMode('reset');
+    await heard.until(1);
+    proxy.setMode('pass');
+    const lost = sessions.at(-1);
+    const before = sessions.length;
+    t.mock.timers.tick(100); // the backoff passes before the lost session has reported its end
+    let failed: unknown;
+    const waiting = following.follow(randomUUID(), () => {}).catch((err: unknown) => (failed = err));
+    await lost?.ended;
+    // A follow() started now sees the re-opened session: once it resolves, the reconnect is done.
+    await following.follow(randomUUID(), () => {});
+    await turn();
+    t.mock.timers.tick(2_000);
+    await waiting;
+    assert.equal(failed, undefined, 'follow() waiting through the reconnect succeeds');
+    t.mock.timers.tick(5_000);
+    await turn();
+    assert.equal(sessions.length - before, 1, 'one new listening session, not two');
+  });
+
   it('follow() rejects with RESUME_INTERRUPTED when no session is open within 2 s', async (t) => {
     const refusing = await startTcpProxy({ host: proxy.host, port: proxy.port }, 'reset');
     t.after(() => refusing.close());
