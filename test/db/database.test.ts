@@ -77,6 +77,20 @@ describe('createDatabase() with the embedded PGlite', () => {
     assert.match(line ?? '', /for development only/);
   });
 
+  it('the embedded pool answers the next queries correctly after the database refused one', async () => {
+    const pool = (db as Database).pool;
+    // Sent as soon as the failure is known, as a request's own follow-up query would be.
+    const next = pool.query('SELECT 1/0').then(
+      () => assert.fail('division by zero succeeded'),
+      (err: { code?: string }) => {
+        assert.equal(err.code, '22012');
+        return pool.query<{ x: number }>({ text: 'SELECT $1::int AS x', values: [2] });
+      },
+    );
+    assert.deepEqual((await next).rows, [{ x: 2 }]);
+    assert.deepEqual((await pool.query<{ x: number }>('SELECT 3 AS x')).rows, [{ x: 3 }]);
+  });
+
   it('a second createDatabase() on the same DATA_DIR fails with DatabaseLockedError while the first is open', async () => {
     await assert.rejects(createDatabase(testConfig({ DATABASE_URL: undefined }, dir), capture.log), (err: Error) => {
       assert.ok(err instanceof DatabaseLockedError);
