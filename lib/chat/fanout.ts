@@ -73,6 +73,8 @@ export function createPgFanout(options: PgFanoutOptions): Fanout {
   let backoffMs = BACKOFF_MS.first;
   let retry: NodeJS.Timeout | undefined;
   let closed = false;
+  // The publishers of this instance's answers that someone follows, by message id.
+  const publishers = new Map<string, Publisher>();
 
   async function open(): Promise<void> {
     const next = options.connect();
@@ -132,16 +134,40 @@ export function createPgFanout(options: PgFanoutOptions): Fanout {
     if (message.op !== 'f' || live === undefined || live.head.conversationId !== message.c) return;
     const after = typeof message.o === 'number' ? message.o : undefined;
     const nonce = typeof message.n === 'string' ? message.n.slice(0, 64) : '';
-    const channel = channelOf(message.c);
-    publish(live, channel, after, nonce).catch((err: unknown) => log.warn('answer publish failed', { err }));
+    serveRequest(live, message.c, after, nonce);
   }
 
-  /** Sends the parts after `after`, then each new one and the end, in order (one notification at a time). */
-  async function publish(live: LiveAnswer, channel: string, after: number | undefined, nonce: string): Promise<void> {
-    let offset = after === undefined ? 0 : live.resumeOffset(after);
-    await notify(channel, JSON.stringify({ a: nonce, o: offset }));
+  /** Adds a follower's request to the answer's one publisher, starting it if the answer has none yet. */
+  function serveRequest(live: LiveAnswer, conversationId: string, after: number | undefined, nonce: string): void {
+    const messageId = live.head.messageId;
+    const running = publishers.get(messageId);
+    if (running !== undefined) {
+      running.requests.push({ after, nonce });
+      running.wake();
+      return;
+    }
+    const publisher = newPublisher({ after, nonce });
+    publishers.set(messageId, publisher);
+    publish(live, channelOf(conversationId), publisher).catch((err: unknown) => {
+      publishers.delete(messageId);
+      log.warn('answer publish failed', { err });
+    });
+  }
+
+  /**
+   * Sends an answer on its channel, one notification at a time so they arrive in order: each
+   * request's ack, the parts from the earliest offset asked (followers drop parts they hold), each
+   * new part, and the end once it is stored. One loop per answer, however many follow it.
+   */
+  async function publish(live: LiveAnswer, channel: string, publisher: Publisher): Promise<void> {
+    let offset: number | undefined;
     for (;;) {
-      const parts = live.partsFrom(offset);
+      for (const { after, nonce } of publisher.requests.splice(0)) {
+        const from = after === undefined ? 0 : live.resumeOffset(after);
+        await notify(channel, JSON.stringify({ a: nonce, o: from }));
+        offset = offset === undefined ? from : Math.min(offset, from);
+      }
+      const parts = live.partsFrom(offset ?? 0);
       if (parts.length > 0) {
         for (const payload of pack(parts)) await notify(channel, payload);
         const [start, text] = parts.at(-1) as [number, string];
@@ -150,9 +176,11 @@ export function createPgFanout(options: PgFanoutOptions): Fanout {
         // The end goes out once it is stored, so a follower's response closes on a whole row too.
         await live.stored();
         await notify(channel, encodeFinal(live.final, live.length));
+        if (publisher.requests.length > 0) continue; // asked for while the end was on its way
+        publishers.delete(live.head.messageId);
         return;
-      } else {
-        await live.changed();
+      } else if (publisher.requests.length === 0) {
+        await Promise.race([live.changed(), publisher.woken()]);
       }
     }
   }
@@ -208,6 +236,28 @@ export function createPgFanout(options: PgFanoutOptions): Fanout {
       current = undefined;
       client = undefined;
       await session?.end().catch(() => {});
+    },
+  };
+}
+
+/** Follow requests waiting for an answer's publisher, and a way to wake it for them. */
+interface Publisher {
+  requests: Array<{ after: number | undefined; nonce: string }>;
+  wake(): void;
+  /** Resolves at the next wake(). */
+  woken(): Promise<void>;
+}
+
+function newPublisher(first: { after: number | undefined; nonce: string }): Publisher {
+  let signal = Promise.withResolvers<void>();
+  return {
+    requests: [first],
+    wake() {
+      signal.resolve();
+    },
+    woken() {
+      signal = Promise.withResolvers<void>();
+      return signal.promise;
     },
   };
 }

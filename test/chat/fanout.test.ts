@@ -157,6 +157,42 @@ describe('createPgFanout() on PostgreSQL', { skip: !TEST_DATABASE_URL && 'needs 
     ]);
   });
 
+  it('requests for one answer share its one publisher: a later one is caught up, then each new part goes out once', async () => {
+    const answer = running('Hel', 'lo');
+    const heard = listener();
+    const follower = await following.follow(conversationOf(answer), heard.on);
+    await follower.request(answer.head.messageId, undefined, 'first');
+    await heard.until(2);
+    await follower.request(answer.head.messageId, undefined, 'second');
+    await heard.until(4);
+    answer.append(' world');
+    await heard.until(5);
+    answer.end(FINISHED);
+    await heard.until(6);
+    await turn(); // anything a second publisher would send has arrived by now
+    follower.close();
+    assert.deepEqual(heard.events, [
+      { type: 'ack', nonce: 'first', from: 0 },
+      {
+        type: 'parts',
+        parts: [
+          [0, 'Hel'],
+          [3, 'lo'],
+        ],
+      },
+      { type: 'ack', nonce: 'second', from: 0 },
+      {
+        type: 'parts',
+        parts: [
+          [0, 'Hel'],
+          [3, 'lo'],
+        ],
+      },
+      { type: 'parts', parts: [[5, ' world']] },
+      { type: 'end', event: FINISHED, length: 11 },
+    ]);
+  });
+
   it('request() from an offset gets the parts after the part that starts there', async () => {
     const answer = running('Hel', 'lo', ' world');
     answer.end(FINISHED);
