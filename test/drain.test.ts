@@ -10,6 +10,7 @@ import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { type MessageRow, mintKey, type OpenStream, openStream, type SseFrame } from './support/chat.ts';
 import { type FakeUpstream, startFakeUpstream } from './support/fake-upstream.ts';
+import { seedEmbeddedDatabase } from './support/pglite-template.ts';
 import { CANARY, TEST_DATABASE_URL } from './support/server.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -75,6 +76,7 @@ describe('server.ts on SIGTERM', () => {
   /** Starts `node server.ts` on a free port with a fresh data dir (or TEST_DATABASE_URL) and the fake upstream. */
   async function startEntry(extra: Record<string, string> = {}): Promise<Entry & { key: string }> {
     const dataDir = await mkdtemp(join(parentDir, 'data-'));
+    if (TEST_DATABASE_URL === undefined) await seedEmbeddedDatabase(dataDir);
     const env: Record<string, string | undefined> = {
       PATH: process.env['PATH'],
       HOST: '127.0.0.1',

@@ -19,6 +19,7 @@ import pg from 'pg';
 import { CHAT_ENV, readEvents } from '../support/chat.ts';
 import { type FakeUpstream, startFakeUpstream, UPSTREAM_SECRET_DETAIL } from '../support/fake-upstream.ts';
 import { mintJwt, unsignedJwt } from '../support/keys.ts';
+import { seedEmbeddedDatabase } from '../support/pglite-template.ts';
 import { CANARY, startTestServer, TEST_DATABASE_URL, type TestServer } from '../support/server.ts';
 import { exchange, mintIdentity } from './support.ts';
 
@@ -268,6 +269,7 @@ describe('the canary secret', () => {
   before(async () => {
     database = TEST_DATABASE_URL === undefined ? undefined : await canaryDatabase(TEST_DATABASE_URL);
     dataDir = await mkdtemp(join(tmpdir(), 'canary-'));
+    if (database === undefined) await seedEmbeddedDatabase(join(dataDir, 'data'));
     fake = await startFakeUpstream({ apiKey: CANARY });
     const secretEnv = { OPENAI_API_KEY: CANARY, METRICS_TOKEN: CANARY, JWT_SECRET };
     server = await startTestServer({

@@ -8,6 +8,7 @@ import { createDatabase, type Database } from '../../lib/db/database.ts';
 import { loadMigrations, type Migration, migrate } from '../../lib/db/migrate.ts';
 import { createLogger } from '../../lib/log.ts';
 import { scratchDatabase } from '../support/database.ts';
+import { seedEmbeddedDatabase } from '../support/pglite-template.ts';
 import { TEST_DATABASE_URL, testConfig } from '../support/server.ts';
 
 const log = createLogger({ level: 'silent' });
@@ -22,6 +23,7 @@ interface Fresh {
 
 async function freshPglite(): Promise<Fresh> {
   const dir = await mkdtemp(join(tmpdir(), 'migrate-test-'));
+  await seedEmbeddedDatabase(dir);
   return {
     url: undefined,
     open: () => createDatabase(testConfig({ DATABASE_URL: undefined }, dir), log),

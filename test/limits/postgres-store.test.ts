@@ -2,11 +2,11 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
-import { PGlite } from '@electric-sql/pglite';
 import { createPgConfig } from '@electric-sql/pglite/node-postgres';
 import pg from 'pg';
 import { createPostgresStore } from '../../lib/limits/postgres-store.ts';
 import { type BucketPolicy, bucketPolicy } from '../../lib/limits/token-bucket.ts';
+import { openEmbeddedEngine } from '../support/pglite-template.ts';
 
 const DATABASE_URL = process.env.TEST_DATABASE_URL;
 
@@ -44,10 +44,10 @@ async function realPostgres(url: string): Promise<Backend> {
 }
 
 async function embeddedPglite(): Promise<Backend> {
-  const db = await PGlite.create();
+  const db = await openEmbeddedEngine();
   // One pool for both "instances": PGlite is a single backend, and a second pool on it would
   // clash over the backend's named prepared statements (the app likewise opens one pool on it).
-  const pool = new pg.Pool(createPgConfig(db));
+  const pool = new pg.Pool(createPgConfig(db.engine));
   await pool.query(bucketTableSql());
   return {
     pools: [pool, pool],
