@@ -7,6 +7,7 @@ import type { Socket } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { connectionBudget } from '../../lib/http/server.ts';
 import { type ChatHarness, startChat, waitFor } from '../support/chat.ts';
+import { runLock } from '../support/run-lock.ts';
 import {
   assertSecurityHeaders,
   assertSettled,
@@ -32,7 +33,11 @@ describe('raw-socket attacks on the running server', () => {
   let url: string;
   const clients = new Set<Socket>();
 
+  // The other load suite, run concurrently, would starve this one past its deadlines.
+  let releaseLoadLock: (() => void) | undefined;
+
   before(async () => {
+    releaseLoadLock = await runLock('load-test');
     h = await startChat({
       HEADERS_TIMEOUT_MS: String(HEADERS_TIMEOUT_MS),
       REQUEST_TIMEOUT_MS: String(REQUEST_TIMEOUT_MS),
@@ -45,6 +50,7 @@ describe('raw-socket attacks on the running server', () => {
   after(async () => {
     for (const socket of clients) socket.destroy();
     await h?.close();
+    releaseLoadLock?.();
   });
 
   /** GET /health/live over a fresh connection; resolves with its latency. */
