@@ -11,7 +11,7 @@ import pg from 'pg';
 import { type MessageRow, mintKey, type OpenStream, openStream, type SseFrame } from './support/chat.ts';
 import { type FakeUpstream, startFakeUpstream } from './support/fake-upstream.ts';
 import { seedEmbeddedDatabase } from './support/pglite-template.ts';
-import { CANARY, TEST_DATABASE_URL } from './support/server.ts';
+import { CANARY, childProcessEnv, TEST_DATABASE_URL } from './support/server.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const GRACE_MS = 1_000;
@@ -78,7 +78,7 @@ describe('server.ts on SIGTERM', () => {
     const dataDir = await mkdtemp(join(parentDir, 'data-'));
     if (TEST_DATABASE_URL === undefined) await seedEmbeddedDatabase(dataDir);
     const env: Record<string, string | undefined> = {
-      PATH: process.env['PATH'],
+      ...childProcessEnv(),
       HOST: '127.0.0.1',
       PORT: '0',
       LOG_LEVEL: 'info',

@@ -20,7 +20,7 @@ import { CHAT_ENV, readEvents } from '../support/chat.ts';
 import { type FakeUpstream, startFakeUpstream, UPSTREAM_SECRET_DETAIL } from '../support/fake-upstream.ts';
 import { mintJwt, unsignedJwt } from '../support/keys.ts';
 import { seedEmbeddedDatabase } from '../support/pglite-template.ts';
-import { CANARY, startTestServer, TEST_DATABASE_URL, type TestServer } from '../support/server.ts';
+import { CANARY, childProcessEnv, startTestServer, TEST_DATABASE_URL, type TestServer } from '../support/server.ts';
 import { exchange, mintIdentity } from './support.ts';
 
 const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
@@ -80,7 +80,7 @@ interface ProcessRun {
   output: string;
 }
 
-/** Runs `node server.ts …args` with exactly `env` (plus PATH); `during` gets the base URL once it listens, then SIGTERM. */
+/** Runs `node server.ts …args` with exactly `env` (plus childProcessEnv()); `during` gets the base URL once it listens, then SIGTERM. */
 function runServerProcess(
   args: string[],
   env: Record<string, string>,
@@ -89,7 +89,7 @@ function runServerProcess(
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, ['server.ts', ...args], {
       cwd: REPO_ROOT,
-      env: { PATH: process.env['PATH'] ?? '', ...env },
+      env: { ...childProcessEnv(), ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let output = '';
