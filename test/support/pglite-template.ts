@@ -10,8 +10,9 @@ import type { PGlite } from '@electric-sql/pglite';
 /** The variable the global setup sets to the run's template directory; unset when a file runs on its own. */
 export const TEMPLATE_ENV = 'TEST_PGLITE_TEMPLATE';
 
-// Only bounds a build that never ends: a cold start has taken tens of seconds on a busy machine.
-const READY_TIMEOUT_MS = 180_000;
+// Below the runner's --test-timeout, which hooks share, so a build that never ends gets a clear
+// message instead of a cancellation; a cold start has taken tens of seconds on a busy machine.
+const READY_TIMEOUT_MS = 55_000;
 const POLL_MS = 50;
 
 /** Where a failed build leaves its reason, so waiting tests fail at once with it. */
