@@ -10,6 +10,7 @@ import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
 import { createDatabase, type Database, DatabaseLockedError, postgresPoolConfig } from '../../lib/db/database.ts';
 import { createLogger, type Logger } from '../../lib/log.ts';
+import { seedEmbeddedDatabase } from '../support/pglite-template.ts';
 import { TEST_DATABASE_URL, testConfig } from '../support/server.ts';
 
 const NEEDS_POSTGRES = !TEST_DATABASE_URL && 'needs TEST_DATABASE_URL';
@@ -61,6 +62,7 @@ describe('createDatabase() with the embedded PGlite', () => {
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'database-test-'));
+    await seedEmbeddedDatabase(dir);
     capture = capturingLog();
     db = await createDatabase(testConfig({ DATABASE_URL: undefined }, dir), capture.log);
   });
