@@ -66,6 +66,86 @@ export function createPgFanout(options: PgFanoutOptions): Fanout {
   const { pool, log } = options;
   const handlers = new Map<string, Set<(event: RemoteEvent) => void>>();
   let engine: FanoutEngine | undefined;
+  const notify = async (channel: string, payload: string): Promise<void> => {
+    await pool.query('SELECT pg_notify($1, $2)', [channel, payload]);
+  };
+  const publishAnswer = createPublishers(notify, log);
+  const session = openListeningSession(options.connect, log, {
+    notification(channel, payload) {
+      if (channel === CONTROL) {
+        control(payload);
+        return;
+      }
+      const event = decode(payload);
+      if (event === undefined) return;
+      for (const handler of handlers.get(channel) ?? []) handler(event);
+    },
+    lost() {
+      for (const set of handlers.values()) for (const handler of set) handler({ type: 'lost' });
+      handlers.clear();
+    },
+  });
+
+  function control(payload: string): void {
+    const message = parse(payload) as { op?: unknown; c?: unknown; m?: unknown; o?: unknown; n?: unknown } | undefined;
+    if (engine === undefined || typeof message?.c !== 'string') return;
+    if (message.op === 'x') {
+      engine.cancel(message.c);
+      return;
+    }
+    const live = typeof message.m === 'string' ? engine.liveById(message.m) : undefined;
+    if (message.op !== 'f' || live === undefined || live.head.conversationId !== message.c) return;
+    const after = typeof message.o === 'number' ? message.o : undefined;
+    const nonce = typeof message.n === 'string' ? message.n.slice(0, 64) : '';
+    publishAnswer(live, message.c, after, nonce);
+  }
+
+  async function follow(conversationId: string, onEvent: (event: RemoteEvent) => void): Promise<Following> {
+    const channel = channelOf(conversationId);
+    const client = await session.listening();
+    const set = handlers.get(channel) ?? new Set();
+    handlers.set(channel, set);
+    set.add(onEvent);
+    if (set.size === 1) await client.query(`LISTEN ${channel}`);
+    return {
+      request: (messageId, offset, nonce) =>
+        notify(CONTROL, JSON.stringify({ op: 'f', c: conversationId, m: messageId, o: offset ?? null, n: nonce })),
+      close() {
+        set.delete(onEvent);
+        if (set.size > 0 || handlers.get(channel) !== set) return;
+        handlers.delete(channel);
+        session
+          .client()
+          ?.query(`UNLISTEN ${channel}`)
+          .catch(() => {});
+      },
+    };
+  }
+
+  return {
+    follow,
+    cancel: (conversationId) => notify(CONTROL, JSON.stringify({ op: 'x', c: conversationId })),
+    serve(e) {
+      engine = e;
+    },
+    close: () => session.close(),
+  };
+}
+
+/** An instance's listening session on the control channel, re-opened with backoff when it is lost. */
+interface ListeningSession {
+  /** The open session, waiting up to READY_TIMEOUT_MS for one; rejects with RESUME_INTERRUPTED. */
+  listening(): Promise<pg.Client>;
+  /** The open session, if there is one now. */
+  client(): pg.Client | undefined;
+  close(): Promise<void>;
+}
+
+function openListeningSession(
+  connect: () => pg.Client,
+  log: Logger,
+  on: { notification(channel: string, payload: string): void; lost(): void },
+): ListeningSession {
   let client: pg.Client | undefined;
   // The session being opened or open: a late 'end' of an older one must not start another.
   let current: pg.Client | undefined;
@@ -73,13 +153,11 @@ export function createPgFanout(options: PgFanoutOptions): Fanout {
   let backoffMs = BACKOFF_MS.first;
   let retry: NodeJS.Timeout | undefined;
   let closed = false;
-  // The publishers of this instance's answers that someone follows, by message id.
-  const publishers = new Map<string, Publisher>();
 
   async function open(): Promise<void> {
-    const next = options.connect();
+    const next = connect();
     current = next;
-    next.on('notification', (msg) => onNotification(msg.channel, msg.payload ?? ''));
+    next.on('notification', (msg) => on.notification(msg.channel, msg.payload ?? ''));
     next.on('error', (err) => lost(next, err));
     next.on('end', () => lost(next, undefined));
     try {
@@ -102,8 +180,7 @@ export function createPgFanout(options: PgFanoutOptions): Fanout {
     current = undefined;
     if (client !== undefined) log.warn('answer listener lost its database session; reconnecting', { err });
     client = undefined;
-    for (const set of handlers.values()) for (const handler of set) handler({ type: 'lost' });
-    handlers.clear();
+    on.lost();
     if (closed || retry !== undefined) return;
     ready = Promise.withResolvers<void>();
     retry = setTimeout(() => {
@@ -113,51 +190,47 @@ export function createPgFanout(options: PgFanoutOptions): Fanout {
     backoffMs = Math.min(backoffMs * 2, BACKOFF_MS.max);
   }
 
-  function onNotification(channel: string, payload: string): void {
-    if (channel === CONTROL) {
-      control(payload);
-      return;
-    }
-    const event = decode(payload);
-    if (event === undefined) return;
-    for (const handler of handlers.get(channel) ?? []) handler(event);
-  }
+  void open();
+  return {
+    async listening() {
+      let timer: NodeJS.Timeout | undefined;
+      const timeout = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new AppError('RESUME_INTERRUPTED')), READY_TIMEOUT_MS);
+      });
+      try {
+        await Promise.race([ready.promise, timeout]);
+      } finally {
+        clearTimeout(timer);
+      }
+      if (client === undefined) throw new AppError('RESUME_INTERRUPTED');
+      return client;
+    },
+    client: () => client,
+    async close() {
+      closed = true;
+      clearTimeout(retry);
+      const session = current;
+      current = undefined;
+      client = undefined;
+      await session?.end().catch(() => {});
+    },
+  };
+}
 
-  function control(payload: string): void {
-    const message = parse(payload) as { op?: unknown; c?: unknown; m?: unknown; o?: unknown; n?: unknown } | undefined;
-    if (engine === undefined || typeof message?.c !== 'string') return;
-    if (message.op === 'x') {
-      engine.cancel(message.c);
-      return;
-    }
-    const live = typeof message.m === 'string' ? engine.liveById(message.m) : undefined;
-    if (message.op !== 'f' || live === undefined || live.head.conversationId !== message.c) return;
-    const after = typeof message.o === 'number' ? message.o : undefined;
-    const nonce = typeof message.n === 'string' ? message.n.slice(0, 64) : '';
-    serveRequest(live, message.c, after, nonce);
-  }
-
-  /** Adds a follower's request to the answer's one publisher, starting it if the answer has none yet. */
-  function serveRequest(live: LiveAnswer, conversationId: string, after: number | undefined, nonce: string): void {
-    const messageId = live.head.messageId;
-    const running = publishers.get(messageId);
-    if (running !== undefined) {
-      running.requests.push({ after, nonce });
-      running.wake();
-      return;
-    }
-    const publisher = newPublisher({ after, nonce });
-    publishers.set(messageId, publisher);
-    publish(live, channelOf(conversationId), publisher).catch((err: unknown) => {
-      publishers.delete(messageId);
-      log.warn('answer publish failed', { err });
-    });
-  }
+/**
+ * Publishes this instance's answers that someone follows: one loop per answer, however many follow
+ * it. Returns the function that adds a follower's request (parts after `after`, acked with `nonce`).
+ */
+function createPublishers(
+  notify: (channel: string, payload: string) => Promise<void>,
+  log: Logger,
+): (live: LiveAnswer, conversationId: string, after: number | undefined, nonce: string) => void {
+  const publishers = new Map<string, Publisher>();
 
   /**
    * Sends an answer on its channel, one notification at a time so they arrive in order: each
    * request's ack, the parts from the earliest offset asked (followers drop parts they hold), each
-   * new part, and the end once it is stored. One loop per answer, however many follow it.
+   * new part, and the end once it is stored.
    */
   async function publish(live: LiveAnswer, channel: string, publisher: Publisher): Promise<void> {
     let offset: number | undefined;
@@ -185,58 +258,20 @@ export function createPgFanout(options: PgFanoutOptions): Fanout {
     }
   }
 
-  async function notify(channel: string, payload: string): Promise<void> {
-    await pool.query('SELECT pg_notify($1, $2)', [channel, payload]);
-  }
-
-  async function listening(): Promise<pg.Client> {
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new AppError('RESUME_INTERRUPTED')), READY_TIMEOUT_MS);
-    });
-    try {
-      await Promise.race([ready.promise, timeout]);
-    } finally {
-      clearTimeout(timer);
+  return (live, conversationId, after, nonce) => {
+    const messageId = live.head.messageId;
+    const running = publishers.get(messageId);
+    if (running !== undefined) {
+      running.requests.push({ after, nonce });
+      running.wake();
+      return;
     }
-    if (client === undefined) throw new AppError('RESUME_INTERRUPTED');
-    return client;
-  }
-
-  async function follow(conversationId: string, onEvent: (event: RemoteEvent) => void): Promise<Following> {
-    const channel = channelOf(conversationId);
-    const session = await listening();
-    const set = handlers.get(channel) ?? new Set();
-    handlers.set(channel, set);
-    set.add(onEvent);
-    if (set.size === 1) await session.query(`LISTEN ${channel}`);
-    return {
-      request: (messageId, offset, nonce) =>
-        notify(CONTROL, JSON.stringify({ op: 'f', c: conversationId, m: messageId, o: offset ?? null, n: nonce })),
-      close() {
-        set.delete(onEvent);
-        if (set.size > 0 || handlers.get(channel) !== set) return;
-        handlers.delete(channel);
-        client?.query(`UNLISTEN ${channel}`).catch(() => {});
-      },
-    };
-  }
-
-  void open();
-  return {
-    follow,
-    cancel: (conversationId) => notify(CONTROL, JSON.stringify({ op: 'x', c: conversationId })),
-    serve(e) {
-      engine = e;
-    },
-    async close() {
-      closed = true;
-      clearTimeout(retry);
-      const session = current;
-      current = undefined;
-      client = undefined;
-      await session?.end().catch(() => {});
-    },
+    const publisher = newPublisher({ after, nonce });
+    publishers.set(messageId, publisher);
+    publish(live, channelOf(conversationId), publisher).catch((err: unknown) => {
+      publishers.delete(messageId);
+      log.warn('answer publish failed', { err });
+    });
   };
 }
 

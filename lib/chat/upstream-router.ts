@@ -66,46 +66,8 @@ const BREAKER_OPEN = Object.assign(new Error('Circuit breaker open'), { code: 'B
 export function createUpstreamRouter(options: RouterOptions): UpstreamRouter {
   const { config, log, hooks } = options;
   const now = options.now ?? (() => performance.now());
-  const clients = new Map<string, Upstream>();
-  const targets = new Map<string, Target>();
-  // One breaker per label: the same origin and model share it, whichever key or path reaches them.
-  const breakers = new Map<string, Breaker>();
+  const { clients, breakers, clientFor, targetFor } = createTargets(config, log, now, hooks);
   const routeLog = log.child({ component: 'upstream-router' });
-
-  function clientFor(f: AgentFallback): Upstream {
-    const key = `${f.baseURL ?? ''}\u0001${f.apiKeyEnv ?? ''}`;
-    let client = clients.get(key);
-    if (client === undefined) {
-      // No baseURL and no key variable of its own: the configured endpoint, OPENAI_API_KEY included.
-      client = key === '\u0001' ? createUpstream(config, log) : createUpstream(config, log, endpoint(f, config));
-      clients.set(key, client);
-    }
-    return client;
-  }
-
-  // Looked up per request: the label (a URL parse) is built only the first time.
-  function targetFor(f: AgentFallback, model: string): Target {
-    const key = `${f.baseURL ?? ''}\u0001${f.apiKeyEnv ?? ''}\u0001${model}`;
-    let target = targets.get(key);
-    if (target === undefined) {
-      const label = labelOf(f.baseURL ?? config.upstream.baseUrl, model);
-      target = { label, model, client: clientFor(f), breaker: breakerFor(label) };
-      targets.set(key, target);
-    }
-    return target;
-  }
-
-  function breakerFor(label: string): Breaker {
-    let breaker = breakers.get(label);
-    if (breaker === undefined) {
-      const onChange = (from: BreakerState, to: BreakerState): void => hooks?.breakerChanged?.(label, from, to);
-      // A trial nobody reports on (a stream dropped unread) cannot outlive the whole answer's deadline.
-      const trialTimeoutMs = config.upstream.maxDurationMs;
-      breaker = createBreaker({ ...config.upstream.breaker, trialTimeoutMs, now, onChange });
-      breakers.set(label, breaker);
-    }
-    return breaker;
-  }
 
   function route(req: UpstreamRequest): Target[] {
     const primary = targetFor(PRIMARY, req.model);
@@ -176,6 +138,51 @@ export function createUpstreamRouter(options: RouterOptions): UpstreamRouter {
       await Promise.all([...clients.values()].map((c) => c.close()));
     },
   };
+}
+
+/** The clients, breakers and targets of every upstream, each built once and looked up per request. */
+function createTargets(config: Config, log: Logger, now: () => number, hooks: RouterHooks | undefined) {
+  const clients = new Map<string, Upstream>();
+  const targets = new Map<string, Target>();
+  // One breaker per label: the same origin and model share it, whichever key or path reaches them.
+  const breakers = new Map<string, Breaker>();
+
+  function clientFor(f: AgentFallback): Upstream {
+    const key = `${f.baseURL ?? ''}\u0001${f.apiKeyEnv ?? ''}`;
+    let client = clients.get(key);
+    if (client === undefined) {
+      // No baseURL and no key variable of its own: the configured endpoint, OPENAI_API_KEY included.
+      client = key === '\u0001' ? createUpstream(config, log) : createUpstream(config, log, endpoint(f, config));
+      clients.set(key, client);
+    }
+    return client;
+  }
+
+  function breakerFor(label: string): Breaker {
+    let breaker = breakers.get(label);
+    if (breaker === undefined) {
+      const onChange = (from: BreakerState, to: BreakerState): void => hooks?.breakerChanged?.(label, from, to);
+      // A trial nobody reports on (a stream dropped unread) cannot outlive the whole answer's deadline.
+      const trialTimeoutMs = config.upstream.maxDurationMs;
+      breaker = createBreaker({ ...config.upstream.breaker, trialTimeoutMs, now, onChange });
+      breakers.set(label, breaker);
+    }
+    return breaker;
+  }
+
+  // Looked up per request: the label (a URL parse) is built only the first time.
+  function targetFor(f: AgentFallback, model: string): Target {
+    const key = `${f.baseURL ?? ''}\u0001${f.apiKeyEnv ?? ''}\u0001${model}`;
+    let target = targets.get(key);
+    if (target === undefined) {
+      const label = labelOf(f.baseURL ?? config.upstream.baseUrl, model);
+      target = { label, model, client: clientFor(f), breaker: breakerFor(label) };
+      targets.set(key, target);
+    }
+    return target;
+  }
+
+  return { clients, breakers, clientFor, targetFor };
 }
 
 /** Failures before the first token that another upstream may not share: transport, 5xx, 429, timeouts. */

@@ -116,7 +116,10 @@ describe('daily token budgets', () => {
         assert.equal(res.status, 429);
         // The server's clock read falls between these two, so its whole seconds do too.
         const retryAfter = Number(res.headers.get('retry-after'));
-        assert.ok(retryAfter <= secondsToMidnight(sent) && retryAfter >= secondsToMidnight(Date.now()), `${retryAfter}`);
+        assert.ok(
+          retryAfter <= secondsToMidnight(sent) && retryAfter >= secondsToMidnight(Date.now()),
+          `${retryAfter}`,
+        );
         const { error } = (await res.json()) as { error: { code: string; type: string } };
         assert.deepEqual([error.code, error.type], ['insufficient_quota', 'insufficient_quota']);
         break;
