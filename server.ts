@@ -28,7 +28,8 @@ switch (command) {
   }
   default:
     process.stderr.write(
-      `Unknown command: ${command}\nUsage: server.ts [serve | migrate | keys create NAME | keys list | keys revoke NAME]\n`,
+      `Unknown command: ${command}\n` +
+        'Usage: server.ts [serve | migrate | keys create NAME | keys list | keys revoke NAME]\n',
     );
     process.exitCode = 2;
 }

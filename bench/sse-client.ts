@@ -1,4 +1,5 @@
-// SSE client worker for sse.ts (pinned to CPU 1 by its parent): argv[2] is a JSON job; results are JSON lines on stdout.
+// SSE client worker for sse.ts (pinned to CPU 1 by its parent): argv[2] is a JSON job; results are JSON lines
+// on stdout.
 //
 //   throughput  `concurrency` keep-alive workers POST the same request in a loop for `durationMs`;
 //               a stream counts when it completed inside the window and its tail holds `okMarker`.
@@ -82,7 +83,7 @@ function once(t: Target, agent: Agent, timeoutMs: number): Promise<Outcome> {
       res.setEncoding('utf8');
       res.on('data', (chunk: string) => {
         if (Number.isNaN(out.firstByteMs)) out.firstByteMs = performance.now() - t0;
-        // Keep a short tail only: the markers are short, and the client's own cost stays small and equal for both targets.
+        // Keep a short tail only: the markers are short, and the client's cost stays small and equal for both targets.
         tail = (tail + chunk).slice(-512);
         if (Number.isNaN(out.tokenMs) && token.test(tail)) out.tokenMs = performance.now() - t0;
       });

@@ -48,7 +48,7 @@ const trustProxy = list.refine(
 // Bytes, not UTF-16 code units: HMAC keys are bytes.
 const jwtSecret = z.string().refine((s) => Buffer.byteLength(s) >= 32, 'must be at least 32 bytes');
 
-/** The environment variables, their types, defaults and one-line descriptions (the README table is checked against these). */
+/** Each environment variable's type, default and one-line description (the README table is checked against these). */
 export const ENV_SCHEMA = {
   HOST: withDefault(
     z.string().refine((h) => isIP(h) !== 0 || /^[A-Za-z0-9.-]+$/.test(h), 'must be an IP address or host name'),
@@ -264,7 +264,7 @@ export function parseConfig(env: Record<string, string | undefined>): ConfigResu
   return { ok: true, config: buildConfig(parsed.data, env) };
 }
 
-/** Rules between variables; each runs when the variables it compares are valid on their own, so every problem is listed at once. */
+/** Rules between variables, each run when its variables are valid on their own, so every problem is listed at once. */
 function crossFieldProblems(env: Record<string, string | undefined>): string[] {
   const problems: string[] = [];
   const requestTimeout = ENV_SCHEMA.REQUEST_TIMEOUT_MS.safeParse(env['REQUEST_TIMEOUT_MS']);

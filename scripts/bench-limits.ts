@@ -20,13 +20,15 @@ import { createLogger } from '../lib/log.ts';
 const policy = bucketPolicy(600, 20);
 const KEYS = 10_000;
 const keys = Array.from({ length: KEYS }, (_, i) => `key:${i}`);
-const TABLE_SQL = `CREATE UNLOGGED TABLE rate_limit_buckets (key text PRIMARY KEY, tokens double precision NOT NULL, updated_at timestamptz NOT NULL);
+const TABLE_SQL = `CREATE UNLOGGED TABLE rate_limit_buckets
+  (key text PRIMARY KEY, tokens double precision NOT NULL, updated_at timestamptz NOT NULL);
 CREATE INDEX rate_limit_buckets_updated ON rate_limit_buckets (updated_at)`;
 
 function report(label: string, decisions: number, elapsedMs: number): void {
   const us = (elapsedMs * 1000) / decisions;
   console.log(
-    `${label.padEnd(44)} ${us.toFixed(2).padStart(9)} µs/decision  (${Math.round(decisions / (elapsedMs / 1000))}/s, n=${decisions})`,
+    `${label.padEnd(44)} ${us.toFixed(2).padStart(9)} µs/decision  ` +
+      `(${Math.round(decisions / (elapsedMs / 1000))}/s, n=${decisions})`,
   );
 }
 
@@ -56,7 +58,8 @@ function benchMemoryFootprint(): void {
   const mb = (process.memoryUsage().heapUsed - before) / 1024 / 1024;
   // Read the store after measuring so it cannot be collected before the measurement.
   console.log(
-    `${`memory store heap at ${store.size()} keys`.padEnd(44)} ${mb.toFixed(1).padStart(9)} MB${globalThis.gc ? '' : ' (approximate: run with --expose-gc)'}`,
+    `${`memory store heap at ${store.size()} keys`.padEnd(44)} ${mb.toFixed(1).padStart(9)} MB` +
+      (globalThis.gc ? '' : ' (approximate: run with --expose-gc)'),
   );
 }
 
@@ -133,7 +136,8 @@ async function benchBudget(label: string, budgets: Budgets, n: number, inFlight:
   const ms = performance.now() - start;
   const us = (ms * 1000) / n;
   console.log(
-    `${`${label} (${inFlight} in flight)`.padEnd(44)} ${us.toFixed(2).padStart(9)} µs/turn      (${Math.round(n / (ms / 1000))}/s, n=${n})`,
+    `${`${label} (${inFlight} in flight)`.padEnd(44)} ${us.toFixed(2).padStart(9)} µs/turn      ` +
+      `(${Math.round(n / (ms / 1000))}/s, n=${n})`,
   );
 }
 

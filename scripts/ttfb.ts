@@ -118,7 +118,8 @@ async function main(): Promise<void> {
       b.push(await viaServer());
     }
     const row = (label: string, xs: number[]): string =>
-      `${label.padEnd(30)} median ${median(xs).toFixed(2).padStart(7)} ms   p90 ${percentile(xs, 90).toFixed(2).padStart(7)} ms`;
+      `${label.padEnd(30)} median ${median(xs).toFixed(2).padStart(7)} ms   ` +
+      `p90 ${percentile(xs, 90).toFixed(2).padStart(7)} ms`;
     console.log(`time to first byte, ${RUNS} sequential requests each (database: ${server.db.kind})`);
     console.log(
       row(
@@ -146,7 +147,8 @@ async function main(): Promise<void> {
     );
     const added = (pick: (t: Timing) => number): string => (median(b.map(pick)) - median(a.map(pick))).toFixed(2);
     console.log(
-      `added by the server (median difference): first byte ${added((t) => t.firstByteMs)} ms, first token ${added((t) => t.firstTokenMs)} ms`,
+      `added by the server (median difference): first byte ${added((t) => t.firstByteMs)} ms, ` +
+        `first token ${added((t) => t.firstTokenMs)} ms`,
     );
   } finally {
     for (const agent of agents) agent.destroy();

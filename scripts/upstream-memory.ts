@@ -124,7 +124,12 @@ async function main(): Promise<void> {
   const per = (m: NodeJS.MemoryUsage) =>
     Object.fromEntries(keys.map((k) => [k, Number(kib((m[k] - idle[k]) / STREAMS).toFixed(1))]));
   process.stdout.write(
-    `${JSON.stringify({ streams: STREAMS, stats: upstream.stats(), kibPerStreamAsRunning: per(running), kibPerStreamAfterGc: per(collected) })}\n`,
+    `${JSON.stringify({
+      streams: STREAMS,
+      stats: upstream.stats(),
+      kibPerStreamAsRunning: per(running),
+      kibPerStreamAfterGc: per(collected),
+    })}\n`,
   );
   await closeAll(held);
   await upstream.close();

@@ -429,7 +429,9 @@ describe('parseConfig() secrets', () => {
 
 describe('loadConfig()', () => {
   it('loadConfig() stops the process with every problem named and no secret printed', async () => {
-    const script = `import('${new URL('../lib/config.ts', import.meta.url).href}').then((m) => { m.loadConfig(); process.stdout.write('started'); });`;
+    const script =
+      `import('${new URL('../lib/config.ts', import.meta.url).href}')` +
+      ".then((m) => { m.loadConfig(); process.stdout.write('started'); });";
     const { code, stdout, stderr } = await new Promise<{ code: number | null; stdout: string; stderr: string }>(
       (resolve) => {
         const child = execFile(

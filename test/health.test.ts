@@ -102,7 +102,7 @@ describe('/health with the database behind a proxy', { skip: !TEST_DATABASE_URL 
     await server?.close();
   });
 
-  it('GET /health answers 503 with exactly {"status":"unavailable"} within 6.5 s when the database stops answering', async () => {
+  it('GET /health answers 503 with exactly {"status":"unavailable"} within 6.5 s when the database hangs', async () => {
     proxy.setMode('blackhole');
     const started = performance.now();
     const res = await fetch(`${server.url}/health`);

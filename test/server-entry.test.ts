@@ -137,7 +137,8 @@ describe('server.ts', () => {
     const url = (await entry.line('listening', START_TIMEOUT_MS))['url'] as string;
     let key: string;
     if (scratch === undefined) {
-      key = (await readFile(join(dataDir, 'dev-api-key'), 'utf8')).trim(); // written on the embedded database's first start
+      // written on the embedded database's first start
+      key = (await readFile(join(dataDir, 'dev-api-key'), 'utf8')).trim();
     } else {
       const pool = new pg.Pool({ connectionString: scratch.url, max: 1 });
       try {

@@ -1,4 +1,5 @@
-// c+. fastify 5 + @fastify/helmet + @fastify/cors (one allowlisted origin) + @fastify/rate-limit + its own pino logger to /dev/null.
+// c+. fastify 5 + @fastify/helmet + @fastify/cors (one allowlisted origin) + @fastify/rate-limit
+// + its own pino logger to /dev/null.
 
 import cors from '@fastify/cors';
 import helmet from '@fastify/helmet';

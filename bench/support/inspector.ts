@@ -19,7 +19,9 @@ export interface HeapFigures {
 // process.getBuiltinModule works in the inspector's global scope, where an ES module's imports do not.
 const MEMORY_EXPRESSION = `JSON.stringify({
   ...process.memoryUsage(),
-  spaces: Object.fromEntries(process.getBuiltinModule('node:v8').getHeapSpaceStatistics().map((s) => [s.space_name, s.space_size])),
+  spaces: Object.fromEntries(
+    process.getBuiltinModule('node:v8').getHeapSpaceStatistics().map((s) => [s.space_name, s.space_size]),
+  ),
 })`;
 
 /** The inspector WebSocket URL a `--inspect=…:0` process printed, or undefined. */

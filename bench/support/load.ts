@@ -61,7 +61,10 @@ export function loadCommand(
     return `taskset -c ${CLIENT_CPU} wrk -t1 -c${connections} -d${durationS}s --latency ${h} ${url}`;
   }
   const job = { url, connections, durationS, headers: Object.fromEntries(shown) };
-  return `taskset -c ${CLIENT_CPU} node support/autocannon-run.ts '${JSON.stringify(job)}'  # autocannon({url, connections, duration, headers, pipelining: 1})`;
+  return (
+    `taskset -c ${CLIENT_CPU} node support/autocannon-run.ts '${JSON.stringify(job)}'` +
+    '  # autocannon({url, connections, duration, headers, pipelining: 1})'
+  );
 }
 
 /** Runs one measurement of `durationS` seconds. */

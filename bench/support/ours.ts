@@ -163,7 +163,10 @@ export function oursCommand(prep: OursPrepared): string {
   const vars = Object.entries(OURS_SETTINGS).map(([k, v]) => `${k}=${v}`);
   const db = prep.external ? 'DATABASE_URL=$BENCH_DATABASE_URL' : 'DATA_DIR=<temp dir>';
   const prod = Object.entries(PRODUCTION_ENV).map(([k, v]) => `${k}=${v}`);
-  return `cd <repo> && env -i PATH=… ${db} ${vars.join(' ')} ${prod.join(' ')} PORT=<port> OPENAI_BASE_URL=<fake upstream>/v1 taskset -c 0 node ${PRODUCTION_NODE_FLAGS.join(' ')} ${ENTRY} >/dev/null`;
+  return (
+    `cd <repo> && env -i PATH=… ${db} ${vars.join(' ')} ${prod.join(' ')} PORT=<port> ` +
+    `OPENAI_BASE_URL=<fake upstream>/v1 taskset -c 0 node ${PRODUCTION_NODE_FLAGS.join(' ')} ${ENTRY} >/dev/null`
+  );
 }
 
 /** Revokes keys made in an external database (the embedded one is deleted with its temp dir). */

@@ -49,7 +49,15 @@ function event(delta: object, finish: string | null = null, extra: object = {}):
 const ROLE = event({ role: 'assistant', content: '' });
 const TOKENS = Array.from({ length: chunks }, (_, i) => event({ content: `tok${i} ` }));
 const STOP = event({}, 'stop');
-const USAGE = `data: ${JSON.stringify({ id: 'chatcmpl-bench', object: 'chat.completion.chunk', created: 1_764_000_000, model: 'bench-model', choices: [], usage: { prompt_tokens: 5, completion_tokens: chunks, total_tokens: chunks + 5 } })}\n\n`;
+const USAGE_CHUNK = {
+  id: 'chatcmpl-bench',
+  object: 'chat.completion.chunk',
+  created: 1_764_000_000,
+  model: 'bench-model',
+  choices: [],
+  usage: { prompt_tokens: 5, completion_tokens: chunks, total_tokens: chunks + 5 },
+};
+const USAGE = `data: ${JSON.stringify(USAGE_CHUNK)}\n\n`;
 const DONE = 'data: [DONE]\n\n';
 const SSE_HEADERS = { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' };
 /** Open held or paced streams, each with the function that ends it now. */

@@ -44,7 +44,7 @@ export function createAuthenticator(options: AuthenticatorOptions): Authenticate
   const pending = new Map<string, Promise<Identity>>();
 
   async function lookUp(hash: Buffer, cacheKey: string): Promise<Identity> {
-    // The row is at least as fresh as this moment: count the TTL from here, so a slow query cannot add to revocation lag.
+    // The row is at least as fresh as now: count the TTL from here, so a slow query adds no revocation lag.
     const askedAtMs = now();
     const row = await findApiKeyByHash(options.pool, hash);
     // The index found the row by hash; compare again in constant time as a second line.

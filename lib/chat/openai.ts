@@ -88,9 +88,13 @@ function identityOf(ctx: Context): Identity {
 function chunks(ctx: Context, turn: Turn, includeUsage: boolean): AsyncIterable<SseEvent> {
   const { head } = turn;
   // Built once per stream: every chunk shares its id, object, created and model.
-  const prefix = `{"id":"chatcmpl-${head.messageId.replaceAll('-', '')}","object":"chat.completion.chunk","created":${head.createdSeconds},"model":${JSON.stringify(head.agent)}`;
+  const prefix =
+    `{"id":"chatcmpl-${head.messageId.replaceAll('-', '')}","object":"chat.completion.chunk",` +
+    `"created":${head.createdSeconds},"model":${JSON.stringify(head.agent)}`;
   const choice = (delta: string, finish: string | null): SseEvent => ({
-    data: `${prefix},"choices":[{"index":0,"delta":${delta},"logprobs":null,"finish_reason":${JSON.stringify(finish)}}]}`,
+    data:
+      `${prefix},"choices":[{"index":0,"delta":${delta},"logprobs":null,` +
+      `"finish_reason":${JSON.stringify(finish)}}]}`,
   });
   return mapEvents(turn.events, (event: TurnEvent): SseEvent | SseEvent[] => {
     switch (event.type) {
@@ -141,7 +145,10 @@ async function completion(ctx: Context, turn: Turn): Promise<Reply> {
 function usageJson(usage: UpstreamUsage | undefined): string {
   const prompt = usage?.promptTokens ?? 0;
   const completionTokens = usage?.completionTokens ?? 0;
-  return `{"prompt_tokens":${prompt},"completion_tokens":${completionTokens},"total_tokens":${prompt + completionTokens}}`;
+  return (
+    `{"prompt_tokens":${prompt},"completion_tokens":${completionTokens},` +
+    `"total_tokens":${prompt + completionTokens}}`
+  );
 }
 
 /** Tokens of the call, for the access log (the API is stateless: this is its record). */

@@ -5,7 +5,7 @@ import { AppError, causeChain } from '../errors.ts';
 
 /** How an upstream call failed; each kind maps to one client-facing code. */
 export type UpstreamErrorKind = 'aborted' | 'timeout' | 'unavailable' | 'status' | 'connection' | 'broken';
-/** Why our own controller aborted a call: the caller, the first-token deadline, the idle timer or the total deadline. */
+/** Why our controller aborted a call: the caller, the first-token deadline, the idle timer or the total deadline. */
 export type AbortReason = 'client' | 'deadline' | 'idle' | 'duration';
 
 const RETRY_AFTER_CAP_SECONDS = 3600;

@@ -3,9 +3,10 @@
 //
 // Why not undici's fetch: per open stream it keeps a WHATWG Request and Response, two header
 // lists, a byte ReadableStream with its controller and a chain of pending promises, and makes more
-// garbage per chunk (bench/RESULTS.md has the figures). The SDK needs only what it reads: status, ok, url, headers.get/entries, text()/json() for errors and buffered
-// answers, and `body`, which its SSE reader iterates with for-await when the body has no
-// getReader() (openai/internal/shims.js ReadableStreamToAsyncIterable).
+// garbage per chunk (bench/RESULTS.md has the figures). The SDK needs only what it reads: status,
+// ok, url, headers.get/entries, text()/json() for errors and buffered answers, and `body`, which
+// its SSE reader iterates with for-await when the body has no getReader()
+// (openai/internal/shims.js ReadableStreamToAsyncIterable).
 //
 // Behaviour kept from fetch: an aborted signal rejects with the signal's reason (an AbortError,
 // which the SDK turns into a timeout or APIUserAbortError); other failures before the response

@@ -161,7 +161,8 @@ export async function regenerateTurn(
     const history = await loadHistory(client, conversationId, input.historyMaxChars, Number(asked.seq));
     const assistantMessageId = randomUUID();
     await client.query(
-      `INSERT INTO messages (id, conversation_id, role, content, status) VALUES ($1, $2, 'assistant', '', 'incomplete')`,
+      `INSERT INTO messages (id, conversation_id, role, content, status)
+       VALUES ($1, $2, 'assistant', '', 'incomplete')`,
       [assistantMessageId, conversationId],
     );
     return { conversationId, userMessageId: asked.id, assistantMessageId, agent, history, message: asked.content };
@@ -237,7 +238,8 @@ export async function listConversations(
   after?: { updatedAt: string; id: string },
 ): Promise<{ items: ConversationSummary[]; next?: { updatedAt: string; id: string } }> {
   // The cursor keeps PostgreSQL's microseconds: a millisecond-rounded Date would skip rows.
-  const columns = `id, agent, title, created_at, updated_at, to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS cursor_at`;
+  const columns = `id, agent, title, created_at, updated_at,
+    to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS cursor_at`;
   const { rows } =
     after === undefined
       ? await pool.query<ConversationRow & { cursor_at: string }>(
@@ -246,7 +248,8 @@ export async function listConversations(
         )
       : await pool.query<ConversationRow & { cursor_at: string }>(
           `SELECT ${columns} FROM conversations
-         WHERE owner = $1 AND (updated_at, id) < ($2::timestamptz, $3::uuid) ORDER BY updated_at DESC, id DESC LIMIT $4`,
+         WHERE owner = $1 AND (updated_at, id) < ($2::timestamptz, $3::uuid)
+         ORDER BY updated_at DESC, id DESC LIMIT $4`,
           [owner, after.updatedAt, after.id, limit + 1],
         );
   const page = rows.slice(0, limit);

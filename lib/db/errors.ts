@@ -14,8 +14,10 @@ const UNAVAILABLE_ERRNO = new Set([
   'EAI_AGAIN',
 ]);
 // pg and pg-pool report these as plain Errors without a code (node-postgres #2973).
-const UNAVAILABLE_MESSAGE =
-  /^(timeout exceeded when trying to connect|Connection terminated|Query read timeout|Client has encountered a connection error)/;
+const UNAVAILABLE_MESSAGE = new RegExp(
+  '^(timeout exceeded when trying to connect|Connection terminated|Query read timeout|' +
+    'Client has encountered a connection error)',
+);
 
 /** True when `err` (or its cause) says the database cannot be reached or is overloaded. */
 export function isDatabaseUnavailable(err: unknown): boolean {

@@ -101,7 +101,7 @@ function walk(root: Node, path: string): { node: Node; params: Record<string, st
   return node === undefined ? undefined : { node, params };
 }
 
-/** Matches the segment at `start` and the rest: a static segment first, then a parameter if the static branch leads nowhere. */
+/** Matches the segment at `start` and the rest: a static segment first, a parameter if the static one leads nowhere. */
 function descend(node: Node, path: string, start: number, params: Record<string, string>): Node | undefined {
   let end = path.indexOf('/', start);
   if (end === -1) end = path.length;

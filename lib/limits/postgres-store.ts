@@ -34,7 +34,9 @@ export interface PostgresStore extends BucketStore {
 // GREATEST(0, …) and GREATEST(updated_at, …) keep a clock read before a lock wait (and so older
 // than the row) from refilling twice or moving the row back in time. The 1e-9 slack matches
 // TOKEN_EPSILON in token-bucket.ts: binary rounding must not refuse a token that has refilled.
-const REFILLED = `LEAST($2::float8, b.tokens + $3::float8 * GREATEST(0, EXTRACT(EPOCH FROM EXCLUDED.updated_at - b.updated_at)::float8))`;
+const REFILLED =
+  'LEAST($2::float8, b.tokens + $3::float8 * ' +
+  'GREATEST(0, EXTRACT(EPOCH FROM EXCLUDED.updated_at - b.updated_at)::float8))';
 export const TAKE_SQL = `
 WITH taken AS (
   INSERT INTO rate_limit_buckets AS b (key, tokens, updated_at)
@@ -48,7 +50,8 @@ WITH taken AS (
 SELECT true AS allowed, tokens FROM taken
 UNION ALL
 SELECT false AS allowed, tokens FROM (
-  SELECT LEAST($2::float8, tokens + $3::float8 * GREATEST(0, EXTRACT(EPOCH FROM clock_timestamp() - updated_at)::float8)) AS tokens
+  SELECT LEAST($2::float8,
+      tokens + $3::float8 * GREATEST(0, EXTRACT(EPOCH FROM clock_timestamp() - updated_at)::float8)) AS tokens
   FROM rate_limit_buckets
   WHERE key = $1::text AND NOT EXISTS (SELECT 1 FROM taken)
   FOR UPDATE

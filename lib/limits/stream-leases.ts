@@ -15,7 +15,7 @@ import type { Lease } from './concurrency.ts';
 
 /** Stream slots as the server holds them: in this process, or shared through PostgreSQL. */
 export interface StreamSlots {
-  /** A lease, or undefined when the key is at its cap (`max`, the key's own, or the default); a shared store may ask the database. */
+  /** A lease, or undefined at the key's cap (`max`, its own, or the default); a shared store may ask the database. */
   acquire(key: string, max?: number): Lease | undefined | Promise<Lease | undefined>;
   /** Slots held on this instance by one key, or by all keys. */
   inUse(key?: string): number;

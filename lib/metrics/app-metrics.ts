@@ -92,7 +92,10 @@ export interface AppMetrics {
   tokensUsed(agent: string, promptTokens: number, completionTokens: number): void;
   /** A turn refused because its identity's daily token budget would be exceeded. */
   budgetRejected(): void;
-  /** Read at each scrape; pass `() => ({ total: pool.totalCount, idle: pool.idleCount, waiting: pool.waitingCount })`. */
+  /**
+   * Read at each scrape; pass
+   * `() => ({ total: pool.totalCount, idle: pool.idleCount, waiting: pool.waitingCount })`.
+   */
   setPoolSource(source: () => PoolStats): void;
   /** Read at each scrape; pass `() => limiter.inUse()`. */
   setStreamSlotsSource(source: () => number): void;

@@ -109,7 +109,7 @@ describe('faults during chat traffic, database behind a TCP proxy', {
     );
   }
 
-  it('a database blackhole longer than the query timeout fails or delays chats, then the server recovers with nothing lost', async () => {
+  it('a database blackhole past the query timeout fails or delays chats; then recovery loses nothing', async () => {
     const who = await mintIdentity(h.server.db.pool);
     const traffic = trafficThrough('blackhole', 3_000, who);
     await sleep(700); // inside the blackhole
@@ -190,7 +190,7 @@ describe('faults during chat traffic, database behind a TCP proxy', {
     });
   }
 
-  it('1,000 clients that leave mid-answer leave every answer stored complete, and no slot, turn or socket after', async () => {
+  it('1,000 clients leaving mid-answer leave every answer stored complete and no slot, turn or socket', async () => {
     const who = await mintIdentity(h.server.db.pool);
     h.fake.setBehaviour({ kind: 'slow', chunks: Array.from({ length: 10 }, () => 'x'), chunkDelayMs: 50 });
     const warnings: string[] = [];

@@ -114,7 +114,7 @@ describe('body properties', () => {
     );
   });
 
-  it('parseJson() never throws anything but a 4xx AppError for arbitrary JSON, and returns what JSON.parse reads', () => {
+  it('parseJson() throws only a 4xx AppError for arbitrary JSON, and returns what JSON.parse reads', () => {
     fc.assert(
       fc.property(fc.json({ maxDepth: 40 }), (text) => {
         let value: unknown;
@@ -255,7 +255,7 @@ describe('problem+json properties', () => {
           }),
       );
 
-  it('problemBody() of any AppError with status 500 or more, bar the configuration codes, shows no detail, extra or cause', () => {
+  it('problemBody() of any AppError >= 500, bar the configuration codes, shows no detail, extra or cause', () => {
     const serverError = fc.oneof(
       fc.integer({ min: 500, max: 599 }),
       fc.constant(undefined), // the catalogue's status, filtered below

@@ -68,7 +68,7 @@ describe('raw-socket attacks on the running server', () => {
     return performance.now() - started;
   }
 
-  it('slowloris: connections dripping header lines get 408 within HEADERS_TIMEOUT_MS plus the sweep while others are served', async () => {
+  it('slowloris: dripped header lines get 408 within HEADERS_TIMEOUT_MS + sweep while others are served', async () => {
     // 40 header lines at 200 ms: the attack would go on for 8 s if the server let it.
     const drip = Array.from({ length: 40 }, (_, i) => `X-Drip-${i}: ${'a'.repeat(16)}\r\n`);
     const attacks = Array.from({ length: 50 }, () =>
@@ -91,7 +91,7 @@ describe('raw-socket attacks on the running server', () => {
     }
   });
 
-  it('R.U.D.Y.: an authenticated body sent one byte a second is cut within REQUEST_TIMEOUT_MS plus the sweep with exactly one 408', async () => {
+  it('R.U.D.Y.: a 1 B/s authenticated body is cut within REQUEST_TIMEOUT_MS + sweep with exactly one 408', async () => {
     const head =
       `POST /v1/chat HTTP/1.1\r\n${HOST}Authorization: Bearer ${h.key}\r\n` +
       'Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n';
@@ -111,7 +111,7 @@ describe('raw-socket attacks on the running server', () => {
     assert.equal(problemCode(result.responses[0]!), 'REQUEST_TIMEOUT');
   });
 
-  it('R.U.D.Y.: an anonymous slow body gets its 401 and is cut within REQUEST_TIMEOUT_MS plus the sweep with no second response', async () => {
+  it('R.U.D.Y.: an anonymous slow body gets one 401 and is cut within REQUEST_TIMEOUT_MS + sweep', async () => {
     const head = `POST /v1/chat HTTP/1.1\r\n${HOST}Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n`;
     const result = await exchange(url, [head, ...'{"message":"aaaaaaaaaaaa'.split('')], {
       intervalMs: 1_000,
@@ -157,7 +157,7 @@ describe('raw-socket attacks on the running server', () => {
     return { client, written: late.written };
   }
 
-  it('slow read: a client that never reads a 20 MB OpenAI stream costs one socket buffer and holds the upstream back', async () => {
+  it('slow read: an unread 20 MB OpenAI stream costs one socket buffer and holds the upstream back', async () => {
     const { key } = await mintIdentity(h.server.db.pool);
     h.fake.queue({ kind: 'burst', count: 20_000, text: 'x'.repeat(1024) });
     const upstreamIndex = h.fake.requests.length;
@@ -176,7 +176,7 @@ describe('raw-socket attacks on the running server', () => {
     await assertSettled(h.server);
   });
 
-  it('slow read: a stored answer whose client never reads runs to its end and is stored, for one socket buffer', async () => {
+  it('slow read: a stored answer whose client never reads runs to its end, stored, for one socket buffer', async () => {
     const { key, owner } = await mintIdentity(h.server.db.pool);
     h.fake.queue({ kind: 'burst', count: 2_000, text: 'x'.repeat(1024) });
     const upstreamIndex = h.fake.requests.length;
@@ -201,8 +201,10 @@ describe('raw-socket attacks on the running server', () => {
     assert.equal(problemCode(result.responses[0]!), 'HEADERS_TOO_LARGE');
   });
 
-  it('Content-Length with Transfer-Encoding gets 400 BAD_FRAMING and the smuggled request is never answered', async () => {
-    const smuggle = `POST /health/live HTTP/1.1\r\n${HOST}Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n${LIVE}`;
+  it('Content-Length with Transfer-Encoding gets 400 BAD_FRAMING, never answering the smuggled request', async () => {
+    const smuggle =
+      `POST /health/live HTTP/1.1\r\n${HOST}Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n` +
+      `0\r\n\r\n${LIVE}`;
     const result = await exchange(url, [smuggle]);
     assert.equal(result.closedByServer, true);
     assert.deepEqual(
@@ -255,7 +257,8 @@ describe('raw-socket attacks on the running server', () => {
       ],
       [
         'overflowing chunk size',
-        `POST /health/live HTTP/1.1\r\n${HOST}Transfer-Encoding: chunked\r\n\r\nffffffffffffffffff1\r\nhello\r\n0\r\n\r\n${LIVE}`,
+        `POST /health/live HTTP/1.1\r\n${HOST}Transfer-Encoding: chunked\r\n\r\n` +
+          `ffffffffffffffffff1\r\nhello\r\n0\r\n\r\n${LIVE}`,
       ],
       [
         'Transfer-Encoding other than chunked last',
@@ -280,7 +283,7 @@ describe('raw-socket attacks on the running server', () => {
     }
   });
 
-  it('1,500 idle connections do not stop a normal request answering within 2 s, and are closed after the headers timeout', async () => {
+  it('1,500 idle connections let a normal request answer within 2 s, and close after the headers timeout', async () => {
     // Both ends live in this process: two descriptors per connection, and stay under the server's own cap.
     const count = Math.min(1_500, Math.floor((openFileLimit() - 256) / 2), connectionBudget() - 32);
     assert.ok(count >= 200, `the descriptor limit allows only ${count} connections`);

@@ -216,7 +216,8 @@ export async function assertSettled(server: RunningServer, timeoutMs = 5_000): P
 /** User and assistant message counts of one owner, read over `pool`. */
 export async function messageCounts(pool: pg.Pool, owner: string): Promise<{ user: number; assistant: number }> {
   const { rows } = await pool.query<{ role: string; n: number }>(
-    'SELECT m.role, count(*)::int AS n FROM messages m JOIN conversations c ON c.id = m.conversation_id WHERE c.owner = $1 GROUP BY m.role',
+    `SELECT m.role, count(*)::int AS n FROM messages m JOIN conversations c ON c.id = m.conversation_id
+     WHERE c.owner = $1 GROUP BY m.role`,
     [owner],
   );
   const count = (role: string): number => rows.find((r) => r.role === role)?.n ?? 0;
@@ -226,7 +227,8 @@ export async function messageCounts(pool: pg.Pool, owner: string): Promise<{ use
 /** The statuses of one owner's assistant messages. */
 export async function assistantStatuses(pool: pg.Pool, owner: string): Promise<string[]> {
   const { rows } = await pool.query<{ status: string }>(
-    "SELECT m.status FROM messages m JOIN conversations c ON c.id = m.conversation_id WHERE c.owner = $1 AND m.role = 'assistant' ORDER BY m.seq",
+    `SELECT m.status FROM messages m JOIN conversations c ON c.id = m.conversation_id
+     WHERE c.owner = $1 AND m.role = 'assistant' ORDER BY m.seq`,
     [owner],
   );
   return rows.map((r) => r.status);

@@ -130,7 +130,7 @@ test('authenticate() refuses a key revoked while cached once the TTL has passed'
   await assert.rejects(authenticate(key), isInvalidToken);
 });
 
-test('authenticate() counts the cache TTL from when the database was asked, so a slow lookup adds no revocation lag', async () => {
+test('authenticate() starts the cache TTL as it asks the database: a slow lookup adds no revocation lag', async () => {
   const table = fakeKeyTable();
   const key = table.add('k1');
   const clock = manualClock();
@@ -274,7 +274,7 @@ test("authenticate() carries a key's limits on its identity, and none for a key 
   assert.equal('policy' in (await authenticate(plain)), false);
 });
 
-test("authenticate() sets a JWT identity's daily tokens from the configured claim, and refuses a bad claim", async () => {
+test("authenticate() sets a JWT identity's daily tokens from the configured claim; refuses a bad claim", async () => {
   const table = fakeKeyTable();
   const authenticate = createAuthenticator({
     pool: table.pool,

@@ -213,7 +213,7 @@ describe('server.ts keys and the embedded database held by a running server', ()
   });
   after(() => server.close());
 
-  it('keys create runs inside the running server over DATA_DIR/admin.sock: the key alone on stdout, and it works', async () => {
+  it('keys create runs in the live server via DATA_DIR/admin.sock: the key alone on stdout, and it works', async () => {
     const created = await runKeysCli(['create', uniqueKeyName('cli-socket')], { DATA_DIR: server.config.dataDir });
     assert.equal(created.code, 0, created.stderr);
     assert.match(created.stdout, KEY_LINE);

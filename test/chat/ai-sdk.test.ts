@@ -140,7 +140,7 @@ describe('POST /v1/ai-sdk/chat with the AI SDK client', () => {
     assert.ok(!(errors[0] as string).includes('UPSTREAM-SECRET-DETAIL'));
   });
 
-  it('answers the stream with x-vercel-ai-ui-message-stream: v1 and refuses an unknown body field with 400', async () => {
+  it('answers the stream with x-vercel-ai-ui-message-stream: v1; refuses an unknown body field with 400', async () => {
     const res = await fetch(`${h.server.url}/v1/ai-sdk/chat`, {
       method: 'POST',
       headers: { authorization: `Bearer ${h.key}`, 'content-type': 'application/json' },

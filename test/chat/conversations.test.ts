@@ -146,7 +146,7 @@ describe('conversations API', () => {
     assert.deepEqual(await storedMessages(h.server.db.pool, id), []);
   });
 
-  it('GET /v1/conversations walks every page with limit and nextCursor, newest first, without duplicates or gaps', async () => {
+  it('GET /v1/conversations pages with limit and nextCursor, newest first, without duplicates or gaps', async () => {
     const key = await h.mintKey();
     const created: string[] = [];
     for (let i = 0; i < 5; i++) created.push(await converse(key, `Question ${i}`));
@@ -179,7 +179,7 @@ describe('conversations API', () => {
     );
   });
 
-  it('GET /v1/conversations titles a conversation with its first 80 characters without splitting an emoji', async () => {
+  it('GET /v1/conversations titles a conversation by its first 80 characters without splitting an emoji', async () => {
     const key = await h.mintKey();
     await converse(key, `${'a'.repeat(79)}\u{1F600} and more`);
     const [summary] = (await list(key)).conversations;

@@ -157,7 +157,7 @@ describe('createPgFanout() on PostgreSQL', { skip: !TEST_DATABASE_URL && 'needs 
     ]);
   });
 
-  it('requests for one answer share its one publisher: a later one is caught up, then each new part goes out once', async () => {
+  it('requests for one answer share one publisher: a later one is caught up; each new part goes out once', async () => {
     const answer = running('Hel', 'lo');
     const heard = listener();
     const follower = await following.follow(conversationOf(answer), heard.on);
@@ -345,7 +345,7 @@ describe('createPgFanout() on PostgreSQL', { skip: !TEST_DATABASE_URL && 'needs 
     assert.equal(heard.events.length, 1, 'a lost follower hears nothing more');
   });
 
-  it('a session whose end is reported after the backoff neither fails a waiting follow() nor opens a second session', async (t) => {
+  it('a session end reported after the backoff fails no waiting follow() and opens no second session', async (t) => {
     const heard = listener();
     await following.follow(randomUUID(), heard.on);
     t.mock.timers.enable({ apis: ['setTimeout'] });

@@ -97,7 +97,7 @@ describe('POST /v1/chat when the upstream fails', () => {
     assert.equal((JSON.parse(text) as { code: string }).code, 'UPSTREAM_UNAVAILABLE');
   });
 
-  it('answers a hanging upstream with 504 UPSTREAM_TIMEOUT within the timeout and closes the upstream request', async () => {
+  it('answers a hung upstream with 504 UPSTREAM_TIMEOUT within the timeout and closes the upstream call', async () => {
     h.fake.queue({ kind: 'hang' });
     const index = h.fake.requests.length;
     const started = Date.now();
@@ -109,7 +109,7 @@ describe('POST /v1/chat when the upstream fails', () => {
     await h.fake.waitForClose(index, 1_000);
   });
 
-  it('ends a stalled stream with event: error UPSTREAM_TIMEOUT within the idle timeout and stores the partial text as error', async () => {
+  it('a stall gets event: error UPSTREAM_TIMEOUT within the idle timeout; partial text stored as error', async () => {
     h.fake.queue({ kind: 'stall', afterChunks: 2 });
     const started = Date.now();
     const frames = await readEvents(await h.chat({ message: 'Stall' }));
@@ -124,7 +124,7 @@ describe('POST /v1/chat when the upstream fails', () => {
     assert.deepEqual([answer.status, answer.error_code, answer.content], ['error', 'UPSTREAM_TIMEOUT', 'Hello']);
   });
 
-  it('ends a stream whose upstream socket resets with event: error UPSTREAM_ERROR and stores the partial text as error', async () => {
+  it('an upstream socket reset gets event: error UPSTREAM_ERROR; partial text stored as error', async () => {
     h.fake.queue({ kind: 'reset', afterChunks: 1 });
     const frames = await readEvents(await h.chat({ message: 'Reset' }));
     assert.deepEqual(
@@ -209,7 +209,7 @@ describe('POST /v1/chat when the client leaves', () => {
     return { index, conversationId: (start?.data as { conversationId: string }).conversationId };
   }
 
-  it('with ANSWER_ON_DISCONNECT=abort closes a silent upstream within 1 s of a client abort, stored incomplete', async () => {
+  it('with ANSWER_ON_DISCONNECT=abort closes a silent upstream ≤ 1 s after the abort, stored incomplete', async () => {
     const { index, conversationId } = await leaveAfterOneChunk(abort);
     await abort.fake.waitForClose(index, 1_000);
     assert.equal(abort.fake.requests[index]?.closedEarly, true);
@@ -217,7 +217,7 @@ describe('POST /v1/chat when the client leaves', () => {
     assert.deepEqual([answer.status, answer.error_code, answer.content], ['incomplete', null, 'Hel']);
   });
 
-  it('with ANSWER_ON_DISCONNECT=finish keeps a silent upstream open after the client left, until a cancel', async () => {
+  it('with ANSWER_ON_DISCONNECT=finish keeps a silent upstream open after the client left, till a cancel', async () => {
     const { index, conversationId } = await leaveAfterOneChunk(finish);
     await new Promise((resolve) => setTimeout(resolve, 1_000));
     assert.equal(finish.fake.requests[index]?.closedAt, undefined, 'the answer outlives its client');
@@ -240,7 +240,7 @@ describe('POST /v1/chat with MAX_CONCURRENT_STREAMS_PER_KEY=2', () => {
   });
   after(() => h.close());
 
-  it('refuses the third concurrent stream of one identity with 429 TOO_MANY_STREAMS, and not another identity', async () => {
+  it('refuses one identity a third concurrent stream with 429 TOO_MANY_STREAMS, and not another identity', async () => {
     h.fake.queue(SLOW, SLOW, SLOW);
     const streams = [
       await openStream(h.server.url, h.key, { message: 'One' }),

@@ -19,7 +19,7 @@ describe('POST /v1/chat with no model configured', () => {
   });
   after(() => server?.close());
 
-  it('answers 503 MODEL_NOT_CONFIGURED naming both variables at once (median under 50 ms) and stores nothing', async () => {
+  it('answers 503 MODEL_NOT_CONFIGURED naming both variables at once (median < 50 ms), storing nothing', async () => {
     const timings: number[] = [];
     for (let i = 0; i < 21; i++) {
       const started = performance.now();
@@ -37,7 +37,8 @@ describe('POST /v1/chat with no model configured', () => {
     }
     assert.ok(median(timings) < 50, `median ${median(timings).toFixed(1)} ms`);
     const { rows } = await server.db.pool.query<{ n: number }>(
-      "SELECT count(*)::int AS n FROM conversations WHERE owner = 'key:' || (SELECT id FROM api_keys WHERE key_hash = $1)",
+      `SELECT count(*)::int AS n FROM conversations
+       WHERE owner = 'key:' || (SELECT id FROM api_keys WHERE key_hash = $1)`,
       [hashApiKey(key)],
     );
     assert.equal(rows[0]?.n, 0, 'no question is stored without a model to answer it');

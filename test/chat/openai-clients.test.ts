@@ -36,7 +36,7 @@ describe('OpenAI clients against /v1', () => {
     return body;
   }
 
-  it('openai SDK: chat.completions.create streams the text, then the usage chunk when include_usage is set', async () => {
+  it('openai SDK: chat.completions.create streams the text, then the usage chunk with include_usage set', async () => {
     h.fake.queue({ kind: 'normal', chunks: ['Hel', 'lo', ' world'] });
     const stream = await client.chat.completions.create({
       model: 'default',
@@ -58,7 +58,7 @@ describe('OpenAI clients against /v1', () => {
     assert.deepEqual(usage, { prompt_tokens: 12, completion_tokens: 3, total_tokens: 15 });
   });
 
-  it('openai SDK: a buffered create answers a chat.completion with usage; the stream() helper accepts our chunks', async () => {
+  it('openai SDK: a buffered create gets a chat.completion with usage; stream() helper takes our chunks', async () => {
     const completion = await client.chat.completions.create({
       model: 'default',
       messages: [{ role: 'user', content: 'Hi' }],
@@ -160,7 +160,7 @@ describe('OpenAI clients against /v1', () => {
     assert.equal(text, 'Hello world');
   });
 
-  it('every client: the agent prompt reaches the upstream first, and a client system message comes after it', async () => {
+  it('every client: the agent prompt reaches the upstream first; a client system message comes after it', async () => {
     const provider = createOpenAICompatible({ name: 'chat-server', baseURL, apiKey: h.key });
     const langchain = new ChatOpenAI({ model: 'default', apiKey: h.key, configuration: { baseURL }, maxRetries: 0 });
     const calls: Array<() => Promise<unknown>> = [

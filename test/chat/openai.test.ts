@@ -97,7 +97,7 @@ describe('POST /v1/chat/completions', () => {
     assert.ok(text.endsWith('data: [DONE]\n\n'));
   });
 
-  it('ends a stream that fails after its first chunk with one error frame, no upstream text and no [DONE]', async () => {
+  it('ends a stream failing after its first chunk with one error frame, no upstream text and no [DONE]', async () => {
     h.fake.queue({ kind: 'reset', afterChunks: 1 });
     const text = await (await post(ask({ stream: true }))).text();
     const frames = text.split('\n\n').filter((f) => f !== '');
@@ -150,7 +150,7 @@ describe('POST /v1/chat/completions', () => {
     });
   }
 
-  it('accepts the parameters it serves: stop, seed, user, penalties, metadata, store, n 1, text format, tool_choice none', async () => {
+  it('accepts stop, seed, user, penalties, metadata, store, n 1, a text format and tool_choice none', async () => {
     const res = await post(
       ask({
         stop: ['END'],
@@ -223,7 +223,7 @@ describe('POST /v1/chat/completions', () => {
     assert.equal(((await res.json()) as OpenAiError).error.code, 'invalid_api_key');
   });
 
-  it('answers a preflight from an allowed origin with the route methods, and carries the security headers', async () => {
+  it('answers a preflight from an allowed origin with the route methods and carries the security headers', async () => {
     const preflight = await fetch(`${h.server.url}/v1/chat/completions`, {
       method: 'OPTIONS',
       headers: {

@@ -218,7 +218,7 @@ describe('resumable answers across two instances', { skip: !TEST_DATABASE_URL &&
     await drop?.();
   });
 
-  it('a client that left instance 1 reconnects through the load balancer to instance 2 and gets exactly the rest', async () => {
+  it('a client that left instance 1 resumes via the load balancer on instance 2 with exactly the rest', async () => {
     one.fake.queue(SLOW);
     const [toOne, toTwo] = balancer.connectionsPerTarget();
     const { conversationId, deltas, lastId } = await readThreeAndLeave(balancerUrl, key);
@@ -265,7 +265,7 @@ describe('resumable answers across two instances', { skip: !TEST_DATABASE_URL &&
     assert.ok(stored !== undefined);
   });
 
-  it('a resume whose listening session is terminated ends with an error frame; resuming again gets the rest', async () => {
+  it('a resume whose listening session is killed ends with an error frame; resuming again gets the rest', async () => {
     // Slow enough to still be live after the listeners come back, even on a loaded machine.
     one.fake.queue({ kind: 'slow', chunks: WORDS, chunkDelayMs: 200 });
     const { conversationId, deltas, lastId } = await readThreeAndLeave(one.server.url, key);
@@ -278,7 +278,8 @@ describe('resumable answers across two instances', { skip: !TEST_DATABASE_URL &&
     await admin.connect();
     try {
       const killed = await admin.query(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'chat-server-listener' AND datname = current_database() AND pid <> pg_backend_pid()",
+        `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE application_name = 'chat-server-listener' AND datname = current_database() AND pid <> pg_backend_pid()`,
       );
       assert.ok((killed.rowCount ?? 0) >= 1);
     } finally {

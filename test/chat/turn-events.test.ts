@@ -104,7 +104,7 @@ describe('collect()', () => {
     await assert.rejects(collect(turnOf([{ type: 'delta', text: 'Hel', offset: 0 }])), { code: 'UPSTREAM_ERROR' });
   });
 
-  it('collect() reads the events to their end (a stored answer is saved by then) and keeps nothing after the finish', async () => {
+  it('collect() reads events to their end (a stored answer is saved by then) and keeps nothing after', async () => {
     const turn = turnOf([
       { type: 'finished', finishReason: null, usage: undefined },
       { type: 'delta', text: 'late', offset: 0 },

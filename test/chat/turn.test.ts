@@ -88,7 +88,7 @@ describe('createTurnEngine()', () => {
     assert.deepEqual(body.stop, ['END']);
   });
 
-  it('ends an answer at MAX_ANSWER_CHARS with finish reason length, stores it complete and closes the upstream', async () => {
+  it('ends an answer at MAX_ANSWER_CHARS with finish reason length, stored complete, upstream closed', async () => {
     h.fake.queue({ kind: 'slow', chunks: ['abcdef', 'ghijkl', 'mnopqr', 'stuvwx'], chunkDelayMs: 20 });
     const index = h.fake.requests.length;
     const turn = await h.server.chat.start(request({ kind: 'stored', message: 'Long', agentNamed: true }));
@@ -102,7 +102,7 @@ describe('createTurnEngine()', () => {
     assert.deepEqual([stored.status, stored.finish_reason, stored.content], ['complete', 'length', 'abcdefghij']);
   });
 
-  it('finishes once when the consumer leaves before the first event: slot free, answer incomplete, upstream closed', async () => {
+  it('ends once if the consumer leaves before any event: slot free, answer incomplete, upstream closed', async () => {
     h.fake.queue({ kind: 'slow', chunks: ['a', 'b', 'c'], chunkDelayMs: 200 });
     const index = h.fake.requests.length;
     const who = identity();
@@ -129,7 +129,7 @@ describe('createTurnEngine()', () => {
 });
 
 describe('createTurnEngine() with no model configured', () => {
-  it('start() refuses with MODEL_NOT_CONFIGURED naming the variables, and the server logs one warning at start', async () => {
+  it('start() refuses with MODEL_NOT_CONFIGURED naming the variables; the server warns once at start', async () => {
     const server = await startTestServer({ OPENAI_API_KEY: '', OPENAI_BASE_URL: '' });
     try {
       const agent = withDefaults({ id: 'a', description: '', systemPrompt: 'p' }, server.config);

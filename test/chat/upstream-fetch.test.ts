@@ -234,7 +234,7 @@ describe('the openai SDK over createUpstreamFetch()', () => {
     await waitForIdlePool();
   });
 
-  it('turns a 429 into RateLimitError with its headers, which we classify as unavailable with Retry-After', async () => {
+  it('turns a 429 into RateLimitError with its headers, which we class as unavailable with Retry-After', async () => {
     fake.queue({ kind: 'status', status: 429, retryAfter: '7' });
     const err = await client()
       .chat.completions.create({ model: 'fake-model-1', stream: true, messages: [{ role: 'user', content: 'hi' }] })

@@ -124,7 +124,7 @@ describe('stream()', () => {
     });
   });
 
-  it('rejects a 500 as a 502 AppError without the upstream text, and logs its status and ids but not its text', async () => {
+  it('rejects a 500 as a 502 AppError without upstream text; logs its status and ids but not its text', async () => {
     fake.setBehaviour({ kind: 'status', status: 500 });
     const { upstream, log, lines } = harness();
     const { err } = await failure(() => upstream.stream(REQUEST, new AbortController().signal));
@@ -174,7 +174,7 @@ describe('stream()', () => {
     await fake.waitForClose(index, 1000);
   });
 
-  it('ends with a timeout within the idle limit when the upstream stalls mid-stream, and closes the socket', async () => {
+  it('ends with a timeout within the idle limit if the upstream stalls mid-stream, and closes the socket', async () => {
     fake.setBehaviour({ kind: 'stall', afterChunks: 1 });
     const { upstream } = harness({ UPSTREAM_TIMEOUT_MS: '5000', UPSTREAM_IDLE_TIMEOUT_MS: '300' });
     const index = fake.requests.length;

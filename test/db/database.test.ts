@@ -93,7 +93,7 @@ describe('createDatabase() with the embedded PGlite', () => {
     assert.deepEqual((await pool.query<{ x: number }>('SELECT 3 AS x')).rows, [{ x: 3 }]);
   });
 
-  it('a second createDatabase() on the same DATA_DIR fails with DatabaseLockedError while the first is open', async () => {
+  it('a second createDatabase() on one DATA_DIR fails with DatabaseLockedError while the first is open', async () => {
     await assert.rejects(createDatabase(testConfig({ DATABASE_URL: undefined }, dir), capture.log), (err: Error) => {
       assert.ok(err instanceof DatabaseLockedError);
       assert.match(err.message, /in use by another process/);
@@ -128,7 +128,7 @@ describe('postgresPoolConfig()', () => {
     await rm(dir, { recursive: true, force: true });
   });
 
-  it('postgresPoolConfig() strips sslmode from the URL when DATABASE_CA_FILE is set, so the CA is verified', async () => {
+  it('postgresPoolConfig() strips sslmode from the URL if DATABASE_CA_FILE is set, so the CA is verified', async () => {
     const ca = join(dir, 'ca.pem');
     await writeFile(ca, '-----BEGIN CERTIFICATE-----\ntest\n-----END CERTIFICATE-----\n');
     const options = postgresPoolConfig(

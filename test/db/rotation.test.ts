@@ -85,7 +85,7 @@ describe('DATABASE_PASSWORD_FILE on PostgreSQL', { skip: !TEST_DATABASE_URL && '
     dir = await mkdtemp(join(tmpdir(), 'rotation-test-'));
     passwordFile = join(dir, 'db-password');
     await writeFile(passwordFile, `${oldPassword}\n`, { mode: 0o600 });
-    // The dev user is a superuser; identifiers are our own hex, the password is a literal PostgreSQL cannot take as a parameter.
+    // The dev user is a superuser; identifiers are our own hex; CREATE ROLE takes no parameter for the password.
     await admin.query(`CREATE ROLE ${role} LOGIN PASSWORD '${oldPassword}'`);
     created = true;
     await admin.query(`CREATE DATABASE ${database} OWNER ${role}`);
@@ -122,7 +122,8 @@ describe('DATABASE_PASSWORD_FILE on PostgreSQL', { skip: !TEST_DATABASE_URL && '
       await writeFile(passwordFile, `${newPassword}\n`);
       // In the select list, not the WHERE clause: the planner may run a WHERE function before the other filters.
       const { rows } = await admin.query<{ pid: number; terminated: boolean }>(
-        "SELECT pid, pg_terminate_backend(pid) AS terminated FROM pg_stat_activity WHERE application_name = 'chat-server' AND usename = $1",
+        `SELECT pid, pg_terminate_backend(pid) AS terminated FROM pg_stat_activity
+         WHERE application_name = 'chat-server' AND usename = $1`,
         [role],
       );
       traffic.killedAt = performance.now();
@@ -138,7 +139,8 @@ describe('DATABASE_PASSWORD_FILE on PostgreSQL', { skip: !TEST_DATABASE_URL && '
     // At most the one request in flight on each killed connection may fail.
     assert.ok(
       traffic.failures.length <= killed.length,
-      `${traffic.failures.length} failed requests for ${killed.length} killed connections: ${traffic.failures.join(', ')}`,
+      `${traffic.failures.length} failed requests for ${killed.length} killed connections: ` +
+        traffic.failures.join(', '),
     );
     const health = await fetch(`${app.url}/health`);
     assert.equal(health.status, 200);

@@ -197,7 +197,7 @@ describe('DATABASE_CA_FILE against a PostgreSQL server with TLS', { skip: UNAVAI
   }
 
   it('createDatabase() refuses a certificate from the right CA issued for another host name', async () => {
-    // Signed by the trusted CA but only for db.example, while the URL says 127.0.0.1: only the name check can refuse it.
+    // Signed by the trusted CA but only for db.example, while the URL says 127.0.0.1: only the name check refuses it.
     await assert.rejects(
       sessionIsEncrypted(urlOf(otherNameInstance), pki.rightCa),
       certificateRefused('ERR_TLS_CERT_ALTNAME_INVALID'),

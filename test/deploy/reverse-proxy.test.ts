@@ -77,7 +77,7 @@ async function startProxy(root: string, serverPort: number, edit = (s: string) =
 
 let ca = '';
 
-/** Sends one request to nginx (HTTPS unless `plain`), trusting only the test certificate, and resolves on its headers. */
+/** Sends one request to nginx (HTTPS unless `plain`), trusting only the test certificate; resolves on its headers. */
 function open(call: Call): Promise<IncomingMessage> {
   return new Promise((resolve, reject) => {
     const options = {

@@ -199,7 +199,8 @@ describe('readJson()', () => {
   it('readJson() reads a chunked body under the cap', async () => {
     const response = await rawRequest(
       served.port,
-      'POST /echo HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n',
+      'POST /echo HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n' +
+        'transfer-encoding: chunked\r\nconnection: close\r\n\r\n',
       '5\r\n{"a":\r\n',
       '2\r\n1}\r\n',
       '0\r\n\r\n',

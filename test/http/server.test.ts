@@ -105,7 +105,7 @@ describe('the HTTP server', () => {
       assert.equal((await problem(res))['code'], 'UNSUPPORTED_MEDIA_TYPE');
     });
 
-    it('a handler failing on an unknown error answers a generic 500 with the security headers and logs the cause', async (t) => {
+    it('an unknown handler error answers a generic 500 with the security headers and logs the cause', async (t) => {
       const auth = { authorization: `Bearer ${h.key}` };
       const warm = await fetch(`${url}/v1/agents`, { headers: auth }); // the key is now cached: auth asks no database
       assert.equal(warm.status, 200);
@@ -357,7 +357,7 @@ describe('the HTTP server', () => {
   });
 
   describe('slow clients', () => {
-    it('a header dripped one line a second is cut with 408 within headersTimeout + check interval while another connection is served', async () => {
+    it('a 1 line/s header drip gets 408 by headersTimeout + check interval as another socket is served', async () => {
       const socket = await openSocket(url);
       const started = performance.now();
       const closed = readUntilClose(socket);

@@ -105,7 +105,7 @@ describe('daily token budgets', () => {
   });
   after(() => h.close());
 
-  it('settles each turn with its real usage, then refuses the turn whose worst case would pass the budget', async () => {
+  it('settles each turn by its real usage, then refuses the turn whose worst case would pass the budget', async () => {
     const key = await h.mintKey();
     // Each answered turn costs 15 real tokens: the budget admits until 15 × n + WORST_CASE passes it.
     let admitted = 0;
@@ -132,7 +132,7 @@ describe('daily token budgets', () => {
     assert.equal(mine.budget?.usedToday, admitted * 15, 'reservations were replaced by what was used');
   });
 
-  it('refuses with 429 BUDGET_EXCEEDED problem+json on the native route before anything is stored or streamed', async () => {
+  it('answers 429 BUDGET_EXCEEDED problem+json on the native route before anything is stored or streamed', async () => {
     const key = await h.mintKey();
     // A stored turn's worst case counts its history at HISTORY_MAX_CHARS: far past this budget.
     const res = await h.chat({ message: QUESTION, agent: 'counter' }, { key });
@@ -213,7 +213,8 @@ describe('a daily budget shared by two instances', { skip: !TEST_DATABASE_URL &&
     try {
       const held = await waitFor('every turn to be admitted or refused', 15_000, async () => {
         const { rows } = await one.server.db.pool.query<{ n: number; tokens: string }>(
-          'SELECT count(*)::int AS n, coalesce(sum(tokens), 0)::text AS tokens FROM budget_reservations WHERE expires_at > now()',
+          `SELECT count(*)::int AS n, coalesce(sum(tokens), 0)::text AS tokens
+           FROM budget_reservations WHERE expires_at > now()`,
         );
         const row = rows[0] as { n: number; tokens: string };
         return row.n + refused === 200 ? row : undefined;

@@ -92,7 +92,7 @@ for (const { store, skip } of stores) {
       }
     });
 
-    it('a key with --streams 1 gets 429 TOO_MANY_STREAMS on its second open answer; the default allows three', async () => {
+    it('a --streams 1 key gets 429 TOO_MANY_STREAMS on its second open answer; the default allows three', async () => {
       const { key } = await keyWith(h, { maxStreams: 1 });
       h.fake.queue(SLOW, SLOW, SLOW, SLOW);
       const open = [await openStream(h.server.url, key, { message: 'One' })];
@@ -162,7 +162,7 @@ describe("a key's agents (--agents alpha)", () => {
     );
   });
 
-  it('POST /v1/chat/completions answers 404 model_not_found for beta, as OpenAI does for a model you cannot use', async () => {
+  it('POST /v1/chat/completions answers 404 model_not_found for beta, like OpenAI for a forbidden model', async () => {
     const res = await post(h, '/v1/chat/completions', limited.key, {
       model: 'beta',
       messages: [{ role: 'user', content: 'hi' }],
@@ -184,7 +184,7 @@ describe("a key's agents (--agents alpha)", () => {
     assert.equal(((await res.json()) as { code: string }).code, 'NOT_FOUND');
   });
 
-  it('a key whose agents no longer include its conversation agent cannot continue it (404), and others still can', async () => {
+  it('a key no longer allowed its conversation agent cannot continue it (404), and others still can', async () => {
     const key = await keyWith(h, { agents: ['alpha', 'beta'] });
     const first = (await (await h.chat({ message: 'hi', agent: 'beta', stream: false }, { key: key.key })).json()) as {
       conversationId: string;
@@ -220,7 +220,8 @@ describe("a key's expiry", () => {
   it('a key that expires while cached is refused from its expiry on, within the cache lifetime (2 s)', async () => {
     const { key, name } = await keyWith(h, {});
     const { rows } = await h.server.db.pool.query<{ at: Date }>(
-      "UPDATE api_keys SET expires_at = now() + interval '1500 milliseconds' WHERE name = $1 RETURNING expires_at AS at",
+      `UPDATE api_keys SET expires_at = now() + interval '1500 milliseconds'
+       WHERE name = $1 RETURNING expires_at AS at`,
       [name],
     );
     const res = await get(h, '/v1/agents', key);

@@ -86,7 +86,7 @@ for (const kind of BACKENDS) {
       assert.deepEqual(third, { allowed: false, remaining: 0, resetSeconds: 5, retryAfterSeconds: 1 });
     });
 
-    it('postgresStore.take() reports Retry-After 60 for one token per minute, and 45 a quarter-minute later', async () => {
+    it('postgresStore.take() reports Retry-After 60 for 1 token/minute, and 45 a quarter-minute later', async () => {
       const key = freshKey();
       const policy = bucketPolicy(1, 1);
       assert.equal((await store.take(key, policy)).allowed, true);

@@ -39,7 +39,7 @@ function observeEverything(m: AppMetrics): void {
 }
 
 describe('createAppMetrics()', () => {
-  it('render() shows every METRIC_NAME, and only those, with HELP, TYPE and a sample after one observation each', (t) => {
+  it('render() shows each METRIC_NAME and only those, with HELP, TYPE and a sample after one observation each', (t) => {
     const m = metrics(t);
     observeEverything(m);
     const text = m.render();

@@ -66,7 +66,8 @@ describe('createRegistry()', () => {
     b.dec(3);
     assert.equal(
       r.render(),
-      '# HELP queue_depth Items waiting.\n# TYPE queue_depth gauge\nqueue_depth{queue="a"} 14\nqueue_depth{queue="b"} -1\n',
+      '# HELP queue_depth Items waiting.\n# TYPE queue_depth gauge\n' +
+        'queue_depth{queue="a"} 14\nqueue_depth{queue="b"} -1\n',
     );
   });
 
@@ -100,7 +101,8 @@ describe('createRegistry()', () => {
     const h = r.histogram('size_bytes', 'Size.', [], [1024, Infinity]);
     assert.equal(
       r.render(),
-      '# HELP size_bytes Size.\n# TYPE size_bytes histogram\nsize_bytes_bucket{le="1024"} 0\nsize_bytes_bucket{le="+Inf"} 0\nsize_bytes_sum 0\nsize_bytes_count 0\n',
+      '# HELP size_bytes Size.\n# TYPE size_bytes histogram\n' +
+        'size_bytes_bucket{le="1024"} 0\nsize_bytes_bucket{le="+Inf"} 0\nsize_bytes_sum 0\nsize_bytes_count 0\n',
     );
     h.labels().observe(4096);
     assert.match(
@@ -174,7 +176,8 @@ describe('createRegistry()', () => {
     assert.equal(
       r.render(),
       '# HELP paths_total Paths.\n# TYPE paths_total counter\n' +
-        'paths_total{path="/a",method="GET"} 2\npaths_total{path="/b",method="GET"} 1\npaths_total{path="other",method="other"} 3\n',
+        'paths_total{path="/a",method="GET"} 2\npaths_total{path="/b",method="GET"} 1\n' +
+        'paths_total{path="other",method="other"} 3\n',
     );
   });
 
@@ -294,7 +297,8 @@ describe('validateExposition()', () => {
 
   it('validateExposition() accepts a hand-written valid exposition', () => {
     const text =
-      '# HELP x X.\n# TYPE x counter\nx{a="q\\"\\\\\\n"} 1\n# TYPE h histogram\nh_bucket{le="1"} 1\nh_bucket{le="+Inf"} 2\nh_sum 3.5\nh_count 2\n';
+      '# HELP x X.\n# TYPE x counter\nx{a="q\\"\\\\\\n"} 1\n' +
+      '# TYPE h histogram\nh_bucket{le="1"} 1\nh_bucket{le="+Inf"} 2\nh_sum 3.5\nh_count 2\n';
     assert.deepEqual(validateExposition(text), []);
   });
 });

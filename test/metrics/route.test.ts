@@ -62,7 +62,7 @@ describe('GET /metrics with METRICS_TOKEN set', () => {
     }
   });
 
-  it('GET /metrics with the bearer token answers 200 with text/plain version 0.0.4 that passes the exposition grammar', async () => {
+  it('GET /metrics with METRICS_TOKEN answers 200 grammar-valid text/plain version 0.0.4', async () => {
     const { status, type, text } = await scrape(h.server.url, authorised);
     assert.equal(status, 200);
     assert.match(type ?? '', /^text\/plain; version=0\.0\.4(;|$)/);

@@ -296,8 +296,11 @@ async function streamHugeLine(ex: Exchange, bytes: number): Promise<void> {
 
 /** Keep-alive chunks (an empty delta) or content, every `intervalMs`, until the client leaves. */
 async function streamForever(ex: Exchange, b: Extract<Behaviour, { kind: 'keepalive' | 'endless' }>): Promise<void> {
-  const line = (d: object): string =>
-    `data: ${JSON.stringify({ id: 'chatcmpl-forever', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [{ index: 0, delta: d, finish_reason: null }] })}\n\n`;
+  const line = (d: object): string => {
+    const choices = [{ index: 0, delta: d, finish_reason: null }];
+    const chunk = { id: 'chatcmpl-forever', object: 'chat.completion.chunk', created: 1, model: 'm', choices };
+    return `data: ${JSON.stringify(chunk)}\n\n`;
+  };
   startSse(ex.res);
   if (!(await write(ex, line({ role: 'assistant', content: '' })))) return;
   for (let i = 0; ; i++) {

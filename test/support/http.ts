@@ -27,7 +27,10 @@ export interface ServeOptions {
   clientIp?: (req: IncomingMessage) => string;
 }
 
-/** Starts createApp(routes, middleware) on 127.0.0.1:0; close() ends every connection. Pass a function to build middleware that needs the captured logger. */
+/**
+ * Starts createApp(routes, middleware) on 127.0.0.1:0; close() ends every connection.
+ * Pass a function to build middleware that needs the captured logger.
+ */
 export async function serve(
   routes: readonly Route[],
   middleware: readonly Middleware[] | ((log: Logger) => readonly Middleware[]),

@@ -108,7 +108,7 @@ export function keysCliEnv(dataDir: string): Record<string, string> {
     : { DATABASE_URL: TEST_DATABASE_URL, LOG_LEVEL: 'debug' };
 }
 
-/** Polls `check` every `intervalMs` until it is true; resolves with the milliseconds that took, rejects after `timeoutMs`. */
+/** Polls `check` every `intervalMs` until true; resolves with the milliseconds that took, rejects after `timeoutMs`. */
 export async function msUntil(check: () => Promise<boolean>, timeoutMs: number, intervalMs = 100): Promise<number> {
   const start = performance.now();
   for (;;) {
@@ -121,7 +121,8 @@ export async function msUntil(check: () => Promise<boolean>, timeoutMs: number, 
 /** Every row of every table in the current schema, as JSON text (bytea shows as \x hex). */
 export async function dumpTables(pool: pg.Pool): Promise<string> {
   const { rows: tables } = await pool.query<{ name: string }>(
-    "SELECT table_name AS name FROM information_schema.tables WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'",
+    `SELECT table_name AS name FROM information_schema.tables
+     WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'`,
   );
   let text = '';
   for (const { name } of tables) {

@@ -130,7 +130,8 @@ export async function startPgInstance(options: PgInstanceOptions = {}): Promise<
     if (started) await pg('pg_ctl', ['-D', dataDir, '-m', 'immediate', '-w', 'stop']).catch(() => {});
     await rm(dir, { recursive: true, force: true });
     throw new Error(
-      `Could not start a PostgreSQL test instance: ${(err as Error).message}${log === '' ? '' : `\nserver log:\n${log}`}`,
+      `Could not start a PostgreSQL test instance: ${(err as Error).message}` +
+        (log === '' ? '' : `\nserver log:\n${log}`),
       { cause: err },
     );
   }

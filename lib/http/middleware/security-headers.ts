@@ -22,7 +22,8 @@ export function securityHeaderList(options: SecurityHeaderOptions): string[] {
     'cross-origin-opener-policy',
     'same-origin',
     'permissions-policy',
-    'accelerometer=(), camera=(), geolocation=(), gyroscope=(), magnetometer=(), microphone=(), payment=(), usb=(), interest-cohort=()',
+    'accelerometer=(), camera=(), geolocation=(), gyroscope=(), magnetometer=(), microphone=(), ' +
+      'payment=(), usb=(), interest-cohort=()',
     'cache-control',
     'no-store',
     // Modern browsers' XSS auditors were removed; `0` stops old ones from creating XS-leaks.

@@ -150,7 +150,8 @@ describe('accessLog()', () => {
     const before = requestLines().length;
     const response = await rawRequest(
       served.port,
-      'GET /v1/conversations/a HTTP/1.1\r\nhost: x\r\n\r\nGET /v1/conversations/b HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n',
+      'GET /v1/conversations/a HTTP/1.1\r\nhost: x\r\n\r\n' +
+        'GET /v1/conversations/b HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n',
     );
     assert.equal(response.match(/HTTP\/1\.1 200/g)?.length, 2);
     assert.equal(requestLines().length - before, 2);

@@ -209,7 +209,7 @@ describe('auth() in the real app', () => {
       assert.deepEqual(seen, [...Array<number>(10).fill(401), ...Array<number>(30).fill(429)]);
     });
 
-    it('answers a throttled address with 429 AUTH_THROTTLED problem+json and Retry-After in whole seconds', async () => {
+    it('answers a throttled address with 429 AUTH_THROTTLED problem+json, Retry-After in whole seconds', async () => {
       await statuses(agents, 10, { headers: BAD_KEY, localAddress: '127.0.0.3' });
       const res = await get(agents, { headers: BAD_KEY, localAddress: '127.0.0.3' });
       assert.equal(res.status, 429);
@@ -273,7 +273,7 @@ describe('auth() in the real app', () => {
       assert.equal(seen[10], 429);
     });
 
-    it('keys failures behind a trusted proxy to the right-most untrusted X-Forwarded-For entry, not a spoofed left-most one', async () => {
+    it('keys failures behind a trusted proxy to the right-most untrusted XFF entry, not a spoofed one', async () => {
       // The client rotates a forged left-most entry; the proxy appended the address it really saw.
       const seen = await statuses(agents, 11, (i) => ({
         headers: { ...BAD_KEY, 'x-forwarded-for': `198.18.0.${i + 1}, 198.51.100.7` },

@@ -31,7 +31,7 @@ describe('bodyLimit()', () => {
   });
   after(() => served.close());
 
-  it('bodyLimit() answers 413 problem+json for a declared length over the cap before later middleware or the handler run', async () => {
+  it('bodyLimit() answers 413 problem+json for an over-cap declared length before anything after it runs', async () => {
     const before = { handled, laterMiddleware };
     const res = await fetch(`${served.url}/upload`, { method: 'POST', body: 'x'.repeat(MAX_BYTES + 1) });
     assert.equal(res.status, 413);

@@ -84,7 +84,7 @@ describe('cors()', () => {
     });
   }
 
-  it('cors() answers an allowed preflight 204 with allow-origin, methods, headers, max-age and vary: origin', async () => {
+  it('cors() answers an allowed preflight 204: allow-origin, methods, headers, max-age and vary: origin', async () => {
     const res = await preflight(ALLOWED);
     assert.equal(res.status, 204);
     assert.equal(res.headers.get('access-control-allow-origin'), ALLOWED);

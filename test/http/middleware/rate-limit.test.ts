@@ -260,7 +260,7 @@ describe('rateLimit() when the postgres store loses its database connection', {
     });
   }
 
-  it('answers POST /v1/chat from a key it has validated with 503 RATE_LIMIT_UNAVAILABLE while connections reset', async (t) => {
+  it('answers POST /v1/chat from a validated key with 503 RATE_LIMIT_UNAVAILABLE as connections reset', async (t) => {
     const key = await createTestKey(server.db.pool, 'rl-reset');
     assert.equal(await agentsStatus(server, key), 200); // the key is now cached for 2 s
     proxy.setMode('reset');
