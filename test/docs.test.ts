@@ -51,3 +51,24 @@ test("README's dependency table names exactly the runtime dependencies, each wit
   const named = [...section.matchAll(/^\| `([^`]+)` \| \S/gm)].map((m) => m[1]).sort();
   assert.deepEqual(named, Object.keys(pkg.dependencies).sort());
 });
+
+test('every test SECURITY.md names by file and title exists under that title in that file', () => {
+  const security = readFileSync(new URL('../SECURITY.md', import.meta.url), 'utf8');
+  const missing: string[] = [];
+  let cited = 0;
+  for (const line of security.split('\n')) {
+    // Each `test/….test.ts` reference, with the quoted titles up to the next reference; … stands for omitted words.
+    for (const segment of line.split(/(?=`test\/[^`*]+\.test\.ts`)/)) {
+      const file = /^`(test\/[^`*]+\.test\.ts)`/.exec(segment)?.[1];
+      if (file === undefined) continue;
+      const source = readFileSync(new URL(`../${file}`, import.meta.url), 'utf8');
+      for (const [, title] of segment.matchAll(/"([^"]+)"/g)) {
+        cited++;
+        const pieces = (title as string).split('…').map((p) => p.trim());
+        if (!pieces.every((p) => source.includes(p))) missing.push(`${file}: "${title}"`);
+      }
+    }
+  }
+  assert.ok(cited > 50, `only ${cited} titles found: the pattern no longer matches SECURITY.md`);
+  assert.deepEqual(missing, []);
+});
