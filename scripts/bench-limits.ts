@@ -1,4 +1,5 @@
-// Measures the cost of one rate-limit decision in each store and prints µs/decision.
+// Measures the cost of one rate-limit decision in each store, and of one turn's budget check
+// (reserve before the model call, settle after), and prints µs per decision or per turn.
 //
 //   npx node scripts/bench-limits.ts                      # memory store and PGlite
 //   BENCH_DATABASE_URL=postgres://… npx node scripts/bench-limits.ts   # also real PostgreSQL
@@ -8,9 +9,13 @@ import { randomBytes } from 'node:crypto';
 import { PGlite } from '@electric-sql/pglite';
 import { createPgConfig } from '@electric-sql/pglite/node-postgres';
 import pg from 'pg';
+import { migrate } from '../lib/db/migrate.ts';
+import type { Identity } from '../lib/http/types.ts';
+import { type Budgets, createBudgets } from '../lib/limits/budget.ts';
 import { createMemoryStore } from '../lib/limits/memory-store.ts';
 import { createPostgresStore } from '../lib/limits/postgres-store.ts';
 import { type BucketStore, bucketPolicy } from '../lib/limits/token-bucket.ts';
+import { createLogger } from '../lib/log.ts';
 
 const policy = bucketPolicy(600, 20);
 const KEYS = 10_000;
@@ -110,6 +115,71 @@ async function benchPglite(): Promise<void> {
   }
 }
 
+/** A turn's budget work: reserve its worst case (1,000 tokens), then settle with what it used. */
+async function benchBudget(label: string, budgets: Budgets, n: number, inFlight: number, hot = false): Promise<void> {
+  const identities: Identity[] = Array.from({ length: 1000 }, (_, i) => ({ id: `key:bench-${i}`, kind: 'key' }));
+  async function turn(i: number): Promise<void> {
+    const identity = identities[hot ? 0 : i % identities.length] as Identity;
+    const hold = await budgets.reserve(identity, 1000);
+    await budgets.settle(hold, { agent: 'default', tokensIn: 400, tokensOut: 600, estimated: false });
+  }
+  for (let i = 0; i < 100; i++) await turn(i); // warm the pool and the plans
+  let next = 0;
+  async function worker(): Promise<void> {
+    while (next < n) await turn(next++);
+  }
+  const start = performance.now();
+  await Promise.all(Array.from({ length: inFlight }, worker));
+  const ms = performance.now() - start;
+  const us = (ms * 1000) / n;
+  console.log(
+    `${`${label} (${inFlight} in flight)`.padEnd(44)} ${us.toFixed(2).padStart(9)} µs/turn      (${Math.round(n / (ms / 1000))}/s, n=${n})`,
+  );
+}
+
+function budgetsOn(pool: pg.Pool, tokensPerDay: number | undefined): Budgets {
+  const log = createLogger({ level: 'silent' });
+  return createBudgets({ pool, log, defaultTokensPerDay: tokensPerDay, reservationTtlMs: 600_000 });
+}
+
+async function benchBudgets(pool: pg.Pool, engine: string, n: number): Promise<void> {
+  await migrate(pool);
+  // Unlimited: nothing to reserve, only the usage row after the turn.
+  await benchBudget(`${engine} no budget: settle only`, budgetsOn(pool, undefined), n, 1);
+  const budgets = budgetsOn(pool, Number.MAX_SAFE_INTEGER);
+  await benchBudget(`${engine} budget: reserve + settle`, budgets, n, 1);
+  if (engine === 'postgres') {
+    await benchBudget(`${engine} budget: reserve + settle`, budgets, 4 * n, 10);
+    await benchBudget(`${engine} budget: one identity`, budgets, 2 * n, 10, true);
+  }
+}
+
+async function benchBudgetsPglite(): Promise<void> {
+  const db = await PGlite.create();
+  const pool = new pg.Pool(createPgConfig(db));
+  try {
+    await benchBudgets(pool, 'pglite', 2_000);
+  } finally {
+    await pool.end();
+    await db.close();
+  }
+}
+
+async function benchBudgetsPostgres(url: string): Promise<void> {
+  const schema = `lim_bench_${randomBytes(6).toString('hex')}`;
+  const admin = new pg.Pool({ connectionString: url, max: 1 });
+  await admin.query(`CREATE SCHEMA ${schema}`);
+  const pool = new pg.Pool({ connectionString: url, max: 10, options: `-c search_path=${schema}` });
+  pool.on('error', () => {});
+  try {
+    await benchBudgets(pool, 'postgres', 5_000);
+  } finally {
+    await pool.end();
+    await admin.query(`DROP SCHEMA ${schema} CASCADE`);
+    await admin.end();
+  }
+}
+
 benchMemory();
 await benchMemoryAsync();
 benchMemoryFootprint();
@@ -117,3 +187,5 @@ await benchPglite();
 const url = process.env.BENCH_DATABASE_URL ?? process.env.TEST_DATABASE_URL;
 if (url) await benchPostgres(url);
 else console.log('postgres: skipped (set BENCH_DATABASE_URL)');
+await benchBudgetsPglite();
+if (url) await benchBudgetsPostgres(url);

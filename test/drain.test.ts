@@ -10,7 +10,8 @@ import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { type MessageRow, mintKey, type OpenStream, openStream, type SseFrame } from './support/chat.ts';
 import { type FakeUpstream, startFakeUpstream } from './support/fake-upstream.ts';
-import { CANARY, TEST_DATABASE_URL } from './support/server.ts';
+import { seedEmbeddedDatabase } from './support/pglite-template.ts';
+import { CANARY, childProcessEnv, TEST_DATABASE_URL } from './support/server.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const GRACE_MS = 1_000;
@@ -75,8 +76,9 @@ describe('server.ts on SIGTERM', () => {
   /** Starts `node server.ts` on a free port with a fresh data dir (or TEST_DATABASE_URL) and the fake upstream. */
   async function startEntry(extra: Record<string, string> = {}): Promise<Entry & { key: string }> {
     const dataDir = await mkdtemp(join(parentDir, 'data-'));
+    if (TEST_DATABASE_URL === undefined) await seedEmbeddedDatabase(dataDir);
     const env: Record<string, string | undefined> = {
-      PATH: process.env['PATH'],
+      ...childProcessEnv(),
       HOST: '127.0.0.1',
       PORT: '0',
       LOG_LEVEL: 'info',

@@ -12,7 +12,8 @@ import { loadMigrations } from '../lib/db/migrate.ts';
 import { mintKey, type OpenStream, openStream } from './support/chat.ts';
 import { scratchDatabase } from './support/database.ts';
 import { type FakeUpstream, startFakeUpstream } from './support/fake-upstream.ts';
-import { CANARY, TEST_DATABASE_URL } from './support/server.ts';
+import { seedEmbeddedDatabase } from './support/pglite-template.ts';
+import { CANARY, childProcessEnv, TEST_DATABASE_URL } from './support/server.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const START_TIMEOUT_MS = 20_000;
@@ -34,7 +35,7 @@ function spawnEntry(args: string[], env: Record<string, string | undefined>, lau
   // Only what the test sets: nothing from the developer's shell may leak into the config.
   const options: SpawnOptions = {
     cwd: ROOT,
-    env: { PATH: process.env['PATH'], ...env },
+    env: { ...childProcessEnv(), ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   };
   const child: ChildProcess =
@@ -152,6 +153,7 @@ describe('server.ts', () => {
     dataDir = await mkdtemp(join(tmpdir(), 'entry-test-'));
     fake = await startFakeUpstream();
     if (TEST_DATABASE_URL !== undefined) scratch = await scratchDatabase(TEST_DATABASE_URL);
+    else await seedEmbeddedDatabase(dataDir);
   });
   after(async () => {
     for (const stream of streams) stream.abort();

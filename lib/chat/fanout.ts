@@ -67,13 +67,18 @@ export function createPgFanout(options: PgFanoutOptions): Fanout {
   const handlers = new Map<string, Set<(event: RemoteEvent) => void>>();
   let engine: FanoutEngine | undefined;
   let client: pg.Client | undefined;
+  // The session being opened or open: a late 'end' of an older one must not start another.
+  let current: pg.Client | undefined;
   let ready = Promise.withResolvers<void>();
   let backoffMs = BACKOFF_MS.first;
   let retry: NodeJS.Timeout | undefined;
   let closed = false;
+  // The publishers of this instance's answers that someone follows, by message id.
+  const publishers = new Map<string, Publisher>();
 
   async function open(): Promise<void> {
     const next = options.connect();
+    current = next;
     next.on('notification', (msg) => onNotification(msg.channel, msg.payload ?? ''));
     next.on('error', (err) => lost(next, err));
     next.on('end', () => lost(next, undefined));
@@ -84,6 +89,7 @@ export function createPgFanout(options: PgFanoutOptions): Fanout {
       lost(next, err);
       return;
     }
+    if (next !== current) return; // closed while connecting: close() has ended it
     client = next;
     backoffMs = BACKOFF_MS.first;
     ready.resolve();
@@ -92,7 +98,8 @@ export function createPgFanout(options: PgFanoutOptions): Fanout {
   function lost(which: pg.Client, err: unknown): void {
     which.removeAllListeners('notification');
     which.end().catch(() => {});
-    if (client !== undefined && which !== client) return;
+    if (which !== current) return;
+    current = undefined;
     if (client !== undefined) log.warn('answer listener lost its database session; reconnecting', { err });
     client = undefined;
     for (const set of handlers.values()) for (const handler of set) handler({ type: 'lost' });
@@ -127,16 +134,40 @@ export function createPgFanout(options: PgFanoutOptions): Fanout {
     if (message.op !== 'f' || live === undefined || live.head.conversationId !== message.c) return;
     const after = typeof message.o === 'number' ? message.o : undefined;
     const nonce = typeof message.n === 'string' ? message.n.slice(0, 64) : '';
-    const channel = channelOf(message.c);
-    publish(live, channel, after, nonce).catch((err: unknown) => log.warn('answer publish failed', { err }));
+    serveRequest(live, message.c, after, nonce);
   }
 
-  /** Sends the parts after `after`, then each new one and the end, in order (one notification at a time). */
-  async function publish(live: LiveAnswer, channel: string, after: number | undefined, nonce: string): Promise<void> {
-    let offset = after === undefined ? 0 : live.resumeOffset(after);
-    await notify(channel, JSON.stringify({ a: nonce, o: offset }));
+  /** Adds a follower's request to the answer's one publisher, starting it if the answer has none yet. */
+  function serveRequest(live: LiveAnswer, conversationId: string, after: number | undefined, nonce: string): void {
+    const messageId = live.head.messageId;
+    const running = publishers.get(messageId);
+    if (running !== undefined) {
+      running.requests.push({ after, nonce });
+      running.wake();
+      return;
+    }
+    const publisher = newPublisher({ after, nonce });
+    publishers.set(messageId, publisher);
+    publish(live, channelOf(conversationId), publisher).catch((err: unknown) => {
+      publishers.delete(messageId);
+      log.warn('answer publish failed', { err });
+    });
+  }
+
+  /**
+   * Sends an answer on its channel, one notification at a time so they arrive in order: each
+   * request's ack, the parts from the earliest offset asked (followers drop parts they hold), each
+   * new part, and the end once it is stored. One loop per answer, however many follow it.
+   */
+  async function publish(live: LiveAnswer, channel: string, publisher: Publisher): Promise<void> {
+    let offset: number | undefined;
     for (;;) {
-      const parts = live.partsFrom(offset);
+      for (const { after, nonce } of publisher.requests.splice(0)) {
+        const from = after === undefined ? 0 : live.resumeOffset(after);
+        await notify(channel, JSON.stringify({ a: nonce, o: from }));
+        offset = offset === undefined ? from : Math.min(offset, from);
+      }
+      const parts = live.partsFrom(offset ?? 0);
       if (parts.length > 0) {
         for (const payload of pack(parts)) await notify(channel, payload);
         const [start, text] = parts.at(-1) as [number, string];
@@ -145,9 +176,11 @@ export function createPgFanout(options: PgFanoutOptions): Fanout {
         // The end goes out once it is stored, so a follower's response closes on a whole row too.
         await live.stored();
         await notify(channel, encodeFinal(live.final, live.length));
+        if (publisher.requests.length > 0) continue; // asked for while the end was on its way
+        publishers.delete(live.head.messageId);
         return;
-      } else {
-        await live.changed();
+      } else if (publisher.requests.length === 0) {
+        await Promise.race([live.changed(), publisher.woken()]);
       }
     }
   }
@@ -199,9 +232,32 @@ export function createPgFanout(options: PgFanoutOptions): Fanout {
     async close() {
       closed = true;
       clearTimeout(retry);
-      const session = client;
+      const session = current;
+      current = undefined;
       client = undefined;
       await session?.end().catch(() => {});
+    },
+  };
+}
+
+/** Follow requests waiting for an answer's publisher, and a way to wake it for them. */
+interface Publisher {
+  requests: Array<{ after: number | undefined; nonce: string }>;
+  wake(): void;
+  /** Resolves at the next wake(). */
+  woken(): Promise<void>;
+}
+
+function newPublisher(first: { after: number | undefined; nonce: string }): Publisher {
+  let signal = Promise.withResolvers<void>();
+  return {
+    requests: [first],
+    wake() {
+      signal.resolve();
+    },
+    woken() {
+      signal = Promise.withResolvers<void>();
+      return signal.promise;
     },
   };
 }

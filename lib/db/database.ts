@@ -145,6 +145,7 @@ async function createPglite(config: Config, log: Logger): Promise<Database> {
     const engine = await PGlite.create(join(dir, 'pglite'));
     // The adapter exposes one shared connection; do not raise max.
     const pool = new pg.Pool(createPgConfig(engine) as pg.PoolConfig);
+    keepClientAfterQueryErrors(pool);
     pool.on('error', (err) => log.warn('embedded database client failed', { err }));
     log.info('using the embedded PGlite database: for development only; set DATABASE_URL in production', {
       dataDir: dir,
@@ -166,6 +167,26 @@ async function createPglite(config: Config, log: Logger): Promise<Database> {
     releaseLock();
     throw err;
   }
+}
+
+/**
+ * pg.Pool.query() destroys its client after any error; on the embedded engine that ends the one
+ * connection every client shares, and the next query fails with it. A query the database refused
+ * (a DatabaseError: a constraint, a syntax error) leaves the connection sound, so keep the client.
+ */
+function keepClientAfterQueryErrors(pool: pg.Pool): void {
+  const query = async (config: string | pg.QueryConfig, values?: unknown[]): Promise<pg.QueryResult> => {
+    const client = await pool.connect();
+    try {
+      const result = await client.query(config, values);
+      client.release();
+      return result;
+    } catch (err) {
+      client.release(err instanceof pg.DatabaseError ? undefined : (err as Error));
+      throw err;
+    }
+  };
+  Object.defineProperty(pool, 'query', { value: query });
 }
 
 /**

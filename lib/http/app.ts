@@ -48,6 +48,7 @@ export class RequestContext implements Context {
   bytes = 0;
   usage: { promptTokens: number; completionTokens: number } | undefined = undefined;
   readonly #deadlineMs: number;
+  #deadlineCleared = false;
   #controller: AbortController | undefined;
   #timer: NodeJS.Timeout | undefined;
   #state: Map<string, unknown> | undefined;
@@ -95,6 +96,8 @@ export class RequestContext implements Context {
   }
 
   clearDeadline(): void {
+    // Remembered: a signal first read after this (a stream's) must not start the deadline then.
+    this.#deadlineCleared = true;
     clearTimeout(this.#timer);
     this.#timer = undefined;
   }
@@ -113,6 +116,7 @@ export class RequestContext implements Context {
       return controller;
     }
     res.once('close', onClose);
+    if (this.#deadlineCleared) return controller;
     this.#timer = setTimeout(
       () => controller.abort(new AppError('REQUEST_TIMEOUT', { detail: 'Request deadline passed' })),
       this.#deadlineMs,

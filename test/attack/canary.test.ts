@@ -22,6 +22,7 @@ import {
 } from '../support/fake-upstream.ts';
 import { bearer, mintJwt, TEST_JWT_SECRET } from '../support/keys.ts';
 import { findLeaks, leakForms } from '../support/leaks.ts';
+import { seedEmbeddedDatabase } from '../support/pglite-template.ts';
 import { bodiesOf, capture, formatRequest } from '../support/raw-capture.ts';
 import { type SecretDatabase, secretDatabase } from '../support/secret-database.ts';
 import { CANARY, startTestServer, TEST_DATABASE_URL, type TestServer } from '../support/server.ts';
@@ -108,6 +109,7 @@ describe('the canary secret', () => {
   before(async () => {
     database = TEST_DATABASE_URL === undefined ? undefined : await secretDatabase(TEST_DATABASE_URL, CANARY, 'canary');
     dataDir = await mkdtemp(join(tmpdir(), 'canary-test-'));
+    if (database === undefined) await seedEmbeddedDatabase(join(dataDir, 'data'));
     fake = await startFakeUpstream({ apiKey: CANARY });
     const secretEnv = {
       OPENAI_API_KEY: CANARY,

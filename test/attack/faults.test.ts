@@ -8,6 +8,7 @@ import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
 import { type ChatHarness, openStream, readEvents, startChat, waitFor } from '../support/chat.ts';
 import type { Behaviour } from '../support/fake-upstream.ts';
+import { runLock } from '../support/run-lock.ts';
 import { TEST_DATABASE_URL } from '../support/server.ts';
 import { type ProxyMode, startTcpProxy, type TcpProxy } from '../support/tcp-proxy.ts';
 import { assertSettled, assistantStatuses, type Identity, messageCounts, mintIdentity, sleep } from './support.ts';
@@ -32,7 +33,11 @@ describe('faults during chat traffic, database behind a TCP proxy', {
   let h: ChatHarness;
   let direct: pg.Pool;
 
+  // The other load suite, run concurrently, would starve this one past its deadlines.
+  let releaseLoadLock: (() => void) | undefined;
+
   before(async () => {
+    releaseLoadLock = await runLock('load-test');
     const target = new URL(TEST_DATABASE_URL as string);
     proxy = await startTcpProxy({ host: target.hostname, port: Number(target.port || 5432) });
     const viaProxy = new URL(target.href);
@@ -54,6 +59,7 @@ describe('faults during chat traffic, database behind a TCP proxy', {
     await h?.close();
     await proxy?.close();
     await direct?.end();
+    releaseLoadLock?.();
   });
 
   async function chatOnce(key: string, message: string): Promise<Outcome> {

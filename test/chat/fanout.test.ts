@@ -157,6 +157,42 @@ describe('createPgFanout() on PostgreSQL', { skip: !TEST_DATABASE_URL && 'needs 
     ]);
   });
 
+  it('requests for one answer share its one publisher: a later one is caught up, then each new part goes out once', async () => {
+    const answer = running('Hel', 'lo');
+    const heard = listener();
+    const follower = await following.follow(conversationOf(answer), heard.on);
+    await follower.request(answer.head.messageId, undefined, 'first');
+    await heard.until(2);
+    await follower.request(answer.head.messageId, undefined, 'second');
+    await heard.until(4);
+    answer.append(' world');
+    await heard.until(5);
+    answer.end(FINISHED);
+    await heard.until(6);
+    await turn(); // anything a second publisher would send has arrived by now
+    follower.close();
+    assert.deepEqual(heard.events, [
+      { type: 'ack', nonce: 'first', from: 0 },
+      {
+        type: 'parts',
+        parts: [
+          [0, 'Hel'],
+          [3, 'lo'],
+        ],
+      },
+      { type: 'ack', nonce: 'second', from: 0 },
+      {
+        type: 'parts',
+        parts: [
+          [0, 'Hel'],
+          [3, 'lo'],
+        ],
+      },
+      { type: 'parts', parts: [[5, ' world']] },
+      { type: 'end', event: FINISHED, length: 11 },
+    ]);
+  });
+
   it('request() from an offset gets the parts after the part that starts there', async () => {
     const answer = running('Hel', 'lo', ' world');
     answer.end(FINISHED);
@@ -307,6 +343,31 @@ describe('createPgFanout() on PostgreSQL', { skip: !TEST_DATABASE_URL && 'needs 
     t.mock.timers.reset();
     assert.deepEqual(again.events[0], { type: 'ack', nonce: 'reopened', from: 0 });
     assert.equal(heard.events.length, 1, 'a lost follower hears nothing more');
+  });
+
+  it('a session whose end is reported after the backoff neither fails a waiting follow() nor opens a second session', async (t) => {
+    const heard = listener();
+    await following.follow(randomUUID(), heard.on);
+    t.mock.timers.enable({ apis: ['setTimeout'] });
+    t.after(() => t.mock.timers.reset());
+    proxy.setMode('reset');
+    await heard.until(1);
+    proxy.setMode('pass');
+    const lost = sessions.at(-1);
+    const before = sessions.length;
+    t.mock.timers.tick(100); // the backoff passes before the lost session has reported its end
+    let failed: unknown;
+    const waiting = following.follow(randomUUID(), () => {}).catch((err: unknown) => (failed = err));
+    await lost?.ended;
+    // A follow() started now sees the re-opened session: once it resolves, the reconnect is done.
+    await following.follow(randomUUID(), () => {});
+    await turn();
+    t.mock.timers.tick(2_000);
+    await waiting;
+    assert.equal(failed, undefined, 'follow() waiting through the reconnect succeeds');
+    t.mock.timers.tick(5_000);
+    await turn();
+    assert.equal(sessions.length - before, 1, 'one new listening session, not two');
   });
 
   it('follow() rejects with RESUME_INTERRUPTED when no session is open within 2 s', async (t) => {

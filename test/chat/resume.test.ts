@@ -17,6 +17,7 @@ import {
   waitFor,
 } from '../support/chat.ts';
 import { scratchDatabase } from '../support/database.ts';
+import { type RoundRobinProxy, startRoundRobinProxy } from '../support/round-robin-proxy.ts';
 import { startTestServer, TEST_DATABASE_URL, type TestServer } from '../support/server.ts';
 
 const WORDS = Array.from({ length: 30 }, (_, i) => `w${i} `);
@@ -160,12 +161,44 @@ describe('resumable answers on one instance', () => {
   });
 });
 
+describe('a resumed stream and REQUEST_TIMEOUT_MS', () => {
+  let h: ChatHarness;
+  before(async () => {
+    h = await startChat({
+      REQUEST_TIMEOUT_MS: '1000',
+      HEADERS_TIMEOUT_MS: '1000',
+      UPSTREAM_TIMEOUT_MS: '5000',
+      UPSTREAM_IDLE_TIMEOUT_MS: '5000',
+    });
+  });
+  after(() => h.close());
+
+  it('GET …/stream runs past the request deadline to its done frame, like the stream it resumes', async () => {
+    h.fake.queue({ kind: 'slow', chunks: Array.from({ length: 20 }, (_, i) => `w${i} `), chunkDelayMs: 100 });
+    const first = await openStream(h.server.url, h.key, { message: 'Long' });
+    const start = (await first.next()) as SseFrame;
+    const delta = (await first.next()) as SseFrame;
+    first.abort();
+    const { conversationId } = start.data as { conversationId: string };
+    const resumed = await resumeStream(h.server.url, h.key, conversationId, { 'last-event-id': delta.id as string });
+    assert.equal(resumed.status, 200);
+    const events: Array<string | undefined> = [];
+    for (let frame = await resumed.stream.next(); frame !== undefined; frame = await resumed.stream.next()) {
+      events.push(frame.event);
+    }
+    assert.equal(events.at(-1), 'done', `${events.length} frames, the last ${events.at(-1)}`);
+  });
+});
+
 describe('resumable answers across two instances', { skip: !TEST_DATABASE_URL && 'needs TEST_DATABASE_URL' }, () => {
   let one: ChatHarness;
   let two: TestServer;
   let key: string;
   let drop: () => Promise<void>;
   let databaseUrl: string;
+  // A load balancer in front of both: each new connection goes to the next instance.
+  let balancer: RoundRobinProxy;
+  let balancerUrl: string;
 
   before(async () => {
     const scratch = await scratchDatabase(TEST_DATABASE_URL as string);
@@ -174,17 +207,23 @@ describe('resumable answers across two instances', { skip: !TEST_DATABASE_URL &&
     one = await startChat({ DATABASE_URL: scratch.url });
     two = await startTestServer({ ...CHAT_ENV, DATABASE_URL: scratch.url, OPENAI_BASE_URL: one.fake.url });
     key = one.key;
+    const targets = [one.server.url, two.url].map((url) => ({ host: '127.0.0.1', port: Number(new URL(url).port) }));
+    balancer = await startRoundRobinProxy(targets);
+    balancerUrl = `http://${balancer.host}:${balancer.port}`;
   });
   after(async () => {
+    await balancer?.close();
     await two?.close();
     await one?.close();
     await drop?.();
   });
 
-  it('a client that left instance 1 resumes on instance 2 with Last-Event-ID and gets exactly the rest', async () => {
+  it('a client that left instance 1 reconnects through the load balancer to instance 2 and gets exactly the rest', async () => {
     one.fake.queue(SLOW);
-    const { conversationId, deltas, lastId } = await readThreeAndLeave(one.server.url, key);
-    const { status, stream } = await resumeStream(two.url, key, conversationId, { 'last-event-id': lastId });
+    const [toOne, toTwo] = balancer.connectionsPerTarget();
+    const { conversationId, deltas, lastId } = await readThreeAndLeave(balancerUrl, key);
+    const { status, stream } = await resumeStream(balancerUrl, key, conversationId, { 'last-event-id': lastId });
+    assert.deepEqual(balancer.connectionsPerTarget(), [(toOne ?? 0) + 1, (toTwo ?? 0) + 1], 'one connection each');
     assert.equal(status, 200);
     const frames = await rest(stream);
     assert.equal(frames.at(-1)?.event, 'done');

@@ -10,6 +10,7 @@ import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
 import { createDatabase, type Database, DatabaseLockedError, postgresPoolConfig } from '../../lib/db/database.ts';
 import { createLogger, type Logger } from '../../lib/log.ts';
+import { seedEmbeddedDatabase } from '../support/pglite-template.ts';
 import { TEST_DATABASE_URL, testConfig } from '../support/server.ts';
 
 const NEEDS_POSTGRES = !TEST_DATABASE_URL && 'needs TEST_DATABASE_URL';
@@ -61,6 +62,7 @@ describe('createDatabase() with the embedded PGlite', () => {
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'database-test-'));
+    await seedEmbeddedDatabase(dir);
     capture = capturingLog();
     db = await createDatabase(testConfig({ DATABASE_URL: undefined }, dir), capture.log);
   });
@@ -75,6 +77,20 @@ describe('createDatabase() with the embedded PGlite', () => {
     assert.deepEqual(rows, [{ answer: 42 }]);
     const line = capture.lines().find((l) => l.includes('embedded PGlite'));
     assert.match(line ?? '', /for development only/);
+  });
+
+  it('the embedded pool answers the next queries correctly after the database refused one', async () => {
+    const pool = (db as Database).pool;
+    // Sent as soon as the failure is known, as a request's own follow-up query would be.
+    const next = pool.query('SELECT 1/0').then(
+      () => assert.fail('division by zero succeeded'),
+      (err: { code?: string }) => {
+        assert.equal(err.code, '22012');
+        return pool.query<{ x: number }>({ text: 'SELECT $1::int AS x', values: [2] });
+      },
+    );
+    assert.deepEqual((await next).rows, [{ x: 2 }]);
+    assert.deepEqual((await pool.query<{ x: number }>('SELECT 3 AS x')).rows, [{ x: 3 }]);
   });
 
   it('a second createDatabase() on the same DATA_DIR fails with DatabaseLockedError while the first is open', async () => {

@@ -9,6 +9,7 @@ import { loadMigrations, type Migration, migrate } from '../../lib/db/migrate.ts
 import { createLogger } from '../../lib/log.ts';
 import { scratchDatabase } from '../support/database.ts';
 import { PGBOUNCER_UNAVAILABLE, startPgBouncer } from '../support/pgbouncer.ts';
+import { seedEmbeddedDatabase } from '../support/pglite-template.ts';
 import { TEST_DATABASE_URL, testConfig } from '../support/server.ts';
 
 const log = createLogger({ level: 'silent' });
@@ -24,6 +25,7 @@ interface Fresh {
 
 async function freshPglite(): Promise<Fresh> {
   const dir = await mkdtemp(join(tmpdir(), 'migrate-test-'));
+  await seedEmbeddedDatabase(dir);
   return {
     url: undefined,
     open: () => createDatabase(testConfig({ DATABASE_URL: undefined }, dir), log),

@@ -8,6 +8,7 @@ import pg from 'pg';
 import { createDatabase, type Database } from '../../lib/db/database.ts';
 import { withTransaction } from '../../lib/db/transaction.ts';
 import { createLogger } from '../../lib/log.ts';
+import { seedEmbeddedDatabase } from '../support/pglite-template.ts';
 import { TEST_DATABASE_URL, testConfig } from '../support/server.ts';
 
 const log = createLogger({ level: 'silent' });
@@ -36,6 +37,7 @@ for (const engine of engines) {
 
     before(async () => {
       dir = await mkdtemp(join(tmpdir(), 'tx-test-'));
+      if (!engine.external) await seedEmbeddedDatabase(dir);
       // One client: whatever withTransaction hands back is exactly what the next caller gets.
       const env = engine.external ? { DB_POOL_MAX: '1' } : { DATABASE_URL: undefined };
       db = await createDatabase(testConfig(env, dir), log);

@@ -225,6 +225,15 @@ describe('RequestContext', () => {
     assert.equal(signal.aborted, false);
   });
 
+  it('RequestContext keeps the deadline off when clearDeadline() ran before the signal was first read', (t) => {
+    t.mock.timers.enable({ apis: ['setTimeout'] });
+    const { ctx } = context(1_000);
+    ctx.clearDeadline();
+    const { signal } = ctx;
+    t.mock.timers.tick(5_000);
+    assert.equal(signal.aborted, false);
+  });
+
   it('RequestContext aborts its signal with BAD_REQUEST when the response closes before it finished', () => {
     const { ctx, res } = context();
     const { signal } = ctx;

@@ -1,11 +1,11 @@
 // The database engines the shared-store tests run on: PostgreSQL, PostgreSQL through PgBouncer in
 // transaction mode, and embedded PGlite. Each opens a fresh, migrated database.
-import { PGlite } from '@electric-sql/pglite';
 import { createPgConfig } from '@electric-sql/pglite/node-postgres';
 import pg from 'pg';
 import { migrate } from '../../lib/db/migrate.ts';
 import { scratchDatabase } from './database.ts';
 import { PGBOUNCER_UNAVAILABLE, startPgBouncer } from './pgbouncer.ts';
+import { openEmbeddedEngine } from './pglite-template.ts';
 import { TEST_DATABASE_URL } from './server.ts';
 
 export interface Backend {
@@ -66,8 +66,8 @@ async function openPostgres(throughPooler: boolean): Promise<Backend> {
 }
 
 async function openPglite(): Promise<Backend> {
-  const db = await PGlite.create();
-  const p = new pg.Pool(createPgConfig(db) as pg.PoolConfig);
+  const db = await openEmbeddedEngine();
+  const p = new pg.Pool(createPgConfig(db.engine) as pg.PoolConfig);
   await migrate(p);
   return {
     pools: [p, p],

@@ -8,7 +8,8 @@ import { SignJWT } from 'jose';
 import type pg from 'pg';
 import { generateApiKey } from '../../lib/auth/api-key.ts';
 import { insertApiKey } from '../../lib/db/api-keys.ts';
-import { CANARY, TEST_DATABASE_URL } from './server.ts';
+import { seedEmbeddedDatabase } from './pglite-template.ts';
+import { CANARY, childProcessEnv, TEST_DATABASE_URL } from './server.ts';
 
 /** The JWT_SECRET startTestServer configures. */
 export const TEST_JWT_SECRET = `${CANARY}-jwt`;
@@ -77,12 +78,16 @@ export interface CliResult {
   stderr: string;
 }
 
-/** Runs `node server.ts keys ...args` from the repository root with exactly `env` (nothing inherited but PATH). */
-export function runKeysCli(args: readonly string[], env: Record<string, string>): Promise<CliResult> {
+/**
+ * Runs `node server.ts keys ...args` from the repository root with exactly `env` (inheriting only
+ * childProcessEnv()). An embedded database not there yet in DATA_DIR is seeded first.
+ */
+export async function runKeysCli(args: readonly string[], env: Record<string, string>): Promise<CliResult> {
+  if (env['DATA_DIR'] !== undefined && env['DATABASE_URL'] === undefined) await seedEmbeddedDatabase(env['DATA_DIR']);
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, ['server.ts', 'keys', ...args], {
       cwd: REPO_ROOT,
-      env: { PATH: process.env['PATH'] ?? '', ...env },
+      env: { ...childProcessEnv(), ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
       timeout: 30_000,
     });

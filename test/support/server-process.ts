@@ -1,6 +1,7 @@
 // Runs the real entry point (`node server.ts`) as production does, keeping all it writes.
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
+import { childProcessEnv } from './server.ts';
 
 const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
 
@@ -11,7 +12,7 @@ export interface ProcessRun {
 }
 
 /**
- * Runs `node server.ts …args` with exactly `env` (plus PATH). Once it listens, `during` gets its
+ * Runs `node server.ts …args` with exactly `env` (plus childProcessEnv()). Once it listens, `during` gets its
  * base URL and a `stop()` that sends SIGTERM once; SIGTERM follows `during` if it did not stop it.
  * The process is killed after 30 s.
  */
@@ -23,7 +24,7 @@ export function runServerProcess(
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, ['server.ts', ...args], {
       cwd: REPO_ROOT,
-      env: { PATH: process.env['PATH'] ?? '', ...env },
+      env: { ...childProcessEnv(), ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let output = '';

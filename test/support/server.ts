@@ -6,12 +6,24 @@ import { type Config, parseConfig } from '../../lib/config.ts';
 import { createLogger, type Logger } from '../../lib/log.ts';
 import { type RunningServer, startServer } from '../../lib/main.ts';
 import { logLines } from './log-lines.ts';
+import { seedEmbeddedDatabase } from './pglite-template.ts';
 
 /** A value set as every secret variable; no log line, body or header may ever contain it. */
 export const CANARY = 'canary-7f3c9e1d5b2a4f68a0c1e3d5b7f9a2c4';
 
 /** The real PostgreSQL for tests (CI always sets it); undefined means embedded PGlite. */
 export const TEST_DATABASE_URL = process.env['TEST_DATABASE_URL'] || undefined;
+
+/**
+ * The environment a test hands a child `node` besides the child's own settings: PATH, and the
+ * run's compile cache (Node's, not the server's configuration) so the child compiles less.
+ */
+export function childProcessEnv(): Record<string, string> {
+  const env: Record<string, string> = { PATH: process.env['PATH'] ?? '' };
+  const compileCache = process.env['NODE_COMPILE_CACHE'];
+  if (compileCache !== undefined) env['NODE_COMPILE_CACHE'] = compileCache;
+  return env;
+}
 
 export interface TestServer extends RunningServer {
   config: Config;
@@ -47,6 +59,7 @@ export function testConfig(env: Record<string, string | undefined> = {}, dataDir
 export async function startTestServer(env: Record<string, string | undefined> = {}): Promise<TestServer> {
   const dataDir = await mkdtemp(join(tmpdir(), 'chat-test-'));
   const config = testConfig(env, dataDir);
+  if (!config.database.external) await seedEmbeddedDatabase(config.dataDir);
   const lines: string[] = [];
   const log = createLogger({
     level: config.logLevel,

@@ -1,0 +1,79 @@
+// Runs once in the test runner's own process (--test-global-setup), before and after every file.
+// It makes a folder for the run, in memory (tmpfs) when the machine has room there, and points the
+// test files at it: their temporary folders (TMPDIR), run-wide locks, a V8 compile cache (every file loads much
+// the same TypeScript), and the embedded-database template, built in a child process while the
+// first test files already run. Test files inherit the variables set here.
+import { type ChildProcess, spawn } from 'node:child_process';
+import { accessSync, chmodSync, constants, existsSync, mkdirSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
+import { mkdtemp } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { failureFile, TEMPLATE_ENV } from './pglite-template.ts';
+import { RUN_DIR_ENV } from './run-lock.ts';
+
+const BUILDER = fileURLToPath(new URL('./pglite-template-main.ts', import.meta.url));
+const MEMORY_FS = '/dev/shm';
+// Each embedded database is about 40 MB; a container's default /dev/shm (64 MB) is too small.
+const MEMORY_FS_MIN_FREE_BYTES = 2 * 1024 ** 3;
+
+let runDir: string | undefined;
+let builder: ChildProcess | undefined;
+
+/** Makes the run's folder and starts building the PGlite template in it. */
+export async function globalSetup(): Promise<void> {
+  runDir = await mkdtemp(join(scratchRoot(), 'chat-test-run-'));
+  // --test-force-exit ends the runner without calling globalTeardown; 'exit' still fires.
+  process.once('exit', cleanUp);
+  // Traversable, and a shared temporary folder inside: a test PostgreSQL runs as another user.
+  chmodSync(runDir, 0o755);
+  const tmp = join(runDir, 'tmp');
+  mkdirSync(tmp);
+  chmodSync(tmp, 0o1777);
+  process.env['TMPDIR'] = tmp;
+  process.env[RUN_DIR_ENV] = runDir;
+  // Node strips and compiles the same modules once per run instead of once per process.
+  process.env['NODE_COMPILE_CACHE'] ??= join(runDir, 'compile-cache');
+  startBuilder(join(runDir, 'pglite-template'));
+}
+
+/** Stops a builder still running and removes the run's folder (also on exit: see globalSetup). */
+export function globalTeardown(): void {
+  cleanUp();
+}
+
+/** tmpfs when it is there with room to spare: copying and opening a database there costs a fraction of disk. */
+function scratchRoot(): string {
+  try {
+    accessSync(MEMORY_FS, constants.W_OK);
+    const { bavail, bsize } = statfsSync(MEMORY_FS);
+    if (bavail * bsize >= MEMORY_FS_MIN_FREE_BYTES) return MEMORY_FS;
+  } catch {
+    // no tmpfs here: the disk will do
+  }
+  return tmpdir();
+}
+
+function startBuilder(templateDir: string): void {
+  process.env[TEMPLATE_ENV] = templateDir;
+  const child = spawn(process.execPath, [BUILDER, templateDir], { stdio: ['ignore', 'ignore', 'inherit'] });
+  builder = child;
+  // A builder that dies without a word (killed, out of memory) must not leave tests waiting.
+  const reportFailure = (reason: string): void => {
+    if (builder !== child) return; // stopped by the cleanup: the folder is gone
+    if (!existsSync(templateDir) && !existsSync(failureFile(templateDir)))
+      writeFileSync(failureFile(templateDir), reason);
+  };
+  child.once('error', (err) => reportFailure(`could not start the builder: ${err.message}`));
+  child.once('exit', (code, signal) => {
+    if (code !== 0) reportFailure(`the builder exited with ${signal ?? `code ${code}`}`);
+  });
+}
+
+function cleanUp(): void {
+  // SIGKILL at once: only a build nobody waits for any more can still be running.
+  if (builder !== undefined && builder.exitCode === null && builder.signalCode === null) builder.kill('SIGKILL');
+  builder = undefined;
+  if (runDir !== undefined) rmSync(runDir, { recursive: true, force: true, maxRetries: 5 });
+  runDir = undefined;
+}
