@@ -182,11 +182,18 @@ function keepClientAfterQueryErrors(pool: pg.Pool): void {
       client.release();
       return result;
     } catch (err) {
-      client.release(err instanceof pg.DatabaseError ? undefined : (err as Error));
+      client.release(refusedByDatabase(err) ? undefined : (err as Error));
       throw err;
     }
   };
   Object.defineProperty(pool, 'query', { value: query });
+}
+
+/** An error the database answered with (a SQLSTATE and a severity): pg's class, or the embedded adapter's own. */
+function refusedByDatabase(err: unknown): boolean {
+  if (err instanceof pg.DatabaseError) return true;
+  const { code, severity } = (err ?? {}) as { code?: unknown; severity?: unknown };
+  return typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code) && typeof severity === 'string';
 }
 
 /**

@@ -93,6 +93,14 @@ describe('createDatabase() with the embedded PGlite', () => {
     assert.deepEqual((await pool.query<{ x: number }>('SELECT 3 AS x')).rows, [{ x: 3 }]);
   });
 
+  it('the embedded pool keeps answering after refused queries with parameters, one after another', async () => {
+    const pool = (db as Database).pool;
+    for (const x of [4, 5]) {
+      await assert.rejects(pool.query('SELECT 1/$1::int', [0]), { code: '22012' });
+      assert.deepEqual((await pool.query<{ x: number }>('SELECT $1::int AS x', [x])).rows, [{ x }]);
+    }
+  });
+
   it('a second createDatabase() on one DATA_DIR fails with DatabaseLockedError while the first is open', async () => {
     await assert.rejects(createDatabase(testConfig({ DATABASE_URL: undefined }, dir), capture.log), (err: Error) => {
       assert.ok(err instanceof DatabaseLockedError);

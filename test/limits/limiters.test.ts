@@ -204,39 +204,36 @@ for (const engine of engines) {
         assert.equal((await result).allowed, true);
       });
 
-      // PostgreSQL only: on the embedded engine a refused query can end the one connection every client shares.
-      if (engine.external) {
-        it('the postgres store logs a failed sweep as a warning and keeps running', async (t) => {
-          t.mock.timers.enable({ apis: ['setInterval'] });
-          const capture = capturingLog();
-          const rate = limiter(t, 'postgres', {}, capture.log);
-          // A first take teaches the sweeper a refill time: with none it has nothing to delete.
-          assert.equal((await rate.take(identity())).allowed, true);
-          await withoutTable(db, 'rate_limit_buckets', async () => {
-            t.mock.timers.tick(60_000);
-            await until('the warning', () => capture.messages().length > 0);
-          });
-          assert.deepEqual(capture.messages(), ['rate-limit sweep failed']);
-          assert.equal((await rate.take(identity())).allowed, true);
+      it('the postgres store logs a failed sweep as a warning and keeps running', async (t) => {
+        t.mock.timers.enable({ apis: ['setInterval'] });
+        const capture = capturingLog();
+        const rate = limiter(t, 'postgres', {}, capture.log);
+        // A first take teaches the sweeper a refill time: with none it has nothing to delete.
+        assert.equal((await rate.take(identity())).allowed, true);
+        await withoutTable(db, 'rate_limit_buckets', async () => {
+          t.mock.timers.tick(60_000);
+          await until('the warning', () => capture.messages().length > 0);
         });
+        assert.deepEqual(capture.messages(), ['rate-limit sweep failed']);
+        assert.equal((await rate.take(identity())).allowed, true);
+      });
 
-        it('the postgres-leased store logs tokens it cannot give back at close as a warning', async (t) => {
-          // No sweep timer: the unspent token must still be held when close() gives it back.
-          t.mock.timers.enable({ apis: ['setInterval'] });
-          const capture = capturingLog();
-          const rate = limiter(t, 'postgres-leased', { RATE_LIMIT_LEASE_FRACTION: '1' }, capture.log);
-          const who = identity();
-          // The second take comes at once, so its lease is sized for a busy key: two tokens, one left over.
-          assert.deepEqual(allowedOf(await takeTimes(rate, who, 2)), [true, true]);
-          const { rows } = await db.pool.query<{ tokens: number }>(
-            'SELECT tokens FROM rate_limit_buckets WHERE key = $1',
-            [who.id],
-          );
-          assert.ok((rows[0]?.tokens ?? 3) < 1, 'this instance holds the last token');
-          await withoutTable(db, 'rate_limit_buckets', () => rate.close());
-          assert.deepEqual(capture.messages(), ['rate-limit lease housekeeping failed']);
-        });
-      }
+      it('the postgres-leased store logs tokens it cannot give back at close as a warning', async (t) => {
+        // No sweep timer: the unspent token must still be held when close() gives it back.
+        t.mock.timers.enable({ apis: ['setInterval'] });
+        const capture = capturingLog();
+        const rate = limiter(t, 'postgres-leased', { RATE_LIMIT_LEASE_FRACTION: '1' }, capture.log);
+        const who = identity();
+        // The second take comes at once, so its lease is sized for a busy key: two tokens, one left over.
+        assert.deepEqual(allowedOf(await takeTimes(rate, who, 2)), [true, true]);
+        const { rows } = await db.pool.query<{ tokens: number }>(
+          'SELECT tokens FROM rate_limit_buckets WHERE key = $1',
+          [who.id],
+        );
+        assert.ok((rows[0]?.tokens ?? 3) < 1, 'this instance holds the last token');
+        await withoutTable(db, 'rate_limit_buckets', () => rate.close());
+        assert.deepEqual(capture.messages(), ['rate-limit lease housekeeping failed']);
+      });
     });
 
     describe('createStreamSlots()', () => {
