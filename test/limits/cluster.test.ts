@@ -155,6 +155,8 @@ describe('two instances with RATE_LIMIT_STORE=postgres-leased', {
     const first = await openAnswer(a, key);
     const second = await openAnswer(b, key);
     assert.deepEqual([first.status, second.status], [200, 200]);
+    // Both answers hold a row while they run (a refusal below is about the count, not an early end).
+    assert.equal(await liveStreamRows(cluster, key), 2, 'both answers hold their slots');
     assert.equal((await openAnswer(a, key)).status, 429);
     assert.equal((await openAnswer(b, key)).status, 429);
     first.abort();
