@@ -6,6 +6,7 @@
 // Every instance keeps one listening session (never through a transaction pooler: LISTEN needs a
 // session of its own) and re-opens it with backoff when the database drops it; followers in flight
 // then get `lost` and their clients an error frame to retry on, never a silent gap.
+import { setTimeout as sleep } from 'node:timers/promises';
 import type pg from 'pg';
 import { AppError, ERROR_CODES, type ErrorCode } from '../errors.ts';
 import type { Logger } from '../log.ts';
@@ -55,6 +56,8 @@ const CONTROL = 'chat_control';
 const MAX_PAYLOAD_BYTES = 7800;
 const READY_TIMEOUT_MS = 2_000;
 const BACKOFF_MS = { first: 100, max: 5_000 };
+// After a new part, the publisher waits this long so the parts that follow share its notification.
+const COALESCE_MS = 20;
 
 /** The channel of a conversation's answers (a uuid's hex digits: a plain identifier). */
 export function channelOf(conversationId: string): string {
@@ -254,6 +257,7 @@ function createPublishers(
         return;
       } else if (publisher.requests.length === 0) {
         await Promise.race([live.changed(), publisher.woken()]);
+        if (publisher.requests.length === 0 && live.final === undefined) await sleep(COALESCE_MS);
       }
     }
   }
