@@ -128,6 +128,15 @@ describe('createPgFanout() on PostgreSQL', { skip: !TEST_DATABASE_URL && 'needs 
     return answer.head.conversationId as string;
   }
 
+  // What a request from the start of running('Hel', 'lo') hears after its ack.
+  const HEL_LO: RemoteEvent = {
+    type: 'parts',
+    parts: [
+      [0, 'Hel'],
+      [3, 'lo'],
+    ],
+  };
+
   it('channelOf() names a conversation by the hex digits of its uuid, lower case', () => {
     assert.equal(channelOf('0A1B2C3D-0000-4000-8000-00000000ABCD'), 'answer_0a1b2c3d00004000800000000000abcd');
   });
@@ -145,13 +154,7 @@ describe('createPgFanout() on PostgreSQL', { skip: !TEST_DATABASE_URL && 'needs 
     follower.close();
     assert.deepEqual(heard.events, [
       { type: 'ack', nonce: 'nonce-1', from: 0 },
-      {
-        type: 'parts',
-        parts: [
-          [0, 'Hel'],
-          [3, 'lo'],
-        ],
-      },
+      HEL_LO,
       { type: 'parts', parts: [[5, ' world']] },
       { type: 'end', event: FINISHED, length: 11 },
     ]);
@@ -173,21 +176,9 @@ describe('createPgFanout() on PostgreSQL', { skip: !TEST_DATABASE_URL && 'needs 
     follower.close();
     assert.deepEqual(heard.events, [
       { type: 'ack', nonce: 'first', from: 0 },
-      {
-        type: 'parts',
-        parts: [
-          [0, 'Hel'],
-          [3, 'lo'],
-        ],
-      },
+      HEL_LO,
       { type: 'ack', nonce: 'second', from: 0 },
-      {
-        type: 'parts',
-        parts: [
-          [0, 'Hel'],
-          [3, 'lo'],
-        ],
-      },
+      HEL_LO,
       { type: 'parts', parts: [[5, ' world']] },
       { type: 'end', event: FINISHED, length: 11 },
     ]);
