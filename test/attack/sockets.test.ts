@@ -293,7 +293,7 @@ describe('raw-socket attacks on the running server', () => {
     });
     after(() => crowd?.close());
 
-    it('1,500 idle connections let a normal request answer within 2 s, and close after the headers timeout', async () => {
+    it('1,500 idle connections let a request answer within 2 s, and close after the headers timeout', async () => {
       // Both ends live in this process: two descriptors per connection, and stay under the server's own cap.
       const count = Math.min(1_500, Math.floor((openFileLimit() - 256) / 2), connectionBudget() - 32);
       assert.ok(count >= 200, `the descriptor limit allows only ${count} connections`);
