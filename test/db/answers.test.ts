@@ -1,20 +1,12 @@
 // The streaming-answer repository against a real database: checkpoints, the newest answer, client ids.
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { before, describe, it } from 'node:test';
 import type pg from 'pg';
 import { checkpointAnswer, findConversationByClientId, latestAnswer, ownsConversation } from '../../lib/db/answers.ts';
 import { type StartedTurn, saveAssistantMessage, startTurn } from '../../lib/db/conversations.ts';
-import { createDatabase, type Database } from '../../lib/db/database.ts';
 import { migrate } from '../../lib/db/migrate.ts';
-import { createLogger } from '../../lib/log.ts';
-import { scratchDatabase } from '../support/database.ts';
-import { TEST_DATABASE_URL, testConfig } from '../support/server.ts';
-
-const log = createLogger({ level: 'silent' });
+import { ENGINES, engineDatabase } from '../support/engines.ts';
 
 /** A new conversation of a new owner, with its question and an empty answer row. */
 async function newTurn(pool: pg.Pool, extra: { clientId?: string } = {}): Promise<StartedTurn & { owner: string }> {
@@ -29,28 +21,11 @@ async function contentOf(pool: pg.Pool, messageId: string): Promise<string | und
   return rows[0]?.content;
 }
 
-const engines = [
-  { label: 'embedded PGlite', skip: false as const, external: false },
-  { label: 'PostgreSQL', skip: !TEST_DATABASE_URL && 'needs TEST_DATABASE_URL', external: true },
-];
-
-for (const engine of engines) {
+for (const engine of ENGINES) {
   describe(`answers repository on ${engine.label}`, { skip: engine.skip }, () => {
-    let dir: string;
-    let scratch: { url: string; drop(): Promise<void> } | undefined;
-    let db: Database;
+    const db = engineDatabase(engine, 'answers-test-');
 
-    before(async () => {
-      dir = await mkdtemp(join(tmpdir(), 'answers-test-'));
-      scratch = engine.external ? await scratchDatabase(TEST_DATABASE_URL as string) : undefined;
-      db = await createDatabase(testConfig({ DATABASE_URL: scratch?.url }, dir), log);
-      await migrate(db.pool);
-    });
-    after(async () => {
-      await db?.close();
-      await scratch?.drop();
-      await rm(dir, { recursive: true, force: true });
-    });
+    before(() => migrate(db.pool));
 
     it('checkpointAnswer() appends text where the stored text ends', async () => {
       const turn = await newTurn(db.pool);

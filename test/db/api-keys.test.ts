@@ -1,10 +1,7 @@
 // The API key repository against a real database: hashes in, metadata out, revocation by name.
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { before, describe, it } from 'node:test';
 import {
   countApiKeys,
   findApiKeyByHash,
@@ -14,13 +11,9 @@ import {
   revokeApiKey,
   updateApiKeyPolicy,
 } from '../../lib/db/api-keys.ts';
-import { createDatabase, type Database } from '../../lib/db/database.ts';
 import { migrate } from '../../lib/db/migrate.ts';
-import { createLogger } from '../../lib/log.ts';
-import { scratchDatabase } from '../support/database.ts';
-import { TEST_DATABASE_URL, testConfig } from '../support/server.ts';
+import { ENGINES, engineDatabase } from '../support/engines.ts';
 
-const log = createLogger({ level: 'silent' });
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const ISO = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/;
 
@@ -28,29 +21,12 @@ function hashOf(label: string): Buffer {
   return createHash('sha256').update(label).digest();
 }
 
-const engines = [
-  { label: 'embedded PGlite', skip: false as const, external: false },
-  { label: 'PostgreSQL', skip: !TEST_DATABASE_URL && 'needs TEST_DATABASE_URL', external: true },
-];
-
-for (const engine of engines) {
+for (const engine of ENGINES) {
   // One fresh database per engine: the listing and count tests see only these tests' keys.
   describe(`API key repository on ${engine.label}`, { skip: engine.skip }, () => {
-    let dir: string;
-    let scratch: { url: string; drop(): Promise<void> } | undefined;
-    let db: Database;
+    const db = engineDatabase(engine, 'api-keys-test-');
 
-    before(async () => {
-      dir = await mkdtemp(join(tmpdir(), 'api-keys-test-'));
-      scratch = engine.external ? await scratchDatabase(TEST_DATABASE_URL as string) : undefined;
-      db = await createDatabase(testConfig({ DATABASE_URL: scratch?.url }, dir), log);
-      await migrate(db.pool);
-    });
-    after(async () => {
-      await db?.close();
-      await scratch?.drop();
-      await rm(dir, { recursive: true, force: true });
-    });
+    before(() => migrate(db.pool));
 
     it('insertApiKey() stores the hash under a new id, and findApiKeyByHash() finds it as active', async () => {
       const hash = hashOf('alpha');

@@ -20,6 +20,7 @@ import { createDatabase, type Database } from '../../lib/db/database.ts';
 import { migrate } from '../../lib/db/migrate.ts';
 import { createLogger } from '../../lib/log.ts';
 import { scratchDatabase } from '../support/database.ts';
+import { ENGINES, engineDatabase } from '../support/engines.ts';
 import { TEST_DATABASE_URL, testConfig } from '../support/server.ts';
 import { startTcpProxy, type TcpProxy } from '../support/tcp-proxy.ts';
 
@@ -55,28 +56,11 @@ async function page(pool: pg.Pool, owner: string, id: string, query: MessagePage
   return (read as { conversation: ConversationPage }).conversation;
 }
 
-const engines = [
-  { label: 'embedded PGlite', skip: false as const, external: false },
-  { label: 'PostgreSQL', skip: !TEST_DATABASE_URL && 'needs TEST_DATABASE_URL', external: true },
-];
-
-for (const engine of engines) {
+for (const engine of ENGINES) {
   describe(`conversations repository on ${engine.label}`, { skip: engine.skip }, () => {
-    let dir: string;
-    let scratch: { url: string; drop(): Promise<void> } | undefined;
-    let db: Database;
+    const db = engineDatabase(engine, 'conversations-test-');
 
-    before(async () => {
-      dir = await mkdtemp(join(tmpdir(), 'conversations-test-'));
-      scratch = engine.external ? await scratchDatabase(TEST_DATABASE_URL as string) : undefined;
-      db = await createDatabase(testConfig({ DATABASE_URL: scratch?.url }, dir), log);
-      await migrate(db.pool);
-    });
-    after(async () => {
-      await db?.close();
-      await scratch?.drop();
-      await rm(dir, { recursive: true, force: true });
-    });
+    before(() => migrate(db.pool));
 
     it('startTurn() opens a conversation with the question and an incomplete answer row', async () => {
       const { owner, id } = await newConversation(db.pool);

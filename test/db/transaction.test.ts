@@ -8,6 +8,7 @@ import pg from 'pg';
 import { createDatabase, type Database } from '../../lib/db/database.ts';
 import { withTransaction } from '../../lib/db/transaction.ts';
 import { createLogger } from '../../lib/log.ts';
+import { ENGINES } from '../support/engines.ts';
 import { seedEmbeddedDatabase } from '../support/pglite-template.ts';
 import { TEST_DATABASE_URL, testConfig } from '../support/server.ts';
 
@@ -18,12 +19,7 @@ async function backendPid(pool: pg.Pool): Promise<number> {
   return (rows[0] as { pid: number }).pid;
 }
 
-const engines = [
-  { label: 'embedded PGlite', skip: false as const, external: false },
-  { label: 'PostgreSQL', skip: !TEST_DATABASE_URL && 'needs TEST_DATABASE_URL', external: true },
-];
-
-for (const engine of engines) {
+for (const engine of ENGINES) {
   describe(`withTransaction() on ${engine.label}`, { skip: engine.skip }, () => {
     // A table of its own, so a shared PostgreSQL database is left as it was found.
     const table = `tx_probe_${randomBytes(6).toString('hex')}`;

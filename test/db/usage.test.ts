@@ -2,33 +2,18 @@
 // expires, and what each identity reads back.
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { after, before, describe, it } from 'node:test';
-import { createDatabase, type Database } from '../../lib/db/database.ts';
+import { before, describe, it } from 'node:test';
 import { migrate } from '../../lib/db/migrate.ts';
 import { releaseReservation, reserveBudget, settleUsage, type TurnUsage, usageOf, usedOn } from '../../lib/db/usage.ts';
-import { createLogger } from '../../lib/log.ts';
-import { scratchDatabase } from '../support/database.ts';
-import { seedEmbeddedDatabase } from '../support/pglite-template.ts';
-import { TEST_DATABASE_URL, testConfig } from '../support/server.ts';
+import { ENGINES, engineDatabase } from '../support/engines.ts';
 
-const log = createLogger({ level: 'silent' });
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const DAY = '2026-03-15';
 const TTL_MS = 60_000;
 
-const engines = [
-  { label: 'embedded PGlite', skip: false as const, external: false },
-  { label: 'PostgreSQL', skip: !TEST_DATABASE_URL && 'needs TEST_DATABASE_URL', external: true },
-];
-
-for (const engine of engines) {
+for (const engine of ENGINES) {
   describe(`usage repository on ${engine.label}`, { skip: engine.skip }, () => {
-    let dir: string;
-    let scratch: { url: string; drop(): Promise<void> } | undefined;
-    let db: Database;
+    const db = engineDatabase(engine, 'usage-test-');
     let n = 0;
     // Every test has identities of its own, so no test sees another's rows.
     const freshIdentity = (): string => `key:usage-${++n}`;
@@ -60,18 +45,7 @@ for (const engine of engines) {
       return rows.map((r) => r.id);
     }
 
-    before(async () => {
-      dir = await mkdtemp(join(tmpdir(), 'usage-test-'));
-      scratch = engine.external ? await scratchDatabase(TEST_DATABASE_URL as string) : undefined;
-      if (!engine.external) await seedEmbeddedDatabase(dir);
-      db = await createDatabase(testConfig({ DATABASE_URL: scratch?.url }, dir), log);
-      await migrate(db.pool);
-    });
-    after(async () => {
-      await db?.close();
-      await scratch?.drop();
-      await rm(dir, { recursive: true, force: true });
-    });
+    before(() => migrate(db.pool));
 
     it('reserveBudget() admits up to the budget exactly, then refuses with what is used', async () => {
       const who = freshIdentity();

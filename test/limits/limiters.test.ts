@@ -2,31 +2,22 @@
 // RateLimit-Policy each identity gets in each store, what the shared stores share between instances,
 // where stream slots are counted, and that housekeeping failures reach the log.
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { after, before, describe, it, type TestContext } from 'node:test';
-import { createDatabase, type Database } from '../../lib/db/database.ts';
+import { before, describe, it, type TestContext } from 'node:test';
+import type { Database } from '../../lib/db/database.ts';
 import { migrate } from '../../lib/db/migrate.ts';
 import type { Identity, IdentityPolicy } from '../../lib/http/types.ts';
 import { createRateLimiter, createStreamSlots, type RateLimiter } from '../../lib/limits/limiters.ts';
 import type { Decision } from '../../lib/limits/token-bucket.ts';
 import { createLogger, type Logger } from '../../lib/log.ts';
-import { scratchDatabase } from '../support/database.ts';
+import { ENGINES, engineDatabase } from '../support/engines.ts';
 import { logLines } from '../support/log-lines.ts';
-import { seedEmbeddedDatabase } from '../support/pglite-template.ts';
-import { TEST_DATABASE_URL, testConfig } from '../support/server.ts';
+import { testConfig } from '../support/server.ts';
 
 const silent = createLogger({ level: 'silent' });
 // Six a minute is a tenth of a token a second: no test runs long enough to refill a whole one.
 const LIMITS = { RATE_LIMIT_PER_MINUTE: '6', RATE_LIMIT_BURST: '3', MAX_CONCURRENT_STREAMS_PER_KEY: '2' };
 const STORES = ['memory', 'postgres', 'postgres-leased'] as const;
 type Store = (typeof STORES)[number];
-
-const engines = [
-  { label: 'embedded PGlite', skip: false as const, external: false },
-  { label: 'PostgreSQL', skip: !TEST_DATABASE_URL && 'needs TEST_DATABASE_URL', external: true },
-];
 
 let n = 0;
 /** An identity no other test has used, so no bucket or lease row is shared by accident. */
@@ -76,11 +67,9 @@ async function withoutTable(db: Database, table: string, fn: () => Promise<void>
   }
 }
 
-for (const engine of engines) {
+for (const engine of ENGINES) {
   describe(`per-identity limits on ${engine.label}`, { skip: engine.skip }, () => {
-    let dir: string;
-    let scratch: { url: string; drop(): Promise<void> } | undefined;
-    let db: Database;
+    const db = engineDatabase(engine, 'limiters-test-');
 
     /** A rate limiter over this engine's database, closed when the test ends. */
     function limiter(t: TestContext, store: Store, env: Record<string, string> = {}, log = silent): RateLimiter {
@@ -95,18 +84,7 @@ for (const engine of engines) {
       return created;
     }
 
-    before(async () => {
-      dir = await mkdtemp(join(tmpdir(), 'limiters-test-'));
-      scratch = engine.external ? await scratchDatabase(TEST_DATABASE_URL as string) : undefined;
-      if (!engine.external) await seedEmbeddedDatabase(dir);
-      db = await createDatabase(testConfig({ DATABASE_URL: scratch?.url }, dir), silent);
-      await migrate(db.pool);
-    });
-    after(async () => {
-      await db?.close();
-      await scratch?.drop();
-      await rm(dir, { recursive: true, force: true });
-    });
+    before(() => migrate(db.pool));
 
     // The memory store never touches the database: once, on the embedded engine, is enough.
     for (const store of STORES.filter((s) => s !== 'memory' || !engine.external)) {
