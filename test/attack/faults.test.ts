@@ -204,7 +204,8 @@ describe('faults during chat traffic, database behind a TCP proxy', {
             const stream = await openStream(h.server.url, who.key, { message: `abort ${batch}-${i}` });
             const start = await stream.next();
             assert.equal(start?.event, 'start');
-            assert.equal((await stream.next())?.event, 'delta');
+            const second = await stream.next();
+            assert.equal(second?.event, 'delta', JSON.stringify(second));
             stream.abort();
           }),
         );
