@@ -9,26 +9,12 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
 import { createDatabase, type Database, DatabaseLockedError, postgresPoolConfig } from '../../lib/db/database.ts';
-import { createLogger, type Logger } from '../../lib/log.ts';
+import { createLogger } from '../../lib/log.ts';
+import { capturingLog } from '../support/log-lines.ts';
 import { seedEmbeddedDatabase } from '../support/pglite-template.ts';
 import { TEST_DATABASE_URL, testConfig } from '../support/server.ts';
 
 const NEEDS_POSTGRES = !TEST_DATABASE_URL && 'needs TEST_DATABASE_URL';
-
-function capturingLog(): { log: Logger; lines(): string[] } {
-  const chunks: string[] = [];
-  const log = createLogger({ level: 'debug', sink: (chunk) => chunks.push(chunk) });
-  return {
-    log,
-    lines() {
-      log.flush();
-      return chunks
-        .join('')
-        .split('\n')
-        .filter((line) => line !== '');
-    },
-  };
-}
 
 /** The PID of a process that has certainly exited. */
 async function deadPid(): Promise<number> {
@@ -75,8 +61,8 @@ describe('createDatabase() with the embedded PGlite', () => {
     assert.equal(db?.kind, 'pglite');
     const { rows } = await (db as Database).pool.query<{ answer: number }>('SELECT 41 + 1 AS answer');
     assert.deepEqual(rows, [{ answer: 42 }]);
-    const line = capture.lines().find((l) => l.includes('embedded PGlite'));
-    assert.match(line ?? '', /for development only/);
+    const line = capture.lines().find((l) => String(l['msg']).includes('embedded PGlite'));
+    assert.match(String(line?.['msg']), /for development only/);
   });
 
   it('the embedded pool answers the next queries correctly after the database refused one', async () => {
@@ -194,8 +180,8 @@ describe('createDatabase() with DATABASE_URL on PostgreSQL', { skip: NEEDS_POSTG
     const failed = new Promise((resolve) => db.pool.once('error', resolve));
     await admin.query('SELECT pg_terminate_backend($1)', [pid]);
     await failed;
-    const line = capture.lines().find((l) => l.includes('idle database client failed'));
-    assert.match(line ?? '', /57P01/);
+    const line = capture.lines().find((l) => l['msg'] === 'idle database client failed');
+    assert.match(JSON.stringify(line ?? {}), /57P01/);
     assert.notEqual(await backendPid(db.pool), pid);
   });
 });

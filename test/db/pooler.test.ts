@@ -12,22 +12,11 @@ import { createLogger, type Logger } from '../../lib/log.ts';
 import { type Cluster, startCluster } from '../support/cluster.ts';
 import { scratchDatabase } from '../support/database.ts';
 import { bearer, createTestKey } from '../support/keys.ts';
+import { capturingLog } from '../support/log-lines.ts';
 import { PGBOUNCER_UNAVAILABLE, type PgBouncer, startPgBouncer } from '../support/pgbouncer.ts';
 import { TEST_DATABASE_URL, testConfig } from '../support/server.ts';
 
 const SKIP = (!TEST_DATABASE_URL && 'needs TEST_DATABASE_URL') || PGBOUNCER_UNAVAILABLE;
-
-function capturingLog(): { log: Logger; text(): string } {
-  const chunks: string[] = [];
-  const log = createLogger({ level: 'debug', sink: (chunk) => chunks.push(chunk) });
-  return {
-    log,
-    text() {
-      log.flush();
-      return chunks.join('');
-    },
-  };
-}
 
 describe('the database through PgBouncer in transaction mode', { skip: SKIP }, () => {
   let bouncer: PgBouncer;

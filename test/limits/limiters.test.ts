@@ -8,9 +8,9 @@ import { migrate } from '../../lib/db/migrate.ts';
 import type { Identity, IdentityPolicy } from '../../lib/http/types.ts';
 import { createRateLimiter, createStreamSlots, type RateLimiter } from '../../lib/limits/limiters.ts';
 import type { Decision } from '../../lib/limits/token-bucket.ts';
-import { createLogger, type Logger } from '../../lib/log.ts';
+import { createLogger } from '../../lib/log.ts';
 import { ENGINES, engineDatabase } from '../support/engines.ts';
-import { logLines } from '../support/log-lines.ts';
+import { capturingLog } from '../support/log-lines.ts';
 import { testConfig } from '../support/server.ts';
 
 const silent = createLogger({ level: 'silent' });
@@ -23,19 +23,6 @@ let n = 0;
 /** An identity no other test has used, so no bucket or lease row is shared by accident. */
 function identity(policy?: IdentityPolicy): Identity {
   return { id: `key:limiters-${process.pid}-${++n}`, kind: 'key', policy };
-}
-
-/** A logger keeping warnings, for what the housekeeping reports. */
-function capturingLog(): { log: Logger; messages(): unknown[] } {
-  const chunks: string[] = [];
-  const log = createLogger({ level: 'warn', sink: (chunk) => chunks.push(chunk) });
-  return {
-    log,
-    messages() {
-      log.flush();
-      return logLines(chunks.join('')).map((line) => line['msg']);
-    },
-  };
 }
 
 async function takeTimes(limiter: RateLimiter, who: Identity, times: number): Promise<Decision[]> {
@@ -184,22 +171,25 @@ for (const engine of ENGINES) {
 
       it('the postgres store logs a failed sweep as a warning and keeps running', async (t) => {
         t.mock.timers.enable({ apis: ['setInterval'] });
-        const capture = capturingLog();
+        const capture = capturingLog('warn');
         const rate = limiter(t, 'postgres', {}, capture.log);
         // A first take teaches the sweeper a refill time: with none it has nothing to delete.
         assert.equal((await rate.take(identity())).allowed, true);
         await withoutTable(db, 'rate_limit_buckets', async () => {
           t.mock.timers.tick(60_000);
-          await until('the warning', () => capture.messages().length > 0);
+          await until('the warning', () => capture.lines().map((l) => l['msg']).length > 0);
         });
-        assert.deepEqual(capture.messages(), ['rate-limit sweep failed']);
+        assert.deepEqual(
+          capture.lines().map((l) => l['msg']),
+          ['rate-limit sweep failed'],
+        );
         assert.equal((await rate.take(identity())).allowed, true);
       });
 
       it('the postgres-leased store logs tokens it cannot give back at close as a warning', async (t) => {
         // No sweep timer: the unspent token must still be held when close() gives it back.
         t.mock.timers.enable({ apis: ['setInterval'] });
-        const capture = capturingLog();
+        const capture = capturingLog('warn');
         const rate = limiter(t, 'postgres-leased', { RATE_LIMIT_LEASE_FRACTION: '1' }, capture.log);
         const who = identity();
         // The second take comes at once, so its lease is sized for a busy key: two tokens, one left over.
@@ -210,7 +200,10 @@ for (const engine of ENGINES) {
         );
         assert.ok((rows[0]?.tokens ?? 3) < 1, 'this instance holds the last token');
         await withoutTable(db, 'rate_limit_buckets', () => rate.close());
-        assert.deepEqual(capture.messages(), ['rate-limit lease housekeeping failed']);
+        assert.deepEqual(
+          capture.lines().map((l) => l['msg']),
+          ['rate-limit lease housekeeping failed'],
+        );
       });
     });
 
@@ -292,14 +285,17 @@ for (const engine of ENGINES) {
       });
 
       it('logs a slot it cannot give back as a warning', async (t) => {
-        const capture = capturingLog();
+        const capture = capturingLog('warn');
         const streams = slots(t, 'postgres', {}, capture.log);
         const lease = await streams.acquire(identity().id);
         await withoutTable(db, 'stream_leases', async () => {
           lease?.release();
-          await until('the warning', () => capture.messages().length > 0);
+          await until('the warning', () => capture.lines().map((l) => l['msg']).length > 0);
         });
-        assert.deepEqual(capture.messages(), ['stream lease housekeeping failed']);
+        assert.deepEqual(
+          capture.lines().map((l) => l['msg']),
+          ['stream lease housekeeping failed'],
+        );
         assert.equal(streams.inUse(), 0);
       });
     });
