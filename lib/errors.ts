@@ -8,7 +8,7 @@
 export const ERROR_CODES = {
   BAD_REQUEST: { status: 400, title: 'Bad request' },
   INVALID_JSON: { status: 400, title: 'Malformed JSON body' },
-  VALIDATION_FAILED: { status: 400, title: 'Request body failed validation' },
+  VALIDATION_FAILED: { status: 400, title: 'Request failed validation' },
   BAD_FRAMING: { status: 400, title: 'Ambiguous request framing' },
   UNAUTHORIZED: { status: 401, title: 'Authentication required' },
   INVALID_TOKEN: { status: 401, title: 'Invalid credentials' },

@@ -23,9 +23,10 @@ export function chatRequestSchema(maxMessageChars: number) {
 }
 
 /** Maps zod issues to path/code/message only (never the input, never regex internals). */
-export function validationError(error: z.ZodError): AppError {
+export function validationError(error: z.ZodError, where: 'body' | 'query' = 'body'): AppError {
   const issues = error.issues.slice(0, 20).map((i) => ({ path: i.path.join('.'), code: i.code, message: i.message }));
-  return new AppError('VALIDATION_FAILED', { detail: 'The request body is invalid', extra: { issues } });
+  const detail = where === 'body' ? 'The request body is invalid' : 'The query parameters are invalid';
+  return new AppError('VALIDATION_FAILED', { detail, extra: { issues } });
 }
 
 const UNKNOWN_AGENT = new AppError('VALIDATION_FAILED', {

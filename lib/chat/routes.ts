@@ -75,7 +75,7 @@ function decodeCursor<T>(cursor: string, schema: z.ZodType<T>): T {
 /** `?limit`, `?before`, `?after` of a conversation read, with both cursors decoded to message ids. */
 function messagePageQuery(ctx: Context): MessagePageQuery {
   const parsed = MessagesQuery.safeParse(Object.fromEntries(queryParams(ctx)));
-  if (!parsed.success) throw validationError(parsed.error);
+  if (!parsed.success) throw validationError(parsed.error, 'query');
   const { limit, before, after } = parsed.data;
   if (before !== undefined && after !== undefined) {
     throw new AppError('BAD_REQUEST', { detail: 'Give before or after, not both' });
@@ -125,7 +125,7 @@ export function chatRoutes(options: ChatRoutesOptions): Route[] {
       async handler(ctx) {
         const owner = identityOf(ctx).id;
         const parsed = ListQuery.safeParse(Object.fromEntries(queryParams(ctx)));
-        if (!parsed.success) throw validationError(parsed.error);
+        if (!parsed.success) throw validationError(parsed.error, 'query');
         const cursor = parsed.data.cursor === undefined ? undefined : decodeCursor(parsed.data.cursor, Cursor);
         const after = cursor === undefined ? undefined : { updatedAt: cursor.u, id: cursor.i };
         const page = await listConversations(pool, owner, parsed.data.limit, after);

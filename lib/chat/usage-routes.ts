@@ -34,7 +34,7 @@ export function usageRoutes(options: UsageRoutesOptions): Route[] {
         const identity = ctx.identity;
         if (identity === undefined) throw new AppError('UNAUTHORIZED', { headers: { 'WWW-Authenticate': 'Bearer' } });
         const parsed = Query.safeParse(Object.fromEntries(queryParams(ctx)));
-        if (!parsed.success) throw validationError(parsed.error);
+        if (!parsed.success) throw validationError(parsed.error, 'query');
         const today = utcDay(now());
         const to = parsed.data.to ?? today;
         const from = parsed.data.from ?? utcDay(Date.parse(to) - 29 * DAY_MS);

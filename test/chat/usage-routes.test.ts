@@ -178,9 +178,13 @@ describe('GET /v1/usage', () => {
     }
   });
 
-  it('answers 400 VALIDATION_FAILED for a parameter it does not know', async () => {
+  it('answers 400 VALIDATION_FAILED for a parameter it does not know, saying the query is at fault', async () => {
     const body = await problem(await get(open, '?day=2026-03-15', `key:${randomUUID()}`));
     assert.equal(body['code'], 'VALIDATION_FAILED');
+    assert.deepEqual(
+      [body['title'], body['detail']],
+      ['Request failed validation', 'The query parameters are invalid'],
+    );
     assert.deepEqual(
       (body['issues'] as Array<{ code: string }>).map((issue) => issue.code),
       ['unrecognized_keys'],
