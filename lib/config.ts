@@ -362,9 +362,9 @@ function isAddressOrCidr(entry: string): boolean {
   return Number(bits) <= (family === 4 ? 32 : 128);
 }
 
-function buildConfig(e: Env, env: Record<string, string | undefined>): Config {
-  const trustOff = e.TRUST_PROXY.length === 1 && e.TRUST_PROXY[0] === 'off';
-  const secretValues = [
+/** The secret values, kept off the config's enumerable fields so no dump or log of it shows them. */
+function buildSecrets(e: Env, env: Record<string, string | undefined>): Secrets {
+  const values = [
     e.OPENAI_API_KEY,
     e.JWT_SECRET,
     e.METRICS_TOKEN,
@@ -373,16 +373,21 @@ function buildConfig(e: Env, env: Record<string, string | undefined>): Config {
     e.DATABASE_SESSION_URL,
     databasePassword(e.DATABASE_SESSION_URL),
   ].filter((v): v is string => v !== undefined && v !== '');
-  const secrets: Secrets = Object.freeze({
+  return Object.freeze({
     openaiApiKey: e.OPENAI_API_KEY,
     jwtSecret: e.JWT_SECRET,
     metricsToken: e.METRICS_TOKEN,
     databaseUrl: e.DATABASE_URL,
     databaseSessionUrl: e.DATABASE_SESSION_URL,
-    values: Object.freeze(secretValues),
+    values: Object.freeze(values),
     // Read on demand: which variables hold keys is known only once the agents file is loaded.
     variable: (name: string) => (VARIABLE_NAME.test(name) && env[name] !== '' ? env[name] : undefined),
   });
+}
+
+function buildConfig(e: Env, env: Record<string, string | undefined>): Config {
+  const trustOff = e.TRUST_PROXY.length === 1 && e.TRUST_PROXY[0] === 'off';
+  const secrets = buildSecrets(e, env);
   const config = {
     host: e.HOST,
     port: e.PORT,
