@@ -3,7 +3,7 @@ import { loadConfig } from './lib/config.ts';
 import { createDatabase } from './lib/db/database.ts';
 import { migrate } from './lib/db/migrate.ts';
 import { createLogger, type Logger } from './lib/log.ts';
-import { startServer } from './lib/main.ts';
+import type { startServer } from './lib/main.ts';
 
 const config = loadConfig();
 const [command = 'serve', ...args] = process.argv.slice(2);
@@ -62,7 +62,9 @@ async function serve(): Promise<void> {
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
-  running = await startServer(config, log).catch((err: unknown) => die(log, 'server failed to start', err));
+  // Loaded here, not at the top: the admin commands need none of the server's modules.
+  const { startServer: start } = await import('./lib/main.ts');
+  running = await start(config, log).catch((err: unknown) => die(log, 'server failed to start', err));
   if (stopping) drain();
 }
 
