@@ -4,7 +4,7 @@ import { performance } from 'node:perf_hooks';
 import { AppError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import { compose, settle } from './compose.ts';
-import { sendReply } from './respond.ts';
+import { sendProblem, sendReply } from './respond.ts';
 import { createRouter, type Match, type Route } from './router.ts';
 import type { Context, Identity, Middleware } from './types.ts';
 
@@ -137,7 +137,7 @@ export function createApp(options: AppOptions): (req: IncomingMessage, res: Serv
       // The errors middleware answers every error; reaching here means the chain itself broke.
       ctx.log.error('request failed outside the error handler', { err, requestId: ctx.requestId });
       if (!res.headersSent) {
-        res.writeHead(500, { 'content-type': 'text/plain', connection: 'close' }).end('Internal server error');
+        answerInternal(ctx);
       } else {
         res.destroy();
       }
@@ -162,4 +162,15 @@ function dispatch(ctx: Context): Promise<void> | undefined {
 /** Parses the query string (only routes that need it pay for it). */
 export function queryParams(ctx: Context): URLSearchParams {
   return new URLSearchParams(ctx.rawQuery);
+}
+
+/** A 500 problem with whatever headers the chain set (the security profile first); plain text if even that fails. */
+function answerInternal(ctx: RequestContext): void {
+  try {
+    sendProblem(ctx, new AppError('INTERNAL', { headers: { connection: 'close' } }));
+  } catch {
+    if (!ctx.res.headersSent) {
+      ctx.res.writeHead(500, { 'content-type': 'text/plain', connection: 'close' }).end('Internal server error');
+    }
+  }
 }

@@ -8,6 +8,7 @@ import { API_PREFIX, createApp, queryParams, RequestContext, UNMATCHED_ROUTE } f
 import { createClientIp } from '../../lib/http/client-ip.ts';
 import { errorHandler } from '../../lib/http/middleware/errors.ts';
 import { requestId } from '../../lib/http/middleware/request-id.ts';
+import { securityHeaders } from '../../lib/http/middleware/security-headers.ts';
 import { constantJson } from '../../lib/http/respond.ts';
 import { createRouter, type Route } from '../../lib/http/router.ts';
 import type { Middleware } from '../../lib/http/types.ts';
@@ -121,15 +122,20 @@ describe('createApp() without an error handler', () => {
           throw new Error('no error middleware to answer this');
         }),
       ],
-      [],
+      [securityHeaders({ hsts: false })],
     );
   });
   after(() => served.close());
 
-  it('createApp() answers a chain that fails outside any error handler with a bare 500 and logs it', async () => {
+  it('createApp() answers a chain that fails outside any error handler with a 500 problem and logs it', async () => {
     const res = await fetch(`${served.url}/throws`);
     assert.equal(res.status, 500);
-    assert.equal(await res.text(), 'Internal server error');
+    assert.match(res.headers.get('content-type') ?? '', /^application\/problem\+json/);
+    assert.equal(res.headers.get('x-content-type-options'), 'nosniff', 'the security headers the chain had set');
+    assert.equal(res.headers.get('connection'), 'close');
+    const body = (await res.json()) as Record<string, unknown>;
+    assert.deepEqual([body['status'], body['code'], body['title']], [500, 'INTERNAL', 'Internal server error']);
+    assert.doesNotMatch(JSON.stringify(body), /no error middleware/, 'the cause stays in the log');
     const logged = served.lines().filter((line) => line['msg'] === 'request failed outside the error handler');
     assert.equal(logged.length, 1);
   });
