@@ -61,7 +61,9 @@ export function metricsGuard(options: Omit<MetricsRouteOptions, 'render'>): (ctx
     const blocked = throttle.blockedFor(address) > 0;
     const wait = blocked ? throttle.admit(address, header) : 0;
     if (wait > 0) throw throttled(ctx, wait);
-    if (timingSafeEqual(digest(header), wanted)) return;
+    // RFC 9110 §11.1: the scheme is case-insensitive ("bearer" is Bearer).
+    const presented = /^bearer /i.test(header) ? `Bearer ${header.slice(7)}` : header;
+    if (timingSafeEqual(digest(presented), wanted)) return;
     throttle.fail(address, header);
     if (blocked) throw throttled(ctx, throttle.blockedFor(address));
     throw denied(ctx);

@@ -69,6 +69,13 @@ describe('GET /metrics with METRICS_TOKEN set', () => {
     assert.deepEqual(validateExposition(text), []);
   });
 
+  it('GET /metrics takes the scheme in any case, as RFC 9110 says: bearer and BEARER open it too', async () => {
+    for (const scheme of ['bearer', 'BEARER']) {
+      const { status } = await scrape(h.server.url, { authorization: `${scheme} ${CANARY}` });
+      assert.equal(status, 200, scheme);
+    }
+  });
+
   it('GET /metrics shows every metric in METRIC_NAMES with a sample after traffic', async () => {
     const { text } = await scrape(h.server.url, authorised);
     for (const name of METRIC_NAMES) {
