@@ -32,16 +32,16 @@ export const METRIC_NAMES = [
   'auth_failures_total',
   'upstream_requests_total',
   'upstream_time_to_first_token_seconds',
+  'security_events_total',
+  'tokens_total',
+  'budget_rejections_total',
+  'upstream_fallbacks_total',
   'chat_active_streams',
   'stream_slots_in_use',
   'db_pool_connections',
   'nodejs_eventloop_delay_p99_seconds',
   'process_resident_memory_bytes',
-  'security_events_total',
-  'tokens_total',
-  'budget_rejections_total',
   'upstream_breaker_state',
-  'upstream_fallbacks_total',
 ] as const;
 
 /** A circuit breaker's state as the gauge exports it: 0 closed, 1 half-open, 2 open. */
@@ -127,8 +127,13 @@ interface Sources {
   breakers: (() => readonly BreakerSample[]) | undefined;
 }
 
-// Every metric with its HELP text; sampled gauges get collect hooks that read `sources` and `loop`.
+// Every metric with its HELP text: the counted ones, then the gauges (sampled ones read `sources` and `loop`).
 function registerAll(registry: Registry, sources: Sources, loop: ELDHistogram) {
+  return { ...registerCounted(registry), ...registerGauges(registry, sources, loop) };
+}
+
+/** Counters and histograms, fed as requests and turns happen. */
+function registerCounted(registry: Registry) {
   const httpRequests = registry.counter('http_requests_total', 'HTTP requests by method, route pattern and status.', [
     'method',
     'route',
@@ -161,6 +166,43 @@ function registerAll(registry: Registry, sources: Sources, loop: ELDHistogram) {
     [],
     FIRST_TOKEN_BUCKETS_SECONDS,
   );
+  const securityEvents = registry.counter(
+    'security_events_total',
+    'Security events (as logged), by kind.',
+    ['kind'],
+    SMALL_LABEL_SET,
+  );
+  // One series per agent and direction; agents come from the server's own file (at most 1000).
+  const tokens = registry.counter('tokens_total', 'Model tokens used, by agent and direction (in, out).', [
+    'agent',
+    'direction',
+  ]);
+  const budgetRejections = registry.counter(
+    'budget_rejections_total',
+    'Turns refused with 429 BUDGET_EXCEEDED before the model was called.',
+  );
+  // Labels come from the agents file, not from requests: bounded by its size.
+  const upstreamFallbacks = registry.counter(
+    'upstream_fallbacks_total',
+    'Turns that left an upstream for the next fallback before the first token, by the upstream left.',
+    ['upstream'],
+  );
+  return {
+    httpRequests,
+    httpRequestDuration,
+    rateLimitRejections,
+    authFailures,
+    upstreamRequests,
+    upstreamTimeToFirstToken,
+    securityEvents,
+    tokens,
+    budgetRejections,
+    upstreamFallbacks,
+  };
+}
+
+/** Gauges: set as streams come and go, or sampled at each scrape. */
+function registerGauges(registry: Registry, sources: Sources, loop: ELDHistogram) {
   const activeStreams = registry.gauge('chat_active_streams', 'Chat answers being streamed now.');
   const streamSlotsInUse = registry.gauge(
     'stream_slots_in_use',
@@ -201,21 +243,6 @@ function registerAll(registry: Registry, sources: Sources, loop: ELDHistogram) {
       residentMemory.set(process.memoryUsage.rss());
     },
   );
-  const securityEvents = registry.counter(
-    'security_events_total',
-    'Security events (as logged), by kind.',
-    ['kind'],
-    SMALL_LABEL_SET,
-  );
-  // One series per agent and direction; agents come from the server's own file (at most 1000).
-  const tokens = registry.counter('tokens_total', 'Model tokens used, by agent and direction (in, out).', [
-    'agent',
-    'direction',
-  ]);
-  const budgetRejections = registry.counter(
-    'budget_rejections_total',
-    'Turns refused with 429 BUDGET_EXCEEDED before the model was called.',
-  );
   const upstreamBreakerState = registry.gauge(
     'upstream_breaker_state',
     'Circuit breaker of each upstream (base URL origin and model): 0 closed, 1 half-open, 2 open.',
@@ -225,28 +252,7 @@ function registerAll(registry: Registry, sources: Sources, loop: ELDHistogram) {
         upstreamBreakerState.set(BREAKER_STATE_VALUES[b.state], { upstream: b.upstream });
     },
   );
-  // Labels come from the agents file, not from requests: bounded by its size.
-  const upstreamFallbacks = registry.counter(
-    'upstream_fallbacks_total',
-    'Turns that left an upstream for the next fallback before the first token, by the upstream left.',
-    ['upstream'],
-  );
-  return {
-    tokens,
-    budgetRejections,
-    upstreamBreakerState,
-    upstreamFallbacks,
-    httpRequests,
-    httpRequestDuration,
-    rateLimitRejections,
-    authFailures,
-    upstreamRequests,
-    upstreamTimeToFirstToken,
-    activeStreams,
-    streamSlotsInUse,
-    dbPoolConnections,
-    securityEvents,
-  };
+  return { activeStreams, streamSlotsInUse, dbPoolConnections, upstreamBreakerState };
 }
 
 /** Registers the app's metrics on `registry` and returns cheap, typed ways to update them. */
