@@ -101,15 +101,8 @@ export function createLeasedStore(pool: pg.Pool, options: LeasedStoreOptions): L
   let refillSeconds = 0;
   let lastRowSweepMs = now();
 
-  async function lease(key: string, policy: BucketPolicy, want: number, giveBack: number): Promise<Lease> {
-    const { rows } = await pool.query<Lease>({
-      name: statementName,
-      text: LEASE_SQL,
-      values: [key, policy.capacity, policy.refillPerSecond, want, giveBack],
-    });
-    const row = rows[0] as Lease;
-    return { tokens: Number(row.tokens), granted: Number(row.granted) };
-  }
+  const lease = (key: string, policy: BucketPolicy, want: number, back: number): Promise<Lease> =>
+    leaseTokens(pool, statementName, key, policy, want, back);
 
   function take(key: string, policy: BucketPolicy): Decision | Promise<Decision> {
     const entry = entries.get(key);
@@ -121,7 +114,7 @@ export function createLeasedStore(pool: pg.Pool, options: LeasedStoreOptions): L
   }
 
   async function fromDatabase(key: string, policy: BucketPolicy, found: LeaseState | undefined): Promise<Decision> {
-    if (found === undefined && entries.size >= maxKeys) return exactTake(key, policy);
+    if (found === undefined && entries.size >= maxKeys) return takeExactly(pool, statementName, key, policy);
     const entry = found ?? newLeaseState(policy);
     if (found === undefined) entries.set(key, entry);
     entry.policy = policy;
@@ -146,25 +139,10 @@ export function createLeasedStore(pool: pg.Pool, options: LeasedStoreOptions): L
     try {
       const giveBack = endLease(entry, now());
       const got = await lease(key, entry.policy, nextLeaseSize(entry, leaseMs, options.leaseFraction), giveBack);
-      const atMs = now();
-      entry.size = got.granted;
-      entry.left = got.granted;
-      entry.startedMs = atMs;
-      entry.expiresMs = atMs + leaseMs;
-      entry.sharedTokens = got.tokens;
-      entry.refusedUntilMs = Number.NEGATIVE_INFINITY;
-      if (got.granted >= 1) return undefined;
-      entry.refusedUntilMs = atMs + msUntilOneToken(got.tokens, entry.policy);
-      return describeDecision(false, got.tokens, entry.policy);
+      return startLease(entry, got, now(), leaseMs);
     } finally {
       entry.renewing = undefined;
     }
-  }
-
-  /** A key the map has no room for: one token, decided by the database alone, as the exact store does. */
-  async function exactTake(key: string, policy: BucketPolicy): Promise<Decision> {
-    const got = await lease(key, policy, 1, 0);
-    return describeDecision(got.granted >= 1, got.tokens, policy);
   }
 
   async function sweep(): Promise<number> {
@@ -180,7 +158,7 @@ export function createLeasedStore(pool: pg.Pool, options: LeasedStoreOptions): L
         entries.delete(key);
       }
     }
-    await giveBack(back);
+    await giveBackTokens(pool, back);
     if (refillSeconds > 0 && nowMs - lastRowSweepMs >= ROW_SWEEP_INTERVAL_MS) {
       lastRowSweepMs = nowMs;
       await deleteStaleBuckets(pool, refillSeconds + leaseMs / 1000);
@@ -188,18 +166,86 @@ export function createLeasedStore(pool: pg.Pool, options: LeasedStoreOptions): L
     return back.length;
   }
 
-  async function giveBack(back: Array<{ key: string; entry: LeaseState; amount: number }>): Promise<void> {
-    if (back.length === 0) return;
-    back.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
-    await pool.query(GIVE_BACK_SQL, [
-      back.map((b) => b.key),
-      back.map((b) => b.entry.policy.capacity),
-      back.map((b) => b.entry.policy.refillPerSecond),
-      back.map((b) => b.amount),
-    ]);
+  const sweeper = startSweeper(options.sweepIntervalMs ?? leaseMs, sweep, onError);
+
+  async function close(): Promise<void> {
+    await sweeper.stop();
+    await Promise.allSettled([...entries.values()].map((e) => e.renewing));
+    const nowMs = now();
+    const back = [...entries].map(([key, entry]) => ({ key, entry, amount: endLease(entry, nowMs) }));
+    entries.clear();
+    await giveBackTokens(
+      pool,
+      back.filter((b) => b.amount > TOKEN_EPSILON),
+    ).catch(onError);
   }
 
-  const intervalMs = options.sweepIntervalMs ?? leaseMs;
+  return { take, sweep, size: () => entries.size, close };
+}
+
+/** Makes `got` the entry's lease from `atMs`; the refusal when it granted no token. */
+function startLease(entry: LeaseState, got: Lease, atMs: number, leaseMs: number): Decision | undefined {
+  entry.size = got.granted;
+  entry.left = got.granted;
+  entry.startedMs = atMs;
+  entry.expiresMs = atMs + leaseMs;
+  entry.sharedTokens = got.tokens;
+  entry.refusedUntilMs = Number.NEGATIVE_INFINITY;
+  if (got.granted >= 1) return undefined;
+  entry.refusedUntilMs = atMs + msUntilOneToken(got.tokens, entry.policy);
+  return describeDecision(false, got.tokens, entry.policy);
+}
+
+/** A key the map has no room for: one token, decided by the database alone, as the exact store does. */
+async function takeExactly(
+  pool: pg.Pool,
+  statementName: string | undefined,
+  key: string,
+  policy: BucketPolicy,
+): Promise<Decision> {
+  const got = await leaseTokens(pool, statementName, key, policy, 1, 0);
+  return describeDecision(got.granted >= 1, got.tokens, policy);
+}
+
+/** One lease statement: gives back `back` tokens of the previous lease and takes up to `want`. */
+async function leaseTokens(
+  pool: pg.Pool,
+  statementName: string | undefined,
+  key: string,
+  policy: BucketPolicy,
+  want: number,
+  back: number,
+): Promise<Lease> {
+  const { rows } = await pool.query<Lease>({
+    name: statementName,
+    text: LEASE_SQL,
+    values: [key, policy.capacity, policy.refillPerSecond, want, back],
+  });
+  const row = rows[0] as Lease;
+  return { tokens: Number(row.tokens), granted: Number(row.granted) };
+}
+
+/** Gives back the unspent tokens of many keys in one statement. */
+async function giveBackTokens(
+  pool: pg.Pool,
+  back: Array<{ key: string; entry: LeaseState; amount: number }>,
+): Promise<void> {
+  if (back.length === 0) return;
+  back.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+  await pool.query(GIVE_BACK_SQL, [
+    back.map((b) => b.key),
+    back.map((b) => b.entry.policy.capacity),
+    back.map((b) => b.entry.policy.refillPerSecond),
+    back.map((b) => b.amount),
+  ]);
+}
+
+/** Runs `sweep` every `intervalMs` (0: never), one at a time; stop() waits for the one running. */
+function startSweeper(
+  intervalMs: number,
+  sweep: () => Promise<unknown>,
+  onError: (err: unknown) => void,
+): { stop(): Promise<void> } {
   let sweeping: Promise<unknown> | undefined;
   const timer =
     intervalMs > 0
@@ -214,16 +260,10 @@ export function createLeasedStore(pool: pg.Pool, options: LeasedStoreOptions): L
       : undefined;
   // Housekeeping must never keep the process alive on its own.
   timer?.unref();
-
-  async function close(): Promise<void> {
-    if (timer !== undefined) clearInterval(timer);
-    await sweeping;
-    await Promise.allSettled([...entries.values()].map((e) => e.renewing));
-    const nowMs = now();
-    const back = [...entries].map(([key, entry]) => ({ key, entry, amount: endLease(entry, nowMs) }));
-    entries.clear();
-    await giveBack(back.filter((b) => b.amount > TOKEN_EPSILON)).catch(onError);
-  }
-
-  return { take, sweep, size: () => entries.size, close };
+  return {
+    async stop() {
+      if (timer !== undefined) clearInterval(timer);
+      await sweeping;
+    },
+  };
 }
