@@ -72,3 +72,15 @@ test('every test SECURITY.md names by file and title exists under that title in 
   assert.ok(cited > 50, `only ${cited} titles found: the pattern no longer matches SECURITY.md`);
   assert.deepEqual(missing, []);
 });
+
+test('every npm script that starts node runs it with exec, so a signal to npm reaches it', () => {
+  const { scripts } = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as {
+    scripts: Record<string, string>;
+  };
+  // The last command of a script: `a && b` runs b in npm's shell, which only exec hands the signals.
+  const bare = Object.entries(scripts).filter(([, line]) => {
+    const last = line.split('&&').at(-1)?.trim() ?? '';
+    return /(^|\s)node\s/.test(`${last} `) && !/^([A-Z_]+=\S+\s+)*exec node\s/.test(last);
+  });
+  assert.deepEqual(bare, []);
+});
