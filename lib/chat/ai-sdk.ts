@@ -9,11 +9,12 @@ import { getConversation } from '../db/conversations.ts';
 import { AppError } from '../errors.ts';
 import { readJson } from '../http/body.ts';
 import type { Route } from '../http/router.ts';
-import type { Context, Identity, Reply, SseEvent } from '../http/types.ts';
+import type { Context, Reply, SseEvent } from '../http/types.ts';
 import { agentFor, NO_SUCH_AGENT } from './agent-access.ts';
 import type { AgentRegistry } from './agents.ts';
 import { validationError } from './native.ts';
 import type { Resumed, ResumePoint } from './resume.ts';
+import { identityOf } from './route-context.ts';
 import { mapEvents, type TurnEngine, type TurnEvent } from './turn.ts';
 
 export interface AiSdkRoutesOptions {
@@ -45,11 +46,6 @@ function bodySchema(maxMessageChars: number) {
     messageId: z.string().max(256).optional(),
     agent: z.string().min(1).max(64).optional(),
   });
-}
-
-function identityOf(ctx: Context): Identity {
-  if (ctx.identity === undefined) throw new AppError('UNAUTHORIZED', { headers: { 'WWW-Authenticate': 'Bearer' } });
-  return ctx.identity;
 }
 
 function chatId(ctx: Context): string {

@@ -4,10 +4,11 @@ import { ownsConversation } from '../db/answers.ts';
 import { AppError } from '../errors.ts';
 import { queryParams } from '../http/app.ts';
 import type { Route } from '../http/router.ts';
-import type { Context, Identity } from '../http/types.ts';
+import type { Context } from '../http/types.ts';
 import type { Fanout } from './fanout.ts';
 import { nativeFrame } from './native.ts';
 import type { Resumed, ResumePoint } from './resume.ts';
+import { conversationIdOf, identityOf } from './route-context.ts';
 import { mapEvents, type TurnEngine } from './turn.ts';
 
 export interface LiveRoutesOptions {
@@ -17,20 +18,8 @@ export interface LiveRoutesOptions {
   resume: (owner: string, conversationId: string, point: ResumePoint) => Promise<Resumed>;
 }
 
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const LAST_EVENT_ID = /^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}):(\d{1,12})$/i;
 const OFFSET = /^\d{1,12}$/;
-
-function identityOf(ctx: Context): Identity {
-  if (ctx.identity === undefined) throw new AppError('UNAUTHORIZED', { headers: { 'WWW-Authenticate': 'Bearer' } });
-  return ctx.identity;
-}
-
-function conversationId(ctx: Context): string {
-  const id = ctx.params['id'] ?? '';
-  if (!UUID.test(id)) throw new AppError('NOT_FOUND', { detail: 'No such conversation' });
-  return id.toLowerCase();
-}
 
 /** Last-Event-ID (`<messageId>:<offset>` from a delta's id) or `?after=<offset>`; neither: from the start. */
 export function resumePoint(ctx: Context): ResumePoint {
@@ -54,7 +43,7 @@ export function liveRoutes(options: LiveRoutesOptions): Route[] {
       method: 'GET',
       pattern: '/v1/conversations/:id/stream',
       async handler(ctx) {
-        const resumed = await resume(identityOf(ctx).id, conversationId(ctx), resumePoint(ctx));
+        const resumed = await resume(identityOf(ctx).id, conversationIdOf(ctx), resumePoint(ctx));
         if (resumed.kind === 'not-found') throw new AppError('NOT_FOUND', { detail: 'No such conversation' });
         // Nothing live: the stored conversation has the whole answer.
         if (resumed.kind === 'not-live') return { kind: 'empty', status: 204 };
@@ -67,7 +56,7 @@ export function liveRoutes(options: LiveRoutesOptions): Route[] {
       method: 'POST',
       pattern: '/v1/conversations/:id/cancel',
       async handler(ctx) {
-        const id = conversationId(ctx);
+        const id = conversationIdOf(ctx);
         if (!(await ownsConversation(pool, identityOf(ctx).id, id))) {
           throw new AppError('NOT_FOUND', { detail: 'No such conversation' });
         }

@@ -5,6 +5,7 @@ import { AppError } from '../errors.ts';
 import type { Context, Reply, SseEvent } from '../http/types.ts';
 import { agentFor, NO_SUCH_AGENT } from './agent-access.ts';
 import type { AgentRegistry } from './agents.ts';
+import { identityOf } from './route-context.ts';
 import { collect, mapEvents, type TurnEngine, type TurnEvent } from './turn.ts';
 
 /** Validates the body strictly: clients choose an agent and nothing else about the model. */
@@ -50,8 +51,7 @@ export function nativeChat(options: NativeChatOptions): (ctx: Context, body: unk
     const parsed = schema.safeParse(body);
     if (!parsed.success) throw validationError(parsed.error);
     const input = parsed.data;
-    const identity = ctx.identity;
-    if (identity === undefined) throw new AppError('UNAUTHORIZED', { headers: { 'WWW-Authenticate': 'Bearer' } });
+    const identity = identityOf(ctx);
     const agent = agentFor(agents, identity, input.agent);
     if (agent === 'unknown') throw UNKNOWN_AGENT;
     if (agent === 'forbidden') throw NO_SUCH_AGENT;

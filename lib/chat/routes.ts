@@ -13,10 +13,11 @@ import { queryParams } from '../http/app.ts';
 import { readJson } from '../http/body.ts';
 import { constantJson } from '../http/respond.ts';
 import type { Route } from '../http/router.ts';
-import type { Context, Identity, Reply } from '../http/types.ts';
+import type { Context, Reply } from '../http/types.ts';
 import { visibleAgents } from './agent-access.ts';
 import type { AgentRegistry } from './agents.ts';
 import { validationError } from './native.ts';
+import { conversationIdOf, identityOf } from './route-context.ts';
 
 export interface ChatRoutesOptions {
   pool: pg.Pool;
@@ -26,7 +27,6 @@ export interface ChatRoutesOptions {
   maxBodyBytes: number;
 }
 
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const ListQuery = z.strictObject({
   limit: z.coerce.number().int().min(1).max(100).default(20),
   cursor: z.string().max(200).optional(),
@@ -41,19 +41,6 @@ const MessagesQuery = z.object({
 });
 // A message cursor names the message at the page's edge; a conversation cursor cannot pass for one.
 const MessageCursor = z.strictObject({ m: z.uuid() });
-
-function identityOf(ctx: Context): Identity {
-  // Auth guarantees an identity on every route not marked public; this guards against a wiring mistake.
-  if (ctx.identity === undefined) throw new AppError('UNAUTHORIZED', { headers: { 'WWW-Authenticate': 'Bearer' } });
-  return ctx.identity;
-}
-
-/** The conversation id from the path; anything that is not a uuid cannot name one (404, not 400). */
-function conversationId(ctx: Context): string {
-  const id = ctx.params['id'] ?? '';
-  if (!UUID.test(id)) throw new AppError('NOT_FOUND', { detail: 'No such conversation' });
-  return id.toLowerCase();
-}
 
 /** Cursors are opaque to clients: base64url of a small JSON object, checked against a schema on the way back. */
 function encodeCursor(value: object): string {
@@ -137,7 +124,7 @@ export function chatRoutes(options: ChatRoutesOptions): Route[] {
       method: 'GET',
       pattern: '/v1/conversations/:id',
       async handler(ctx) {
-        const read = await getConversation(pool, identityOf(ctx).id, conversationId(ctx), messagePageQuery(ctx));
+        const read = await getConversation(pool, identityOf(ctx).id, conversationIdOf(ctx), messagePageQuery(ctx));
         if (read.kind === 'not-found') throw new AppError('NOT_FOUND', { detail: 'No such conversation' });
         if (read.kind === 'unknown-anchor') throw new AppError('BAD_REQUEST', { detail: 'Invalid cursor' });
         return { kind: 'json', status: 200, body: pageBody(read.conversation) };
@@ -147,7 +134,7 @@ export function chatRoutes(options: ChatRoutesOptions): Route[] {
       method: 'DELETE',
       pattern: '/v1/conversations/:id',
       async handler(ctx) {
-        const deleted = await deleteConversation(pool, identityOf(ctx).id, conversationId(ctx));
+        const deleted = await deleteConversation(pool, identityOf(ctx).id, conversationIdOf(ctx));
         if (!deleted) throw new AppError('NOT_FOUND', { detail: 'No such conversation' });
         return { kind: 'empty', status: 204 };
       },

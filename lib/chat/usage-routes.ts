@@ -8,6 +8,7 @@ import type { Route } from '../http/router.ts';
 import type { Context } from '../http/types.ts';
 import { utcDay } from '../limits/budget.ts';
 import { validationError } from './native.ts';
+import { identityOf } from './route-context.ts';
 
 export interface UsageRoutesOptions {
   pool: pg.Pool;
@@ -31,8 +32,7 @@ export function usageRoutes(options: UsageRoutesOptions): Route[] {
       method: 'GET',
       pattern: '/v1/usage',
       async handler(ctx: Context) {
-        const identity = ctx.identity;
-        if (identity === undefined) throw new AppError('UNAUTHORIZED', { headers: { 'WWW-Authenticate': 'Bearer' } });
+        const identity = identityOf(ctx);
         const parsed = Query.safeParse(Object.fromEntries(queryParams(ctx)));
         if (!parsed.success) throw validationError(parsed.error, 'query');
         const today = utcDay(now());
