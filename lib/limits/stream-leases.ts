@@ -11,7 +11,7 @@
 import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
 import { withTransaction } from '../db/transaction.ts';
-import type { Lease } from './concurrency.ts';
+import { createConcurrencyLimiter, type Lease } from './concurrency.ts';
 
 /** Stream slots as the server holds them: in this process, or shared through PostgreSQL. */
 export interface StreamSlots {
@@ -62,8 +62,8 @@ export function createStreamLeases(pool: pg.Pool, options: StreamLeasesOptions):
   const onError = options.onError ?? (() => {});
   const instance = randomUUID();
   const ttlSeconds = ttlMs / 1000;
-  const counts = new Map<string, number>();
-  let total = 0;
+  // This instance's own answers, for inUse(): the same count an in-process cap keeps, without its cap.
+  const local = createConcurrencyLimiter(Number.MAX_SAFE_INTEGER);
   // Rows whose delete failed: the heartbeat tries again.
   const undeleted = new Set<string>();
   const deleting = new Set<Promise<void>>();
@@ -76,16 +76,12 @@ export function createStreamLeases(pool: pg.Pool, options: StreamLeasesOptions):
       return rows.length > 0;
     });
     if (!taken) return undefined;
-    counts.set(key, (counts.get(key) ?? 0) + 1);
-    total += 1;
+    const held = local.acquire(key) as Lease;
     let released = false;
     function release(): void {
       if (released) return;
       released = true;
-      total -= 1;
-      const left = (counts.get(key) ?? 1) - 1;
-      if (left <= 0) counts.delete(key);
-      else counts.set(key, left);
+      held.release();
       const done = deleteRows([id]).finally(() => deleting.delete(done));
       deleting.add(done);
     }
@@ -104,7 +100,7 @@ export function createStreamLeases(pool: pg.Pool, options: StreamLeasesOptions):
   }
 
   async function heartbeat(): Promise<void> {
-    if (total > 0) await pool.query(RENEW_SQL, [instance, ttlSeconds]);
+    if (local.inUse() > 0) await pool.query(RENEW_SQL, [instance, ttlSeconds]);
     if (undeleted.size > 0) await deleteRows([...undeleted]);
     await pool.query(DELETE_EXPIRED_SQL);
   }
@@ -133,7 +129,7 @@ export function createStreamLeases(pool: pg.Pool, options: StreamLeasesOptions):
   }
 
   function inUse(key?: string): number {
-    return key === undefined ? total : (counts.get(key) ?? 0);
+    return local.inUse(key);
   }
 
   return { acquire, inUse, instance, heartbeat, close };
