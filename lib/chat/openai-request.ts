@@ -3,8 +3,7 @@
 import * as z from 'zod';
 import { AppError, type ErrorCode } from '../errors.ts';
 import type { Agent } from './agents.ts';
-import type { Sampling } from './turn.ts';
-import type { UpstreamMessage } from './upstream.ts';
+import type { Sampling, UpstreamMessage } from './upstream.ts';
 
 /** An error in OpenAI's shape: HTTP status, type, code and the parameter it is about. */
 export class OpenAiRequestError extends AppError {

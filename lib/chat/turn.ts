@@ -16,6 +16,7 @@ import type { LiveAnswer } from './live-answer.ts';
 import { type CheckpointBudget, TurnRun } from './turn-run.ts';
 import {
   clientError,
+  type Sampling,
   type Upstream,
   type UpstreamError,
   type UpstreamMessage,
@@ -43,17 +44,6 @@ export interface StreamSlots {
 
 export interface Slot {
   release(): void;
-}
-
-/** Sampling a client asked for; the agent clamps or overrides each. */
-export interface Sampling {
-  temperature?: number;
-  topP?: number;
-  maxOutputTokens?: number;
-  stop?: string[];
-  seed?: number;
-  presencePenalty?: number;
-  frequencyPenalty?: number;
 }
 
 /** What the turn answers: a message in a stored conversation, or a client-held history (stateless). */

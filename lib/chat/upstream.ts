@@ -30,10 +30,8 @@ export interface UpstreamMessage {
   content: string;
 }
 
-/** One chat call as the turn asks for it; the agent has already fixed model, prompt and caps. */
-export interface UpstreamRequest {
-  model: string;
-  messages: UpstreamMessage[];
+/** Sampling parameters: what a client asks for, and what reaches the provider once the agent clamped them. */
+export interface Sampling {
   temperature?: number;
   topP?: number;
   maxOutputTokens?: number;
@@ -41,6 +39,12 @@ export interface UpstreamRequest {
   seed?: number;
   presencePenalty?: number;
   frequencyPenalty?: number;
+}
+
+/** One chat call as the turn asks for it; the agent has already fixed model, prompt and caps. */
+export interface UpstreamRequest extends Sampling {
+  model: string;
+  messages: UpstreamMessage[];
   /** Our request id, so upstream failures in the log can be matched to the client's request. */
   requestId?: string;
   /** The agent's fallbacks, tried in order when `model` fails before its first token. */
