@@ -6,6 +6,7 @@ import { writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import type { UsageRow } from '../../lib/db/usage.ts';
 import { estimateTokens, secondsToMidnight, utcDay } from '../../lib/limits/budget.ts';
 import { CHAT_ENV, type ChatHarness, mintKey, openStream, startChat, waitFor } from '../support/chat.ts';
 import { scratchDatabase } from '../support/database.ts';
@@ -18,14 +19,7 @@ const QUESTION = 'Count to three';
 const WORST_CASE = estimateTokens(PROMPT.length + QUESTION.length) + OUTPUT_CAP;
 
 interface UsageBody {
-  usage: Array<{
-    day: string;
-    agent: string;
-    tokensIn: number;
-    tokensOut: number;
-    requests: number;
-    estimatedRequests: number;
-  }>;
+  usage: UsageRow[];
   budget: { tokensPerDay: number; usedToday: number } | null;
 }
 
