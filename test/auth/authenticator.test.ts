@@ -1,6 +1,5 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { PGlite } from '@electric-sql/pglite';
 import { createPgConfig } from '@electric-sql/pglite/node-postgres';
 import { SignJWT } from 'jose';
 import pg from 'pg';
@@ -10,6 +9,7 @@ import { createJwtVerifier } from '../../lib/auth/jwt.ts';
 import { insertApiKey, revokeApiKey } from '../../lib/db/api-keys.ts';
 import { migrate } from '../../lib/db/migrate.ts';
 import { AppError } from '../../lib/errors.ts';
+import { openEmbeddedEngine } from '../support/pglite-template.ts';
 
 interface StoredKey {
   id: string;
@@ -332,11 +332,12 @@ test('cached() remembers the last key per connection, and still forgets it when 
 });
 
 test('authenticate() accepts a stored key and refuses it once revoked, through the real query on PGlite', async (t) => {
-  const engine = await PGlite.create();
-  const pool = new pg.Pool(createPgConfig(engine) as pg.PoolConfig);
+  // A copy of the run's initialised database: an in-memory initdb of its own costs seconds of CPU
+  const embedded = await openEmbeddedEngine();
+  const pool = new pg.Pool(createPgConfig(embedded.engine) as pg.PoolConfig);
   t.after(async () => {
     await pool.end();
-    await engine.close();
+    await embedded.close();
   });
   await migrate(pool);
   const generated = generateApiKey();
