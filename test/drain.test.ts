@@ -9,9 +9,9 @@ import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { type MessageRow, mintKey, type OpenStream, openStream, type SseFrame } from './support/chat.ts';
+import { CANARY, childProcessEnv, TEST_DATABASE_URL } from './support/config.ts';
 import { type FakeUpstream, startFakeUpstream } from './support/fake-upstream.ts';
 import { seedEmbeddedDatabase } from './support/pglite-template.ts';
-import { CANARY, childProcessEnv, TEST_DATABASE_URL } from './support/server.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const GRACE_MS = 1_000;

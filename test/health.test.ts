@@ -4,7 +4,8 @@ import { rm } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { after, before, describe, it } from 'node:test';
-import { startTestServer, TEST_DATABASE_URL, type TestServer } from './support/server.ts';
+import { TEST_DATABASE_URL } from './support/config.ts';
+import { startTestServer, type TestServer } from './support/server.ts';
 import { startTcpProxy, type TcpProxy } from './support/tcp-proxy.ts';
 
 const OK_BODY = '{"status":"ok"}';

@@ -10,10 +10,10 @@ import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { loadMigrations } from '../lib/db/migrate.ts';
 import { mintKey, type OpenStream, openStream } from './support/chat.ts';
+import { CANARY, childProcessEnv, TEST_DATABASE_URL } from './support/config.ts';
 import { scratchDatabase } from './support/database.ts';
 import { type FakeUpstream, startFakeUpstream } from './support/fake-upstream.ts';
 import { seedEmbeddedDatabase } from './support/pglite-template.ts';
-import { CANARY, childProcessEnv, TEST_DATABASE_URL } from './support/server.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const START_TIMEOUT_MS = 20_000;

@@ -14,6 +14,7 @@ import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
 import { CANARY_MESSAGE, PRIVATE_MARKER, type Probe, probes } from '../support/canary-probes.ts';
 import { CHAT_ENV } from '../support/chat.ts';
+import { CANARY, TEST_DATABASE_URL } from '../support/config.ts';
 import {
   type Behaviour,
   type FakeUpstream,
@@ -25,7 +26,7 @@ import { findLeaks, leakForms } from '../support/leaks.ts';
 import { seedEmbeddedDatabase } from '../support/pglite-template.ts';
 import { bodiesOf, capture, formatRequest } from '../support/raw-capture.ts';
 import { type SecretDatabase, secretDatabase } from '../support/secret-database.ts';
-import { CANARY, startTestServer, TEST_DATABASE_URL, type TestServer } from '../support/server.ts';
+import { startTestServer, type TestServer } from '../support/server.ts';
 import { type ProcessRun, runServerProcess } from '../support/server-process.ts';
 import { mintIdentity } from './support.ts';
 

@@ -7,9 +7,9 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
 import { type ChatHarness, openStream, readEvents, startChat, waitFor } from '../support/chat.ts';
+import { TEST_DATABASE_URL } from '../support/config.ts';
 import type { Behaviour } from '../support/fake-upstream.ts';
 import { runLock } from '../support/run-lock.ts';
-import { TEST_DATABASE_URL } from '../support/server.ts';
 import { type ProxyMode, startTcpProxy, type TcpProxy } from '../support/tcp-proxy.ts';
 import { assertSettled, assistantStatuses, type Identity, messageCounts, mintIdentity, sleep } from './support.ts';
 

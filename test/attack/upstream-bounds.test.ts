@@ -10,7 +10,7 @@ import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { mintKey, readEvents } from '../support/chat.ts';
-import { CANARY, TEST_DATABASE_URL } from '../support/server.ts';
+import { CANARY, TEST_DATABASE_URL } from '../support/config.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const HUGE_LINE_BYTES = 200 * 1024 * 1024;

@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { revokeApiKey } from '../../lib/db/api-keys.ts';
+import { TEST_DATABASE_URL } from '../support/config.ts';
 import {
   bearer,
   createTestKey,
@@ -15,7 +16,7 @@ import {
   runKeysCli,
   uniqueKeyName,
 } from '../support/keys.ts';
-import { startTestServer, TEST_DATABASE_URL, type TestServer } from '../support/server.ts';
+import { startTestServer, type TestServer } from '../support/server.ts';
 
 async function status(server: TestServer, key: string): Promise<number> {
   const res = await fetch(`${server.url}/v1/agents`, { headers: bearer(key) });

@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { ensureDevKey } from '../../lib/auth/keys-command.ts';
+import { TEST_DATABASE_URL } from '../support/config.ts';
 import {
   bearer,
   type CliResult,
@@ -13,7 +14,7 @@ import {
   runKeysCli,
   uniqueKeyName,
 } from '../support/keys.ts';
-import { startTestServer, TEST_DATABASE_URL, type TestServer } from '../support/server.ts';
+import { startTestServer, type TestServer } from '../support/server.ts';
 
 const KEY_LINE = /^csk_[A-Za-z0-9_-]{43}\n$/;
 

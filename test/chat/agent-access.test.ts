@@ -6,7 +6,7 @@ import { agentFor, mayUse, NO_SUCH_AGENT, visibleAgents } from '../../lib/chat/a
 import { type Agent, createRegistry, withDefaults } from '../../lib/chat/agents.ts';
 import { AppError } from '../../lib/errors.ts';
 import type { Identity, IdentityPolicy } from '../../lib/http/types.ts';
-import { testConfig } from '../support/server.ts';
+import { testConfig } from '../support/config.ts';
 
 const config = testConfig();
 

@@ -9,9 +9,9 @@ import { storeAnswer } from '../../lib/chat/answers.ts';
 import { type AssistantMessage, startTurn } from '../../lib/db/conversations.ts';
 import { migrate } from '../../lib/db/migrate.ts';
 import { createLogger, type Logger } from '../../lib/log.ts';
+import { TEST_DATABASE_URL } from '../support/config.ts';
 import { scratchDatabase } from '../support/database.ts';
 import { logLines } from '../support/log-lines.ts';
-import { TEST_DATABASE_URL } from '../support/server.ts';
 import { startTcpProxy, type TcpProxy } from '../support/tcp-proxy.ts';
 
 const BACKOFF_MS = [250, 500, 1_000, 2_000, 4_000];

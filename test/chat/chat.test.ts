@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { type ChatHarness, readEvents, startChat, storedAnswer } from '../support/chat.ts';
-import { CANARY } from '../support/server.ts';
+import { CANARY } from '../support/config.ts';
 
 const MAX_MESSAGE_CHARS = 50;
 const MAX_BODY_BYTES = 1024;

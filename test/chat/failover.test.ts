@@ -8,9 +8,10 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { labelOf } from '../../lib/chat/upstream-router.ts';
 import { type ChatHarness, readEvents, startChat } from '../support/chat.ts';
+import { CANARY } from '../support/config.ts';
 import type { Behaviour, FakeUpstream } from '../support/fake-upstream.ts';
 import { startFakeUpstream } from '../support/fake-upstream.ts';
-import { CANARY, startTestServer } from '../support/server.ts';
+import { startTestServer } from '../support/server.ts';
 
 const BACKUP_KEY = 'backup-provider-canary-3e7a1f9c5d2b8a40';
 const metricsAuth = { authorization: `Bearer ${CANARY}` };
@@ -146,17 +147,21 @@ describe('POST /v1/chat when the upstream circuit breaker opens', () => {
   after(() => h?.close());
 
   it('POST /v1/chat answers an open breaker 503 with Retry-After, calling and storing nothing', async () => {
+    // A key of its own: other test files write conversations to the same database meanwhile.
+    const key = await h.mintKey();
     h.fake.queue({ kind: 'status', status: 500 }, { kind: 'status', status: 500 });
     for (let i = 0; i < 2; i++) {
-      const res = await h.chat({ message: 'Hello' });
+      const res = await h.chat({ message: 'Hello' }, { key });
       assert.equal(res.status, 502);
       await res.arrayBuffer();
     }
     const sent = h.fake.requests.length;
-    const conversations = async () =>
-      Number((await h.server.db.pool.query<{ n: string }>('SELECT count(*) AS n FROM conversations')).rows[0]?.n);
+    const conversations = async (): Promise<number> => {
+      const list = await h.call('GET', '/v1/conversations', key);
+      return ((await list.json()) as { conversations: unknown[] }).conversations.length;
+    };
     const stored = await conversations();
-    const res = await h.chat({ message: 'Hello' });
+    const res = await h.chat({ message: 'Hello' }, { key });
     assert.equal(res.status, 503);
     assert.equal(await conversations(), stored, 'nothing was stored for a refused turn');
     const retryAfter = Number(res.headers.get('retry-after'));

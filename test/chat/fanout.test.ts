@@ -10,9 +10,9 @@ import type { TurnHead } from '../../lib/chat/turn.ts';
 import { AppError } from '../../lib/errors.ts';
 import { createLogger, type Logger } from '../../lib/log.ts';
 import { waitFor } from '../support/chat.ts';
+import { TEST_DATABASE_URL } from '../support/config.ts';
 import { scratchDatabase } from '../support/database.ts';
 import { logLines } from '../support/log-lines.ts';
-import { TEST_DATABASE_URL } from '../support/server.ts';
 import { startTcpProxy, type TcpProxy } from '../support/tcp-proxy.ts';
 
 const WAIT_MS = 5_000;

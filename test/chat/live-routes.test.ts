@@ -11,8 +11,8 @@ import { errorHandler } from '../../lib/http/middleware/errors.ts';
 import { requestId } from '../../lib/http/middleware/request-id.ts';
 import type { Context, Middleware } from '../../lib/http/types.ts';
 import { type SseFrame, sseFrames, storedAnswer } from '../support/chat.ts';
+import { TEST_DATABASE_URL } from '../support/config.ts';
 import { type Served, serve } from '../support/http.ts';
-import { TEST_DATABASE_URL } from '../support/server.ts';
 import { type EngineParts, startEngineParts } from '../support/turn-engine.ts';
 
 const OWNER_HEADER = 'x-test-owner';

@@ -16,9 +16,10 @@ import {
   storedAnswer,
   waitFor,
 } from '../support/chat.ts';
+import { TEST_DATABASE_URL } from '../support/config.ts';
 import { scratchDatabase } from '../support/database.ts';
 import { type RoundRobinProxy, startRoundRobinProxy } from '../support/round-robin-proxy.ts';
-import { startTestServer, TEST_DATABASE_URL, type TestServer } from '../support/server.ts';
+import { startTestServer, type TestServer } from '../support/server.ts';
 
 const WORDS = Array.from({ length: 30 }, (_, i) => `w${i} `);
 const SLOW = { kind: 'slow', chunks: WORDS, chunkDelayMs: 40 } as const;

@@ -14,8 +14,8 @@ import { errorHandler } from '../../lib/http/middleware/errors.ts';
 import { requestId } from '../../lib/http/middleware/request-id.ts';
 import type { Context, Middleware } from '../../lib/http/types.ts';
 import { createLogger } from '../../lib/log.ts';
+import { testConfig } from '../support/config.ts';
 import { type Served, serve } from '../support/http.ts';
-import { testConfig } from '../support/server.ts';
 
 const MAX_BODY_BYTES = 200;
 const PROMPT = 'The prompt stays on the server';

@@ -8,7 +8,7 @@ import type { Link, TurnEvent, TurnRequest } from '../../lib/chat/turn.ts';
 import { type CheckpointBudget, TurnRun } from '../../lib/chat/turn-run.ts';
 import type { Sampling } from '../../lib/chat/upstream.ts';
 import { storedAnswer, waitFor } from '../support/chat.ts';
-import { TEST_DATABASE_URL } from '../support/server.ts';
+import { TEST_DATABASE_URL } from '../support/config.ts';
 import { type EngineParts, startEngineParts } from '../support/turn-engine.ts';
 
 /** What one run was given and gave back: its slot, its signal and its registration, counted. */

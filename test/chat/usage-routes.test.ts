@@ -14,10 +14,10 @@ import { errorHandler } from '../../lib/http/middleware/errors.ts';
 import { requestId } from '../../lib/http/middleware/request-id.ts';
 import type { Middleware } from '../../lib/http/types.ts';
 import { createLogger } from '../../lib/log.ts';
+import { TEST_DATABASE_URL, testConfig } from '../support/config.ts';
 import { scratchDatabase } from '../support/database.ts';
 import { type Served, serve } from '../support/http.ts';
 import { seedEmbeddedDatabase } from '../support/pglite-template.ts';
-import { TEST_DATABASE_URL, testConfig } from '../support/server.ts';
 
 const OWNER_HEADER = 'x-test-owner';
 const TOKENS_HEADER = 'x-test-tokens-per-day';

@@ -19,9 +19,9 @@ import {
 import { createDatabase, type Database } from '../../lib/db/database.ts';
 import { migrate } from '../../lib/db/migrate.ts';
 import { createLogger } from '../../lib/log.ts';
+import { TEST_DATABASE_URL, testConfig } from '../support/config.ts';
 import { scratchDatabase } from '../support/database.ts';
 import { ENGINES, engineDatabase } from '../support/engines.ts';
-import { TEST_DATABASE_URL, testConfig } from '../support/server.ts';
 import { startTcpProxy, type TcpProxy } from '../support/tcp-proxy.ts';
 
 const log = createLogger({ level: 'silent' });

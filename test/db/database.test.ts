@@ -10,9 +10,9 @@ import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
 import { createDatabase, type Database, DatabaseLockedError, postgresPoolConfig } from '../../lib/db/database.ts';
 import { createLogger } from '../../lib/log.ts';
+import { TEST_DATABASE_URL, testConfig } from '../support/config.ts';
 import { capturingLog } from '../support/log-lines.ts';
 import { seedEmbeddedDatabase } from '../support/pglite-template.ts';
-import { TEST_DATABASE_URL, testConfig } from '../support/server.ts';
 
 const NEEDS_POSTGRES = !TEST_DATABASE_URL && 'needs TEST_DATABASE_URL';
 

@@ -7,10 +7,10 @@ import type pg from 'pg';
 import { createDatabase, type Database } from '../../lib/db/database.ts';
 import { loadMigrations, type Migration, migrate } from '../../lib/db/migrate.ts';
 import { createLogger } from '../../lib/log.ts';
+import { TEST_DATABASE_URL, testConfig } from '../support/config.ts';
 import { scratchDatabase } from '../support/database.ts';
 import { PGBOUNCER_UNAVAILABLE, startPgBouncer } from '../support/pgbouncer.ts';
 import { seedEmbeddedDatabase } from '../support/pglite-template.ts';
-import { TEST_DATABASE_URL, testConfig } from '../support/server.ts';
 
 const log = createLogger({ level: 'silent' });
 

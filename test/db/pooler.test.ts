@@ -10,11 +10,11 @@ import { createDatabase, createSessionClient, type Database } from '../../lib/db
 import { migrate } from '../../lib/db/migrate.ts';
 import { createLogger, type Logger } from '../../lib/log.ts';
 import { type Cluster, startCluster } from '../support/cluster.ts';
+import { TEST_DATABASE_URL, testConfig } from '../support/config.ts';
 import { scratchDatabase } from '../support/database.ts';
 import { bearer, createTestKey } from '../support/keys.ts';
 import { capturingLog } from '../support/log-lines.ts';
 import { PGBOUNCER_UNAVAILABLE, type PgBouncer, startPgBouncer } from '../support/pgbouncer.ts';
-import { TEST_DATABASE_URL, testConfig } from '../support/server.ts';
 
 const SKIP = (!TEST_DATABASE_URL && 'needs TEST_DATABASE_URL') || PGBOUNCER_UNAVAILABLE;
 

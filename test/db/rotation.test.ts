@@ -6,7 +6,8 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
 import { mintKey, waitFor } from '../support/chat.ts';
-import { startTestServer, TEST_DATABASE_URL, type TestServer } from '../support/server.ts';
+import { TEST_DATABASE_URL } from '../support/config.ts';
+import { startTestServer, type TestServer } from '../support/server.ts';
 
 // More clients than pool connections: the pool stays full, so it opens no new connection during
 // the rotation itself, between ALTER ROLE and the file write, when neither password would work.

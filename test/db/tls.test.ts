@@ -7,8 +7,8 @@ import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import { createDatabase } from '../../lib/db/database.ts';
 import { createLogger } from '../../lib/log.ts';
+import { testConfig } from '../support/config.ts';
 import { PG_INSTANCE_UNAVAILABLE, type PgInstance, startPgInstance } from '../support/pg-instance.ts';
-import { testConfig } from '../support/server.ts';
 
 const run = promisify(execFile);
 

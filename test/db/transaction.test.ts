@@ -8,9 +8,9 @@ import pg from 'pg';
 import { createDatabase, type Database } from '../../lib/db/database.ts';
 import { withTransaction } from '../../lib/db/transaction.ts';
 import { createLogger } from '../../lib/log.ts';
+import { TEST_DATABASE_URL, testConfig } from '../support/config.ts';
 import { ENGINES } from '../support/engines.ts';
 import { seedEmbeddedDatabase } from '../support/pglite-template.ts';
-import { TEST_DATABASE_URL, testConfig } from '../support/server.ts';
 
 const log = createLogger({ level: 'silent' });
 

@@ -15,9 +15,9 @@ import { after, before, describe, it } from 'node:test';
 import { connect as tlsConnect } from 'node:tls';
 import { ENV_SCHEMA } from '../../lib/config.ts';
 import { type ChatHarness, type SseFrame, sseFrames, startChat, waitFor } from '../support/chat.ts';
+import { CANARY } from '../support/config.ts';
 import { freePort, NGINX_UNAVAILABLE, startNginx } from '../support/nginx.ts';
 import { assertSecurityProfile } from '../support/security-profile.ts';
-import { CANARY } from '../support/server.ts';
 
 const SITE = readFileSync(new URL('../../deploy/chat-server.nginx.conf', import.meta.url), 'utf8');
 const HOST_NAME = 'chat.example.com';

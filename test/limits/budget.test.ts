@@ -9,8 +9,9 @@ import { after, before, describe, it } from 'node:test';
 import type { UsageRow } from '../../lib/db/usage.ts';
 import { estimateTokens, secondsToMidnight, utcDay } from '../../lib/limits/budget.ts';
 import { CHAT_ENV, type ChatHarness, mintKey, openStream, startChat, waitFor } from '../support/chat.ts';
+import { TEST_DATABASE_URL } from '../support/config.ts';
 import { scratchDatabase } from '../support/database.ts';
-import { startTestServer, TEST_DATABASE_URL, type TestServer } from '../support/server.ts';
+import { startTestServer, type TestServer } from '../support/server.ts';
 
 const PROMPT = 'You count.';
 const OUTPUT_CAP = 50;

@@ -6,9 +6,9 @@ import { revokeApiKey } from '../../lib/db/api-keys.ts';
 import { maxLeaseTokens } from '../../lib/limits/lease.ts';
 import { bucketPolicy } from '../../lib/limits/token-bucket.ts';
 import { type Cluster, type ClusterInstance, startCluster } from '../support/cluster.ts';
+import { TEST_DATABASE_URL } from '../support/config.ts';
 import { type FakeUpstream, startFakeUpstream } from '../support/fake-upstream.ts';
 import { bearer, createTestKey, type TestKey } from '../support/keys.ts';
-import { TEST_DATABASE_URL } from '../support/server.ts';
 
 const BURST = 20;
 const PER_MINUTE = 60; // a token a second: a test's own duration refills only a few

@@ -10,8 +10,8 @@ import { generateApiKey } from '../../lib/auth/api-key.ts';
 import type { PolicyChange } from '../../lib/auth/key-policy.ts';
 import { insertApiKey, updateApiKeyPolicy } from '../../lib/db/api-keys.ts';
 import { type ChatHarness, openStream, readEvents, startChat, waitFor } from '../support/chat.ts';
+import { TEST_DATABASE_URL } from '../support/config.ts';
 import { bearer, mintJwt, msUntil, TEST_JWT_SECRET, uniqueKeyName } from '../support/keys.ts';
-import { TEST_DATABASE_URL } from '../support/server.ts';
 
 const SLOW = { kind: 'slow', chunks: Array.from({ length: 40 }, (_, i) => `w${i} `), chunkDelayMs: 50 } as const;
 

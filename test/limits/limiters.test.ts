@@ -9,9 +9,9 @@ import type { Identity, IdentityPolicy } from '../../lib/http/types.ts';
 import { createRateLimiter, createStreamSlots, type RateLimiter } from '../../lib/limits/limiters.ts';
 import type { Decision } from '../../lib/limits/token-bucket.ts';
 import { createLogger } from '../../lib/log.ts';
+import { testConfig } from '../support/config.ts';
 import { ENGINES, engineDatabase } from '../support/engines.ts';
 import { capturingLog } from '../support/log-lines.ts';
-import { testConfig } from '../support/server.ts';
 
 const silent = createLogger({ level: 'silent' });
 // Six a minute is a tenth of a token a second: no test runs long enough to refill a whole one.

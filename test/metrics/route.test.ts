@@ -8,9 +8,10 @@ import { createFailureThrottle } from '../../lib/limits/failure-throttle.ts';
 import { METRIC_NAMES } from '../../lib/metrics/app-metrics.ts';
 import { metricsRoutes } from '../../lib/metrics/routes.ts';
 import { type ChatHarness, readEvents, startChat } from '../support/chat.ts';
+import { CANARY } from '../support/config.ts';
 import { sampleValue as sample, validateExposition } from '../support/exposition-grammar.ts';
 import { type Served, serve } from '../support/http.ts';
-import { CANARY, startTestServer, type TestServer } from '../support/server.ts';
+import { startTestServer, type TestServer } from '../support/server.ts';
 
 async function scrape(
   url: string,

@@ -2,9 +2,9 @@
 // new route joins the leak search with one line. What reaches the server here is, or carries, the
 // canary (the server's every secret) or a private marker that must never be logged.
 import { randomBytes, randomUUID } from 'node:crypto';
+import { CANARY } from './config.ts';
 import { type Behaviour, UPSTREAM_SECRET_DETAIL } from './fake-upstream.ts';
 import { bearer, TEST_JWT_SECRET, unsignedJwt } from './keys.ts';
-import { CANARY } from './server.ts';
 
 /** A user's private words: the server stores and forwards them, but never logs them. */
 export const PRIVATE_MARKER = `private-words-${randomBytes(6).toString('hex')}`;

@@ -6,8 +6,9 @@ import { join } from 'node:path';
 import pg from 'pg';
 import { generateApiKey } from '../../lib/auth/api-key.ts';
 import { insertApiKey } from '../../lib/db/api-keys.ts';
+import { TEST_DATABASE_URL } from './config.ts';
 import { type FakeUpstream, startFakeUpstream } from './fake-upstream.ts';
-import { startTestServer, TEST_DATABASE_URL, type TestServer } from './server.ts';
+import type { TestServer } from './server.ts';
 
 /** Small upstream deadlines and no retries, so fault tests finish in about a second. */
 export const CHAT_ENV = {
@@ -45,6 +46,8 @@ export interface ChatHarness {
 
 /** Starts a fake upstream and the real app pointed at it; `env` overrides CHAT_ENV. */
 export async function startChat(env: Record<string, string | undefined> = {}): Promise<ChatHarness> {
+  // Loaded on use: files that only read SSE frames or mint keys skip the server's modules.
+  const { startTestServer } = await import('./server.ts');
   const fake = await startFakeUpstream();
   let server: TestServer;
   try {

@@ -13,9 +13,10 @@ import { once } from 'node:events';
 import { request as httpRequest, type IncomingHttpHeaders } from 'node:http';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
+import { CANARY, TEST_DATABASE_URL } from './config.ts';
 import { scratchDatabase } from './database.ts';
 import { startRoundRobinProxy } from './round-robin-proxy.ts';
-import { CANARY, startTestServer, TEST_DATABASE_URL, type TestServer } from './server.ts';
+import { startTestServer, type TestServer } from './server.ts';
 
 export interface ClusterOptions {
   instances: number;

@@ -3,10 +3,10 @@
 import { createPgConfig } from '@electric-sql/pglite/node-postgres';
 import pg from 'pg';
 import { migrate } from '../../lib/db/migrate.ts';
+import { TEST_DATABASE_URL } from './config.ts';
 import { scratchDatabase } from './database.ts';
 import { PGBOUNCER_UNAVAILABLE, startPgBouncer } from './pgbouncer.ts';
 import { openEmbeddedEngine } from './pglite-template.ts';
-import { TEST_DATABASE_URL } from './server.ts';
 
 export interface Backend {
   /** Two pools standing for two server instances (PGlite: the same pool twice; it is one backend). */

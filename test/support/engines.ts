@@ -6,9 +6,9 @@ import { join } from 'node:path';
 import { after, before } from 'node:test';
 import { createDatabase, type Database } from '../../lib/db/database.ts';
 import { createLogger } from '../../lib/log.ts';
+import { TEST_DATABASE_URL, testConfig } from './config.ts';
 import { scratchDatabase } from './database.ts';
 import { seedEmbeddedDatabase } from './pglite-template.ts';
-import { TEST_DATABASE_URL, testConfig } from './server.ts';
 
 export interface Engine {
   label: string;

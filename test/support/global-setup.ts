@@ -1,8 +1,8 @@
 // Runs once in the test runner's own process (--test-global-setup), before and after every file.
 // It makes a folder for the run, in memory (tmpfs) when the machine has room there, and points the
-// test files at it: their temporary folders (TMPDIR), run-wide locks, a V8 compile cache (every file loads much
-// the same TypeScript), and the embedded-database template, built in a child process while the
-// first test files already run. Test files inherit the variables set here.
+// test files at it: their temporary folders (TMPDIR), run-wide locks, and the embedded-database
+// template, built in a child process while the first test files already run. It also points them at
+// a compile cache kept between runs in node_modules/.cache. Test files inherit the variables set here.
 import { type ChildProcess, spawn } from 'node:child_process';
 import { accessSync, chmodSync, constants, existsSync, mkdirSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
 import { mkdtemp } from 'node:fs/promises';
@@ -14,6 +14,7 @@ import { RUN_DIR_ENV } from './run-lock.ts';
 
 const BUILDER = fileURLToPath(new URL('./pglite-template-main.ts', import.meta.url));
 const MEMORY_FS = '/dev/shm';
+const COMPILE_CACHE = fileURLToPath(new URL('../../node_modules/.cache/test-compile-cache', import.meta.url));
 // Each embedded database is about 40 MB; a container's default /dev/shm (64 MB) is too small.
 const MEMORY_FS_MIN_FREE_BYTES = 2 * 1024 ** 3;
 
@@ -32,8 +33,10 @@ export async function globalSetup(): Promise<void> {
   chmodSync(tmp, 0o1777);
   process.env['TMPDIR'] = tmp;
   process.env[RUN_DIR_ENV] = runDir;
-  // Node strips and compiles the same modules once per run instead of once per process.
-  process.env['NODE_COMPILE_CACHE'] ??= join(runDir, 'compile-cache');
+  // Node strips and compiles each module once, not once per process. The cache outlives the run
+  // (entries are keyed by source hash, so an edited file misses): each test file is loaded by one
+  // process only, so only a later run can reuse its stripped TypeScript.
+  process.env['NODE_COMPILE_CACHE'] ??= COMPILE_CACHE;
   startBuilder(join(runDir, 'pglite-template'));
 }
 

@@ -8,8 +8,8 @@ import { SignJWT } from 'jose';
 import type pg from 'pg';
 import { generateApiKey } from '../../lib/auth/api-key.ts';
 import { insertApiKey } from '../../lib/db/api-keys.ts';
+import { CANARY, childProcessEnv, TEST_DATABASE_URL } from './config.ts';
 import { seedEmbeddedDatabase } from './pglite-template.ts';
-import { CANARY, childProcessEnv, TEST_DATABASE_URL } from './server.ts';
 
 /** The JWT_SECRET startTestServer configures. */
 export const TEST_JWT_SECRET = `${CANARY}-jwt`;

@@ -1,7 +1,7 @@
 // Runs the real entry point (`node server.ts`) as production does, keeping all it writes.
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { childProcessEnv } from './server.ts';
+import { childProcessEnv } from './config.ts';
 
 const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
 

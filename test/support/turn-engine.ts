@@ -11,9 +11,9 @@ import { createDatabase, type Database } from '../../lib/db/database.ts';
 import { migrate } from '../../lib/db/migrate.ts';
 import { createConcurrencyLimiter } from '../../lib/limits/concurrency.ts';
 import { createLogger, type Logger } from '../../lib/log.ts';
+import { testConfig } from './config.ts';
 import { type FakeUpstream, startFakeUpstream } from './fake-upstream.ts';
 import { logLines } from './log-lines.ts';
-import { testConfig } from './server.ts';
 
 export interface EngineParts {
   config: Config;

@@ -7,9 +7,10 @@ import { errorHandler } from '../../../lib/http/middleware/errors.ts';
 import { type RateDecision, rateLimit } from '../../../lib/http/middleware/rate-limit.ts';
 import { requestId } from '../../../lib/http/middleware/request-id.ts';
 import type { Middleware } from '../../../lib/http/types.ts';
+import { TEST_DATABASE_URL } from '../../support/config.ts';
 import { ok, route, type Served, serve } from '../../support/http.ts';
 import { bearer, createTestKey, msUntil, type TestKey } from '../../support/keys.ts';
-import { startTestServer, TEST_DATABASE_URL, type TestServer } from '../../support/server.ts';
+import { startTestServer, type TestServer } from '../../support/server.ts';
 import { startTcpProxy, type TcpProxy } from '../../support/tcp-proxy.ts';
 
 function getAgents(server: TestServer, key: TestKey): Promise<Response> {
