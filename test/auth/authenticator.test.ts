@@ -332,7 +332,7 @@ test('cached() remembers the last key per connection, and still forgets it when 
 });
 
 test('authenticate() accepts a stored key and refuses it once revoked, through the real query on PGlite', async (t) => {
-  // A copy of the run's initialised database: an in-memory initdb of its own costs seconds of CPU
+  // A copy of the initialised template: an in-memory initdb of its own costs seconds of CPU
   const embedded = await openEmbeddedEngine();
   const pool = new pg.Pool(createPgConfig(embedded.engine) as pg.PoolConfig);
   t.after(async () => {

@@ -40,7 +40,7 @@ export function engineDatabase(engine: Engine, dirPrefix: string): Database {
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), dirPrefix));
     scratch = engine.external ? await scratchDatabase(TEST_DATABASE_URL as string) : undefined;
-    // A copy of the run's template: an initdb of its own costs seconds of CPU
+    // A copy of the template: an initdb of its own costs seconds of CPU
     if (!engine.external) await seedEmbeddedDatabase(dir);
     // DATABASE_URL undefined: the embedded engine, even when the run's environment names a server
     opened = await createDatabase(testConfig({ DATABASE_URL: scratch?.url }, dir), log);

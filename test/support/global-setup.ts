@@ -1,27 +1,43 @@
 // Runs once in the test runner's own process (--test-global-setup), before and after every file.
 // It makes a folder for the run, in memory (tmpfs) when the machine has room there, and points the
-// test files at it: their temporary folders (TMPDIR), run-wide locks, and the embedded-database
-// template, built in a child process while the first test files already run. It also points them at
-// a compile cache kept between runs in node_modules/.cache. Test files inherit the variables set here.
+// test files at it: their temporary folders (TMPDIR) and run-wide locks. It also points them at two
+// caches kept between runs in node_modules/.cache: Node's compile cache, and the embedded-database
+// template, built in a child process while the first test files already run whenever the server's
+// code or dependencies changed since the last build. Test files inherit the variables set here.
 import { type ChildProcess, spawn } from 'node:child_process';
-import { accessSync, chmodSync, constants, existsSync, mkdirSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import {
+  accessSync,
+  chmodSync,
+  constants,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statfsSync,
+  writeFileSync,
+} from 'node:fs';
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { failureFile, TEMPLATE_ENV } from './pglite-template.ts';
+import { failureFile, partialDir, TEMPLATE_ENV } from './pglite-template.ts';
 import { RUN_DIR_ENV } from './run-lock.ts';
 
 const BUILDER = fileURLToPath(new URL('./pglite-template-main.ts', import.meta.url));
 const MEMORY_FS = '/dev/shm';
-const COMPILE_CACHE = fileURLToPath(new URL('../../node_modules/.cache/test-compile-cache', import.meta.url));
+const REPO = fileURLToPath(new URL('../../', import.meta.url));
+const COMPILE_CACHE = join(REPO, 'node_modules/.cache/test-compile-cache');
+const TEMPLATE_CACHE = join(REPO, 'node_modules/.cache/test-pglite-template');
 // Each embedded database is about 40 MB; a container's default /dev/shm (64 MB) is too small.
 const MEMORY_FS_MIN_FREE_BYTES = 2 * 1024 ** 3;
 
 let runDir: string | undefined;
 let builder: ChildProcess | undefined;
+let building: string | undefined;
 
-/** Makes the run's folder and starts building the PGlite template in it. */
+/** Makes the run's folder and finds the PGlite template, or starts building it. */
 export async function globalSetup(): Promise<void> {
   runDir = await mkdtemp(join(scratchRoot(), 'chat-test-run-'));
   // --test-force-exit ends the runner without calling globalTeardown; 'exit' still fires.
@@ -37,7 +53,23 @@ export async function globalSetup(): Promise<void> {
   // (entries are keyed by source hash, so an edited file misses): each test file is loaded by one
   // process only, so only a later run can reuse its stripped TypeScript.
   process.env['NODE_COMPILE_CACHE'] ??= COMPILE_CACHE;
-  startBuilder(join(runDir, 'pglite-template'));
+  const templateDir = join(TEMPLATE_CACHE, templateKey());
+  process.env[TEMPLATE_ENV] = templateDir;
+  if (!existsSync(templateDir)) startBuilder(templateDir);
+}
+
+/**
+ * A hash of what the template depends on: Node, the server's code and migrations, the locked
+ * dependencies and the builder. A change to any of them builds a new template, so the first-start
+ * path the builder takes (initdb and every migration) runs again whenever it could have changed.
+ */
+function templateKey(): string {
+  const hash = createHash('sha256').update(process.version);
+  const lib = readdirSync(join(REPO, 'lib'), { recursive: true, encoding: 'utf8' }).map((f) => join('lib', f));
+  const inputs = [...lib.filter((f) => /\.(ts|sql)$/.test(f)).sort(), 'package-lock.json'];
+  inputs.push('test/support/pglite-template-main.ts');
+  for (const file of inputs) hash.update(`\0${file}\0`).update(readFileSync(join(REPO, file)));
+  return hash.digest('hex').slice(0, 16);
 }
 
 /** Stops a builder still running and removes the run's folder (also on exit: see globalSetup). */
@@ -57,10 +89,17 @@ function scratchRoot(): string {
   return tmpdir();
 }
 
+/** Builds the template in a child, after removing older templates and a previous failure's reason. */
 function startBuilder(templateDir: string): void {
-  process.env[TEMPLATE_ENV] = templateDir;
+  mkdirSync(TEMPLATE_CACHE, { recursive: true });
+  for (const entry of readdirSync(TEMPLATE_CACHE)) {
+    // each about 40 MB: keep only the current one (and a build another run may have under way)
+    if (!join(TEMPLATE_CACHE, entry).startsWith(partialDir(templateDir, '')))
+      rmSync(join(TEMPLATE_CACHE, entry), { recursive: true, force: true });
+  }
   const child = spawn(process.execPath, [BUILDER, templateDir], { stdio: ['ignore', 'ignore', 'inherit'] });
   builder = child;
+  building = templateDir;
   // A builder that dies without a word (killed, out of memory) must not leave tests waiting.
   const reportFailure = (reason: string): void => {
     if (builder !== child) return; // stopped by the cleanup: the folder is gone
@@ -75,7 +114,11 @@ function startBuilder(templateDir: string): void {
 
 function cleanUp(): void {
   // SIGKILL at once: only a build nobody waits for any more can still be running.
-  if (builder !== undefined && builder.exitCode === null && builder.signalCode === null) builder.kill('SIGKILL');
+  if (builder !== undefined && builder.exitCode === null && builder.signalCode === null) {
+    builder.kill('SIGKILL');
+    if (building !== undefined && builder.pid !== undefined)
+      rmSync(partialDir(building, builder.pid), { recursive: true, force: true, maxRetries: 5 });
+  }
   builder = undefined;
   if (runDir !== undefined) rmSync(runDir, { recursive: true, force: true, maxRetries: 5 });
   runDir = undefined;

@@ -1,4 +1,4 @@
-// Builds the run's PGlite template in a process of its own, started by the global setup:
+// Builds the PGlite template in a process of its own, started by the global setup:
 //
 //   node test/support/pglite-template-main.ts TEMPLATE_DIR
 //
@@ -8,21 +8,24 @@ import { join } from 'node:path';
 import { parseConfig } from '../../lib/config.ts';
 import { createDatabase } from '../../lib/db/database.ts';
 import { createLogger } from '../../lib/log.ts';
-import { failureFile } from './pglite-template.ts';
+import { failureFile, partialDir } from './pglite-template.ts';
 
 /**
  * Builds the template at `templateDir` with the server's own createDatabase() on an empty
- * DATA_DIR, so every run still takes the first-start path that the copies skip. Built beside
- * `templateDir` and renamed, so the template is whole or absent.
+ * DATA_DIR, so each new template takes the first-start path that the copies skip. Built beside
+ * `templateDir` and renamed, so the template is whole or absent; when another run's build got
+ * there first, that one is kept.
  */
 async function buildTemplate(templateDir: string): Promise<void> {
-  const dataDir = `${templateDir}.partial`;
+  const dataDir = partialDir(templateDir, process.pid);
   try {
     const parsed = parseConfig({ DATA_DIR: dataDir, LOG_LEVEL: 'silent' });
     if (!parsed.ok) throw new Error(`Template config invalid: ${parsed.problems.join('; ')}`);
     const db = await createDatabase(parsed.config, createLogger({ level: 'silent' }));
     await db.close();
-    await rename(join(dataDir, 'pglite'), templateDir);
+    await rename(join(dataDir, 'pglite'), templateDir).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== 'ENOTEMPTY' && err.code !== 'EEXIST') throw err;
+    });
     await rm(dataDir, { recursive: true, force: true });
   } catch (err) {
     await writeFile(failureFile(templateDir), err instanceof Error ? (err.stack ?? err.message) : String(err));

@@ -1,13 +1,14 @@
-// Embedded databases for tests without an initdb each: the global setup builds one initialised
-// PGlite data directory per run (seconds of CPU, see pglite-template-main.ts), and every test that
-// opens an embedded database gets its own copy of it (a fraction of a second).
+// Embedded databases for tests without an initdb each: the global setup keeps one initialised
+// PGlite data directory, built again when the server's code changes (seconds of CPU, see
+// pglite-template-main.ts), and every test that opens an embedded database gets its own copy of it
+// (a fraction of a second).
 import { cpSync, existsSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { PGlite } from '@electric-sql/pglite';
 
-/** The variable the global setup sets to the run's template directory; unset when a file runs on its own. */
+/** The variable the global setup sets to the template directory; unset when a file runs on its own. */
 export const TEMPLATE_ENV = 'TEST_PGLITE_TEMPLATE';
 
 // Below the runner's --test-timeout, which hooks share, so a build that never ends gets a clear
@@ -18,6 +19,11 @@ const POLL_MS = 50;
 /** Where a failed build leaves its reason, so waiting tests fail at once with it. */
 export function failureFile(templateDir: string): string {
   return `${templateDir}.failed`;
+}
+
+/** Where the builder with process id `pid` works before it renames its result to `templateDir`. */
+export function partialDir(templateDir: string, pid: number | string): string {
+  return `${templateDir}.partial-${pid}`;
 }
 
 /** Resolves once the template exists; rejects with the build's failure, or after READY_TIMEOUT_MS. */
@@ -35,7 +41,7 @@ async function templateReady(templateDir: string): Promise<void> {
 
 /**
  * Gives `dataDir` an initialised embedded database (`dataDir/pglite`, where the server opens it),
- * copied from the run's template. Does nothing when the database exists already or the file runs
+ * copied from the template. Does nothing when the database exists already or the file runs
  * without the global setup (PGlite then initialises the directory itself).
  */
 export async function seedEmbeddedDatabase(dataDir: string): Promise<void> {
