@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { revokeApiKey } from '../../lib/db/api-keys.ts';
 import { TEST_DATABASE_URL } from '../support/config.ts';
+import { scratchDatabase } from '../support/database.ts';
 import {
   bearer,
   createTestKey,
@@ -26,6 +27,8 @@ async function status(server: TestServer, key: string): Promise<number> {
 
 describe('API keys through the real app', () => {
   let dataDir: string;
+  // A database of its own: the table dump below reads every row, and the shared one keeps growing.
+  let scratch: { url: string; drop(): Promise<void> } | undefined;
   let server: TestServer;
   let name: string;
   let key: string;
@@ -33,14 +36,16 @@ describe('API keys through the real app', () => {
   before(async () => {
     // The key comes from the real `keys create`, then a server opens the same database.
     dataDir = await mkdtemp(join(tmpdir(), 'identity-test-'));
+    scratch = TEST_DATABASE_URL === undefined ? undefined : await scratchDatabase(TEST_DATABASE_URL);
     name = uniqueKeyName('identity');
-    const created = await runKeysCli(['create', name], keysCliEnv(dataDir));
+    const created = await runKeysCli(['create', name], keysCliEnv(dataDir, scratch?.url));
     assert.equal(created.code, 0, created.stderr);
     key = created.stdout.trim();
-    server = await startTestServer({ DATA_DIR: dataDir });
+    server = await startTestServer({ DATA_DIR: dataDir, DATABASE_URL: scratch?.url });
   });
   after(async () => {
     await server?.close();
+    await scratch?.drop();
     await rm(dataDir, { recursive: true, force: true });
   });
 

@@ -100,12 +100,12 @@ export async function runKeysCli(args: readonly string[], env: Record<string, st
   });
 }
 
-/** The environment for `keys`: TEST_DATABASE_URL when set, else the embedded database in `dataDir`. */
-export function keysCliEnv(dataDir: string): Record<string, string> {
+/** The environment for `keys`: `databaseUrl` when set, else the embedded database in `dataDir`. */
+export function keysCliEnv(dataDir: string, databaseUrl = TEST_DATABASE_URL): Record<string, string> {
   // debug: the most talkative level must still leave stdout to the result alone
-  return TEST_DATABASE_URL === undefined
+  return databaseUrl === undefined
     ? { DATA_DIR: dataDir, LOG_LEVEL: 'debug' }
-    : { DATABASE_URL: TEST_DATABASE_URL, LOG_LEVEL: 'debug' };
+    : { DATABASE_URL: databaseUrl, LOG_LEVEL: 'debug' };
 }
 
 /** Polls `check` every `intervalMs` until true; resolves with the milliseconds that took, rejects after `timeoutMs`. */
