@@ -53,9 +53,12 @@ export async function globalSetup(): Promise<void> {
   // (entries are keyed by source hash, so an edited file misses): each test file is loaded by one
   // process only, so only a later run can reuse its stripped TypeScript.
   process.env['NODE_COMPILE_CACHE'] ??= COMPILE_CACHE;
-  const templateDir = join(TEMPLATE_CACHE, templateKey());
+  const cached = writableCache();
+  const templateDir = cached ? join(TEMPLATE_CACHE, templateKey()) : join(runDir, 'pglite-template');
   process.env[TEMPLATE_ENV] = templateDir;
-  if (!existsSync(templateDir)) startBuilder(templateDir);
+  if (existsSync(templateDir)) return;
+  if (cached) pruneTemplates(templateDir);
+  startBuilder(templateDir);
 }
 
 /**
@@ -89,20 +92,44 @@ function scratchRoot(): string {
   return tmpdir();
 }
 
-/** Builds the template in a child, after removing older templates and a previous failure's reason. */
-function startBuilder(templateDir: string): void {
-  mkdirSync(TEMPLATE_CACHE, { recursive: true });
-  for (const entry of readdirSync(TEMPLATE_CACHE)) {
-    // each about 40 MB: keep only the current one (and a build another run may have under way)
-    if (!join(TEMPLATE_CACHE, entry).startsWith(partialDir(templateDir, '')))
-      rmSync(join(TEMPLATE_CACHE, entry), { recursive: true, force: true });
+/** False where node_modules cannot be written (mounted read-only): the run then builds a template of its own. */
+function writableCache(): boolean {
+  try {
+    mkdirSync(TEMPLATE_CACHE, { recursive: true });
+    accessSync(TEMPLATE_CACHE, constants.W_OK);
+    return true;
+  } catch {
+    return false;
   }
+}
+
+/** Removes older templates, builds whose builder is gone, and a previous failure's reason from the cache. */
+function pruneTemplates(templateDir: string): void {
+  const partial = partialDir(templateDir, '');
+  for (const entry of readdirSync(TEMPLATE_CACHE)) {
+    const path = join(TEMPLATE_CACHE, entry);
+    // each about 40 MB: keep only a build of the current one that another run has under way
+    if (path.startsWith(partial) && isRunning(Number(path.slice(partial.length)))) continue;
+    rmSync(path, { recursive: true, force: true });
+  }
+}
+
+function isRunning(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+function startBuilder(templateDir: string): void {
   const child = spawn(process.execPath, [BUILDER, templateDir], { stdio: ['ignore', 'ignore', 'inherit'] });
   builder = child;
   building = templateDir;
   // A builder that dies without a word (killed, out of memory) must not leave tests waiting.
   const reportFailure = (reason: string): void => {
-    if (builder !== child) return; // stopped by the cleanup: the folder is gone
+    if (builder !== child) return; // stopped by the cleanup: nobody waits for it
     if (!existsSync(templateDir) && !existsSync(failureFile(templateDir)))
       writeFileSync(failureFile(templateDir), reason);
   };
