@@ -1,0 +1,26 @@
+// A test reporter that fails the run when a test file's results did not all reach the runner.
+// Each file's process sends its own summary last; Node can drop the tail of what a file sent
+// (nodejs/node#64833, under --test-force-exit with files run concurrently), and the run would
+// then pass with fewer tests than ran. A file whose summary never arrived is reported here.
+import { resolve } from 'node:path';
+import type { TestEvent } from 'node:test/reporters';
+
+// The events of a file's own tests; its output lines (test:stdout, test:stderr) can come after its summary.
+const RESULTS = new Set(['test:start', 'test:pass', 'test:fail', 'test:plan', 'test:summary']);
+
+export default async function* verdicts(source: AsyncIterable<TestEvent>): AsyncGenerator<string> {
+  const files = new Set<string>();
+  const summarised = new Set<string>();
+  for await (const event of source) {
+    const named = (event.data as { file?: string } | undefined)?.file;
+    if (named === undefined || !RESULTS.has(event.type)) continue;
+    const file = resolve(named);
+    files.add(file);
+    if (event.type === 'test:summary') summarised.add(file);
+  }
+  const cut = [...files].filter((file) => !summarised.has(file));
+  if (cut.length === 0) return;
+  process.exitCode = 1;
+  for (const file of cut)
+    yield `✖ ${file}: its results stopped before its summary; tests may be missing from the counts\n`;
+}

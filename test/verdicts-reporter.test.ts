@@ -1,0 +1,63 @@
+// The guard npm test runs beside the spec reporter: a file whose results stop before its own
+// summary fails the run, instead of passing with fewer tests than ran.
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+
+const REPORTER = fileURLToPath(new URL('./support/verdicts-reporter.ts', import.meta.url));
+// A file that ends its own process, with success, before its last test: what a lost tail looks like.
+const CUT = `import { test } from 'node:test';
+test('one', () => {});
+test('two', () => { setTimeout(() => process.exit(0), 5); });
+test('three', async () => { await new Promise((resolve) => setTimeout(resolve, 100)); });
+`;
+// Its last output comes after its summary, as a server's log lines can.
+const WHOLE = `import { test } from 'node:test';
+process.on('exit', () => console.error('a line after the summary'));
+test('one', () => {});
+test('two', async () => { await new Promise((resolve) => setTimeout(resolve, 10)); });
+`;
+
+let dir: string;
+before(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'verdicts-'));
+  await writeFile(join(dir, 'cut.test.mjs'), CUT);
+  await writeFile(join(dir, 'whole.test.mjs'), WHOLE);
+});
+after(() => rm(dir, { recursive: true, force: true }));
+
+/** Runs `node --test` on `files` with the spec reporter on stdout and the guard on stderr. */
+function runTests(files: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const args = ['--test', '--test-force-exit', '--test-reporter=spec', '--test-reporter-destination=stdout'];
+  args.push(`--test-reporter=${REPORTER}`, '--test-reporter-destination=stderr', ...files);
+  // Without the variable that makes a `node --test` under a test runner report to that runner instead
+  const { NODE_TEST_CONTEXT: _, ...env } = process.env;
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, args, { cwd: dir, env, stdio: ['ignore', 'pipe', 'pipe'], timeout: 30_000 });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
+    child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
+    child.once('error', reject);
+    child.once('close', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+test('a file whose results stop before its summary fails the run and is named, though no test failed', async () => {
+  const { code, stdout, stderr } = await runTests(['cut.test.mjs', 'whole.test.mjs']);
+  assert.match(stdout, /ℹ fail 0/, 'the runner alone sees no failure');
+  assert.equal(code, 1);
+  assert.match(stderr, /cut\.test\.mjs: its results stopped before its summary/);
+  assert.doesNotMatch(stderr, /whole\.test\.mjs/);
+});
+
+test('a run whose files all send their summary passes, output after a summary included', async () => {
+  const { code, stdout, stderr } = await runTests(['whole.test.mjs']);
+  assert.match(stdout, /a line after the summary/);
+  assert.equal(code, 0);
+  assert.doesNotMatch(stderr, /✖/);
+});
