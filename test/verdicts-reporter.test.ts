@@ -1,12 +1,12 @@
 // The guard npm test runs beside the spec reporter: a file whose results stop before its own
 // summary fails the run, instead of passing with fewer tests than ran.
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { type CliResult, runNode } from './support/run-node.ts';
 
 const REPORTER = fileURLToPath(new URL('./support/verdicts-reporter.ts', import.meta.url));
 // A file that ends its own process, with success, before its last test: what a lost tail looks like.
@@ -31,20 +31,12 @@ before(async () => {
 after(() => rm(dir, { recursive: true, force: true }));
 
 /** Runs `node --test` on `files` with the spec reporter on stdout and the guard on stderr. */
-function runTests(files: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+function runTests(files: string[]): Promise<CliResult> {
   const args = ['--test', '--test-force-exit', '--test-reporter=spec', '--test-reporter-destination=stdout'];
   args.push(`--test-reporter=${REPORTER}`, '--test-reporter-destination=stderr', ...files);
   // Without the variable that makes a `node --test` under a test runner report to that runner instead
   const { NODE_TEST_CONTEXT: _, ...env } = process.env;
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, args, { cwd: dir, env, stdio: ['ignore', 'pipe', 'pipe'], timeout: 30_000 });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
-    child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
-    child.once('error', reject);
-    child.once('close', (code) => resolve({ code, stdout, stderr }));
-  });
+  return runNode(args, dir, env);
 }
 
 test('a file whose results stop before its summary fails the run and is named, though no test failed', async () => {

@@ -5,15 +5,8 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { ensureDevKey } from '../../lib/auth/keys-command.ts';
 import { TEST_DATABASE_URL } from '../support/config.ts';
-import {
-  bearer,
-  type CliResult,
-  keySpellings,
-  keysCliEnv,
-  msUntil,
-  runKeysCli,
-  uniqueKeyName,
-} from '../support/keys.ts';
+import { bearer, keySpellings, keysCliEnv, msUntil, runKeysCli, uniqueKeyName } from '../support/keys.ts';
+import type { CliResult } from '../support/run-node.ts';
 import { startTestServer, type TestServer } from '../support/server.ts';
 
 const KEY_LINE = /^csk_[A-Za-z0-9_-]{43}\n$/;

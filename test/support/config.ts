@@ -13,7 +13,7 @@ export const TEST_DATABASE_URL = process.env['TEST_DATABASE_URL'] || undefined;
 
 /**
  * The environment a test hands a child `node` besides the child's own settings: PATH, and the
- * run's compile cache (Node's, not the server's configuration) so the child compiles less.
+ * compile cache (Node's, not the server's configuration) so the child compiles less.
  */
 export function childProcessEnv(): Record<string, string> {
   const env: Record<string, string> = { PATH: process.env['PATH'] ?? '' };

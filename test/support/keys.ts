@@ -1,7 +1,6 @@
 // Credentials for identity tests: API keys stored straight in a test database, JWTs minted with
 // jose (the oracle), the `keys` subcommand run through the real entry point, and a dump of
 // every table to prove a key was never stored.
-import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { SignJWT } from 'jose';
@@ -10,6 +9,7 @@ import { generateApiKey } from '../../lib/auth/api-key.ts';
 import { insertApiKey } from '../../lib/db/api-keys.ts';
 import { CANARY, childProcessEnv, TEST_DATABASE_URL } from './config.ts';
 import { seedEmbeddedDatabase } from './pglite-template.ts';
+import { type CliResult, runNode } from './run-node.ts';
 
 /** The JWT_SECRET startTestServer configures. */
 export const TEST_JWT_SECRET = `${CANARY}-jwt`;
@@ -72,32 +72,13 @@ export function unsignedJwt(
   return `${part({ alg: 'none', typ: 'JWT' })}.${part(claims)}.`;
 }
 
-export interface CliResult {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
 /**
  * Runs `node server.ts keys ...args` from the repository root with exactly `env` (inheriting only
  * childProcessEnv()). An embedded database not there yet in DATA_DIR is seeded first.
  */
 export async function runKeysCli(args: readonly string[], env: Record<string, string>): Promise<CliResult> {
   if (env['DATA_DIR'] !== undefined && env['DATABASE_URL'] === undefined) await seedEmbeddedDatabase(env['DATA_DIR']);
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['server.ts', 'keys', ...args], {
-      cwd: REPO_ROOT,
-      env: { ...childProcessEnv(), ...env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-      timeout: 30_000,
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
-    child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
-    child.once('error', reject);
-    child.once('close', (code) => resolve({ code, stdout, stderr }));
-  });
+  return runNode(['server.ts', 'keys', ...args], REPO_ROOT, { ...childProcessEnv(), ...env });
 }
 
 /** The environment for `keys`: `databaseUrl` when set, else the embedded database in `dataDir`. */
