@@ -84,18 +84,36 @@ export function createHttpServer(
   return server;
 }
 
-/** RFC 9112 §3.2: an HTTP/1.1 request without Host, or any request with more than one, is a 400. */
+// RFC 9110 §7.2: uri-host [ ":" port ], where uri-host is an IP literal in brackets or a reg-name
+// (which covers IPv4): unreserved characters, sub-delims and percent-escapes, possibly empty.
+const IP_LITERAL = String.raw`\[(?:[0-9A-Fa-f:.]+|v[0-9A-Fa-f]+\.[\w\-.~!$&'()*+,;=:]+)\]`;
+const REG_NAME = String.raw`(?:[\w\-.~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*`;
+const HOST_VALUE = new RegExp(`^(?:${IP_LITERAL}|${REG_NAME})(?::[0-9]*)?$`);
+
+/**
+ * RFC 9112 §3.2: an HTTP/1.1 request without Host, or any request with more than one or with a value
+ * that is not a host and port, is a 400.
+ */
 function hostProblem(req: IncomingMessage): AppError | undefined {
   // Node keeps only the first of duplicate Host fields in req.headers: count them in the raw list.
   const raw = req.rawHeaders;
   let hosts = 0;
+  let value: string | undefined;
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i] as string;
-    if (name.length === 4 && name.toLowerCase() === 'host') hosts++;
+    if (name.length === 4 && name.toLowerCase() === 'host') {
+      hosts++;
+      value = raw[i + 1];
+    }
   }
   if (hosts > 1) return new AppError('BAD_REQUEST', { detail: 'More than one Host header' });
   if (hosts === 0 && req.httpVersionMajor === 1 && req.httpVersionMinor === 1) {
     return new AppError('BAD_REQUEST', { detail: 'A Host header is required' });
+  }
+  if (value !== undefined && !HOST_VALUE.test(value)) {
+    return new AppError('BAD_REQUEST', {
+      detail: 'The Host header is not a host name or address with an optional port',
+    });
   }
   return undefined;
 }

@@ -261,6 +261,30 @@ describe('the HTTP server', () => {
       assert.match(JSON.parse(res.body).detail, /More than one Host/);
     });
 
+    for (const host of ['a b', 'user@a.example', 'a.example:80x', 'a.example/path', '[::1', 'a.example:80:81', '%zz']) {
+      it(`a Host of ${JSON.stringify(host)} answers 400 problem+json with the security headers`, async () => {
+        const res = await rawExchange(url, `GET /health/live HTTP/1.1\r\nHost: ${host}\r\n\r\n`);
+        assertRefused(res, 400, 'BAD_REQUEST');
+        assert.match(JSON.parse(res.body).detail, /Host header is not a host/);
+      });
+    }
+
+    it('every form of host and port RFC 9110 allows is served, the empty Host included', async () => {
+      const hosts = [
+        'a.example',
+        'A-1.example:8000',
+        '127.0.0.1:1',
+        '[::1]:80',
+        '[v1.x:y]',
+        'xn--bcher-kva.example',
+        '',
+      ];
+      for (const host of [...hosts, 'a%2Eexample', "a!$&'()*+,;=~_.example:"]) {
+        const res = await rawExchange(url, `GET /health/live HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`);
+        assert.equal(res.status, 200, `Host: ${host}`);
+      }
+    });
+
     it('an HTTP/1.0 request without Host is served (Host is required from HTTP/1.1 on)', async () => {
       const res = await rawExchange(url, 'GET /health/live HTTP/1.0\r\n\r\n');
       assert.equal(res.status, 200);
