@@ -24,6 +24,15 @@ export interface TcpProxy {
   close(): Promise<void>;
 }
 
+/**
+ * Resets a connection (RST); one already ending is destroyed instead. libuv refuses a reset while a
+ * shutdown is pending, and Node then never closes the handle: the process spins at exit.
+ */
+export function resetConnection(socket: Socket): void {
+  if (socket.writableEnded) socket.destroy();
+  else socket.resetAndDestroy();
+}
+
 interface Link {
   client: Socket;
   upstream: Socket | undefined;
@@ -74,7 +83,7 @@ export async function startTcpProxy(
 
   const server = createServer({ pauseOnConnect: true }, (client) => {
     if (mode === 'reset') {
-      client.resetAndDestroy();
+      resetConnection(client);
       return;
     }
     const link: Link = { client, upstream: undefined, flowing: false };
@@ -100,8 +109,8 @@ export async function startTcpProxy(
         else if (next === 'blackhole') stall(link);
         else {
           links.delete(link);
-          link.client.resetAndDestroy();
-          link.upstream?.resetAndDestroy();
+          resetConnection(link.client);
+          if (link.upstream !== undefined) resetConnection(link.upstream);
         }
       }
     },
