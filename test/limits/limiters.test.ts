@@ -25,6 +25,11 @@ function identity(policy?: IdentityPolicy): Identity {
   return { id: `key:limiters-${process.pid}-${++n}`, kind: 'key', policy };
 }
 
+/** The `msg` of each line a capturing log holds. */
+function messagesOf(capture: ReturnType<typeof capturingLog>): unknown[] {
+  return capture.lines().map((line) => line['msg']);
+}
+
 async function takeTimes(limiter: RateLimiter, who: Identity, times: number): Promise<Decision[]> {
   const decisions: Decision[] = [];
   for (let i = 0; i < times; i++) decisions.push(await limiter.take(who));
@@ -177,12 +182,9 @@ for (const engine of ENGINES) {
         assert.equal((await rate.take(identity())).allowed, true);
         await withoutTable(db, 'rate_limit_buckets', async () => {
           t.mock.timers.tick(60_000);
-          await until('the warning', () => capture.lines().map((l) => l['msg']).length > 0);
+          await until('the warning', () => capture.lines().length > 0);
         });
-        assert.deepEqual(
-          capture.lines().map((l) => l['msg']),
-          ['rate-limit sweep failed'],
-        );
+        assert.deepEqual(messagesOf(capture), ['rate-limit sweep failed']);
         assert.equal((await rate.take(identity())).allowed, true);
       });
 
@@ -200,10 +202,7 @@ for (const engine of ENGINES) {
         );
         assert.ok((rows[0]?.tokens ?? 3) < 1, 'this instance holds the last token');
         await withoutTable(db, 'rate_limit_buckets', () => rate.close());
-        assert.deepEqual(
-          capture.lines().map((l) => l['msg']),
-          ['rate-limit lease housekeeping failed'],
-        );
+        assert.deepEqual(messagesOf(capture), ['rate-limit lease housekeeping failed']);
       });
     });
 
@@ -290,12 +289,9 @@ for (const engine of ENGINES) {
         const lease = await streams.acquire(identity().id);
         await withoutTable(db, 'stream_leases', async () => {
           lease?.release();
-          await until('the warning', () => capture.lines().map((l) => l['msg']).length > 0);
+          await until('the warning', () => capture.lines().length > 0);
         });
-        assert.deepEqual(
-          capture.lines().map((l) => l['msg']),
-          ['stream lease housekeeping failed'],
-        );
+        assert.deepEqual(messagesOf(capture), ['stream lease housekeeping failed']);
         assert.equal(streams.inUse(), 0);
       });
     });

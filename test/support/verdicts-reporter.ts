@@ -1,7 +1,7 @@
 // A test reporter that fails the run when a test file's results did not all reach the runner.
 // Each file's process sends its own summary last; Node can drop the tail of what a file sent
-// (nodejs/node#64833, under --test-force-exit with files run concurrently), and the run would
-// then pass with fewer tests than ran. A file whose summary never arrived is reported here.
+// (nodejs/node#64833, under --test-force-exit), and the run would then pass with fewer tests than
+// ran. blocking-report.ts removes the known cause; whatever else cuts a file short is caught here.
 import { resolve } from 'node:path';
 import type { TestEvent } from 'node:test/reporters';
 
