@@ -66,7 +66,7 @@ test('a run whose files all send their summary passes, output after a summary in
 
 test('npm test loads the preload', async () => {
   const pkg = JSON.parse(await readFile(new URL('../package.json', import.meta.url), 'utf8'));
-  assert.match(pkg.scripts.test, /^exec node --import \.\/test\/support\/blocking-report\.ts --test /);
+  assert.match(pkg.scripts.test, /^exec node (\S+ )*--import \.\/test\/support\/blocking-report\.ts (\S+ )*--test /);
 });
 
 test('with the preload, every result of a file reaches the runner before its forced exit', async () => {

@@ -124,7 +124,10 @@ function isRunning(pid: number): boolean {
 }
 
 function startBuilder(templateDir: string): void {
-  const child = spawn(process.execPath, [BUILDER, templateDir], { stdio: ['ignore', 'ignore', 'inherit'] });
+  // Baseline WebAssembly only, like the test processes: an optimising tier pays off in no one-shot process.
+  const child = spawn(process.execPath, ['--liftoff-only', BUILDER, templateDir], {
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
   builder = child;
   building = templateDir;
   // A builder that dies without a word (killed, out of memory) must not leave tests waiting.
