@@ -3,7 +3,8 @@
 // test files at it: their temporary folders (TMPDIR) and run-wide locks. It also points them at two
 // caches kept between runs in node_modules/.cache: Node's compile cache, and the embedded-database
 // template, built in a child process while the first test files already run whenever the server's
-// code or dependencies changed since the last build. Test files inherit the variables set here.
+// code or dependencies changed since the last build; an older template goes once no live run marks
+// it as used. Test files inherit the variables set here.
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
@@ -20,7 +21,7 @@ import {
 } from 'node:fs';
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { failureFile, partialDir, TEMPLATE_ENV } from './pglite-template.ts';
 import { RUN_DIR_ENV } from './run-lock.ts';
@@ -36,6 +37,7 @@ const MEMORY_FS_MIN_FREE_BYTES = 2 * 1024 ** 3;
 let runDir: string | undefined;
 let builder: ChildProcess | undefined;
 let building: string | undefined;
+let usageMark: string | undefined;
 
 /** Makes the run's folder and finds the PGlite template, or starts building it. */
 export async function globalSetup(): Promise<void> {
@@ -56,6 +58,11 @@ export async function globalSetup(): Promise<void> {
   const cached = writableCache();
   const templateDir = cached ? join(TEMPLATE_CACHE, templateKey()) : join(runDir, 'pglite-template');
   process.env[TEMPLATE_ENV] = templateDir;
+  if (cached) {
+    // A run of other code from this checkout (lib/ edited meanwhile) prunes every template no live run marks.
+    usageMark = usageMarkOf(templateDir, process.pid);
+    writeFileSync(usageMark, '');
+  }
   if (existsSync(templateDir)) return;
   if (cached) pruneTemplates(templateDir);
   startBuilder(templateDir);
@@ -103,15 +110,33 @@ function writableCache(): boolean {
   }
 }
 
-/** Removes older templates, builds whose builder is gone, and a previous failure's reason from the cache. */
-function pruneTemplates(templateDir: string): void {
-  const partial = partialDir(templateDir, '');
-  for (const entry of readdirSync(TEMPLATE_CACHE)) {
-    const path = join(TEMPLATE_CACHE, entry);
-    // each about 40 MB: keep only a build of the current one that another run has under way
-    if (path.startsWith(partial) && isRunning(Number(path.slice(partial.length)))) continue;
+/** Where the run with process id `pid` marks that its test files copy `templateDir`. */
+function usageMarkOf(templateDir: string, pid: number): string {
+  return `${templateDir}.used-by-${pid}`;
+}
+
+// A cache entry: a template (key only), a build under way, the reason a build failed, or a run's usage mark.
+const ENTRY = /^([0-9a-f]+)(?:\.partial-(\d+)|\.used-by-(\d+)|\.failed)?$/;
+
+/**
+ * Clears the cache (each template about 40 MB) before this run builds `templateDir`: keeps the
+ * templates and failure reasons that a live run marks as used, and the builds and marks of
+ * processes still running; removes everything else, and this template's previous failure.
+ */
+export function pruneTemplates(templateDir: string): void {
+  const cache = dirname(templateDir);
+  const entries = readdirSync(cache).map((name) => {
+    const [, key, build, mark] = ENTRY.exec(name) ?? [];
+    // a build or a mark lasts as long as its process
+    const live = build !== undefined || mark !== undefined ? isRunning(Number(build ?? mark)) : undefined;
+    return { path: join(cache, name), key, live, mark: mark !== undefined };
+  });
+  const used = new Set(entries.filter((entry) => entry.mark && entry.live).map((entry) => entry.key));
+  for (const { path, key, live } of entries) {
+    if (key !== undefined && (live ?? used.has(key))) continue;
     rmSync(path, { recursive: true, force: true });
   }
+  rmSync(failureFile(templateDir), { force: true });
 }
 
 function isRunning(pid: number): boolean {
@@ -150,6 +175,8 @@ function cleanUp(): void {
       rmSync(partialDir(building, builder.pid), { recursive: true, force: true, maxRetries: 5 });
   }
   builder = undefined;
+  if (usageMark !== undefined) rmSync(usageMark, { force: true });
+  usageMark = undefined;
   if (runDir !== undefined) rmSync(runDir, { recursive: true, force: true, maxRetries: 5 });
   runDir = undefined;
 }
