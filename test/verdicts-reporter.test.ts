@@ -64,9 +64,10 @@ test('a run whose files all send their summary passes, output after a summary in
   assert.doesNotMatch(stderr, /✖/);
 });
 
-test('npm test loads the preload', async () => {
-  const pkg = JSON.parse(await readFile(new URL('../package.json', import.meta.url), 'utf8'));
-  assert.match(pkg.scripts.test, /^exec node (\S+ )*--import \.\/test\/support\/blocking-report\.ts (\S+ )*--test /);
+test('npm test loads the preload, and test:file runs a file the way npm test runs each', async () => {
+  const { scripts } = JSON.parse(await readFile(new URL('../package.json', import.meta.url), 'utf8'));
+  assert.match(scripts.test, /^exec node (\S+ )*--import \.\/test\/support\/blocking-report\.ts (\S+ )*--test /);
+  assert.ok(scripts.test.startsWith(`${scripts['test:file']} `), 'test:file is no longer where test begins');
 });
 
 test('with the preload, every result of a file reaches the runner before its forced exit', async () => {
