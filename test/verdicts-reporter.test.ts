@@ -64,9 +64,10 @@ test('a run whose files all send their summary passes, output after a summary in
   assert.doesNotMatch(stderr, /✖/);
 });
 
-test('npm test loads the preload, and test:file runs a file the way npm test runs each', async () => {
+test('npm test loads the preload and runs the parts; test:file runs files the way npm test runs parts', async () => {
   const { scripts } = JSON.parse(await readFile(new URL('../package.json', import.meta.url), 'utf8'));
   assert.match(scripts.test, /^exec node (\S+ )*--import \.\/test\/support\/blocking-report\.ts (\S+ )*--test /);
+  assert.ok(scripts.test.endsWith(' "test/parts/*.ts"'), 'npm test no longer runs the parts');
   assert.ok(scripts.test.startsWith(`${scripts['test:file']} `), 'test:file is no longer where test begins');
 });
 

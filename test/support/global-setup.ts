@@ -1,10 +1,11 @@
 // Runs once in the test runner's own process (--test-global-setup), before and after every file.
 // It makes a folder for the run, in memory (tmpfs) when the machine has room there, and points the
-// test files at it: their temporary folders (TMPDIR) and run-wide locks. It also points them at two
-// caches kept between runs in node_modules/.cache: Node's compile cache, and the embedded-database
-// template, built in a child process while the first test files already run whenever the server's
-// code or dependencies changed since the last build; an older template goes once no live run marks
-// it as used. Test files inherit the variables set here.
+// test files at it: their temporary folders (TMPDIR) and run-wide locks. It fixes which part runs
+// which file (parts.ts) for the whole run. It also points the files at two caches kept between runs
+// in node_modules/.cache: Node's compile cache, and the embedded-database template, built in a
+// child process while the first test files already run whenever the server's code or dependencies
+// changed since the last build; an older template goes once no live run marks it as used. Test
+// files inherit the variables set here.
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
@@ -23,6 +24,7 @@ import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { PLAN_ENV, plan, testFiles } from './parts.ts';
 import { failureFile, partialDir, TEMPLATE_ENV } from './pglite-template.ts';
 import { RUN_DIR_ENV } from './run-lock.ts';
 
@@ -51,6 +53,7 @@ export async function globalSetup(): Promise<void> {
   chmodSync(tmp, 0o1777);
   process.env['TMPDIR'] = tmp;
   process.env[RUN_DIR_ENV] = runDir;
+  process.env[PLAN_ENV] = JSON.stringify(plan(testFiles()));
   // Node strips and compiles each module once, not once per process. The cache outlives the run
   // (entries are keyed by source hash, so an edited file misses): each test file is loaded by one
   // process only, so only a later run can reuse its stripped TypeScript.
