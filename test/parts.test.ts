@@ -7,11 +7,12 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { test } from 'node:test';
 import type { TestEvent } from 'node:test/reporters';
-import { pathToFileURL } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { importPart, PARTS, partOfFile, partPath, plan, testFiles } from './support/parts.ts';
 import { runNode } from './support/run-node.ts';
 import verdicts from './support/verdicts-reporter.ts';
 
+const REPO = fileURLToPath(new URL('../', import.meta.url));
 const ENTRY = `import { test } from 'node:test';
 import { importPart } from '../support/parts.ts';
 
@@ -42,13 +43,13 @@ test('the slowest work is dealt out first, each to the part with the least so fa
 });
 
 test('test/parts holds one entry file per part, each running the part its name gives', async () => {
-  const names = readdirSync(resolve('test/parts')).sort();
+  const names = readdirSync(resolve(REPO, 'test/parts')).sort();
   assert.deepEqual(
-    names.map((name) => resolve('test/parts', name)),
+    names.map((name) => resolve(REPO, 'test/parts', name)),
     plan(testFiles()).map((_, i) => partPath(i + 1)),
   );
-  for (const name of names) assert.equal(readFileSync(resolve('test/parts', name), 'utf8'), ENTRY);
-  await assert.rejects(importPart(`file://${resolve('test/parts', `${PARTS + 1}.ts`)}`), /No part 13/);
+  for (const name of names) assert.equal(readFileSync(resolve(REPO, 'test/parts', name), 'utf8'), ENTRY);
+  await assert.rejects(importPart(pathToFileURL(resolve(REPO, 'test/parts', `${PARTS + 1}.ts`)).href), /No part 13/);
 });
 
 test('a part runs a file that awaits at its top level after the tests before it finished', async (t) => {
@@ -62,7 +63,7 @@ test('a part runs a file that awaits at its top level after the tests before it 
   );
   await writeFile(join(dir, 'broken.test.mjs'), fixture("throw new Error('broken at import');"));
   // A part's entry as in test/parts, on files of its own.
-  const parts = pathToFileURL(resolve('test/support/parts.ts')).href;
+  const parts = pathToFileURL(resolve(REPO, 'test/support/parts.ts')).href;
   const entry = (files: string[]) =>
     fixture(
       `import { importInTurn } from '${parts}';\n` +
@@ -102,9 +103,9 @@ async function verdictsOn(events: object[]): Promise<{ lines: string[]; exitCode
 
 test("the verdicts reporter takes a part's summary for its files, and names those cut short or not run", async () => {
   const partOf = partOfFile();
-  const file = resolve('test/db/migrate.test.ts');
+  const file = resolve(REPO, 'test/db/migrate.test.ts');
   const part = partOf.get(file);
-  assert.ok(part?.startsWith(resolve('test/parts')));
+  assert.ok(part?.startsWith(resolve(REPO, 'test/parts')));
   const others = [...partOf].filter(([other, itsPart]) => itsPart === part && other !== file).map(([other]) => other);
   assert.ok(others.length > 0);
   const results = (of: string) => [
