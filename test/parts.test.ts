@@ -49,7 +49,10 @@ test('test/parts holds one entry file per part, each running the part its name g
     plan(testFiles()).map((_, i) => partPath(i + 1)),
   );
   for (const name of names) assert.equal(readFileSync(resolve(REPO, 'test/parts', name), 'utf8'), ENTRY);
-  await assert.rejects(importPart(pathToFileURL(resolve(REPO, 'test/parts', `${PARTS + 1}.ts`)).href), /No part 13/);
+  await assert.rejects(
+    importPart(pathToFileURL(resolve(REPO, 'test/parts', `${PARTS + 1}.ts`)).href),
+    new RegExp(`No part ${PARTS + 1}:`),
+  );
 });
 
 test('a part runs a file that awaits at its top level after the tests before it finished', async (t) => {
